@@ -1,0 +1,49 @@
+//! The verbs of the `ferry` binary. Exit codes: 0 ok, 1 failed, 2 bad usage.
+
+mod hash;
+mod inspect;
+pub mod progress;
+
+use clap::Parser;
+
+use crate::cmdline::{Cli, Command};
+
+/// Exit code for a failure that is not bad usage.
+pub const EXIT_FAILED: i32 = 1;
+/// Exit code for bad usage (clap uses the same).
+pub const EXIT_USAGE: i32 = 2;
+
+/// Parses the arguments, runs the verb and returns the process exit code.
+pub fn run() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { EXIT_USAGE } else { 0 };
+        }
+    };
+    init_logging(cli.verbose);
+    let result = match cli.command {
+        Command::Inspect(a) => inspect::run(a),
+        Command::Hash(a) => hash::run(a),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("ferry: error: {e:#}");
+            EXIT_FAILED
+        }
+    }
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let env = env_logger::Env::new().filter_or("FERRY_LOG", default);
+    let _ = env_logger::Builder::from_env(env)
+        .format_timestamp_secs()
+        .try_init();
+}

@@ -1,0 +1,205 @@
+//! Opening a disk or a disk image for reading, with its real size and sector sizes.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::{FileExt, FileTypeExt};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+
+use super::ioctl;
+
+/// A disk or image opened read-only. Reads name the path and offset when they fail.
+#[derive(Debug)]
+pub struct DiskReader {
+    path: PathBuf,
+    file: File,
+    size: u64,
+    logical_sector_size: u32,
+    physical_sector_size: u32,
+    is_block_device: bool,
+}
+
+impl DiskReader {
+    /// Opens `path` with O_RDONLY. A block device reports its size with BLKGETSIZE64 and its
+    /// sector sizes with BLKSSZGET/BLKPBSZGET; an image file uses `sector_size` when given,
+    /// otherwise detects it from where a GPT header sits (512 unless one is found at 4096).
+    pub fn open(path: &Path, sector_size: Option<u32>) -> Result<Self> {
+        let meta =
+            std::fs::metadata(path).with_context(|| format!("opening {}", path.display()))?;
+        if meta.is_dir() {
+            bail!(
+                "{} is a directory, not a disk or disk image",
+                path.display()
+            );
+        }
+        let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+        let ft = meta.file_type();
+        if ft.is_block_device() {
+            let size = ioctl::size_bytes(&file)
+                .with_context(|| format!("reading the size of {}", path.display()))?;
+            let logical = ioctl::logical_sector_size(&file)
+                .with_context(|| format!("reading the sector size of {}", path.display()))?;
+            let physical = ioctl::physical_sector_size(&file).unwrap_or(logical);
+            if let Some(given) = sector_size {
+                if given != logical {
+                    bail!("{} has {logical}-byte logical sectors; --sector-size {given} does not apply to a block device", path.display());
+                }
+            }
+            advise_sequential(&file);
+            return Ok(Self {
+                path: path.to_owned(),
+                file,
+                size,
+                logical_sector_size: logical,
+                physical_sector_size: physical.max(logical),
+                is_block_device: true,
+            });
+        }
+        if !ft.is_file() {
+            bail!(
+                "{} is neither a block device nor a regular file",
+                path.display()
+            );
+        }
+        let size = meta.len();
+        let logical = match sector_size {
+            Some(s) => {
+                if s != 512 && s != 4096 {
+                    bail!("--sector-size must be 512 or 4096, not {s}");
+                }
+                s
+            }
+            None => detect_sector_size(&file, size)
+                .with_context(|| format!("reading {}", path.display()))?,
+        };
+        advise_sequential(&file);
+        Ok(Self {
+            path: path.to_owned(),
+            file,
+            size,
+            logical_sector_size: logical,
+            physical_sector_size: logical,
+            is_block_device: false,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+    pub fn logical_sector_size(&self) -> u32 {
+        self.logical_sector_size
+    }
+    pub fn physical_sector_size(&self) -> u32 {
+        self.physical_sector_size
+    }
+    pub fn is_block_device(&self) -> bool {
+        self.is_block_device
+    }
+
+    /// Fills `buf` from `offset`. A read that ends early (the device shrank or vanished) and an
+    /// I/O error both name the path and the offset.
+    pub fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        let mut done = 0usize;
+        while done < buf.len() {
+            let at = offset + done as u64;
+            match self.file.read_at(&mut buf[done..], at) {
+                Ok(0) => bail!(
+                    "{}: the disk ended at byte {at}, but it was {} bytes when opened (removed or resized?)",
+                    self.path.display(),
+                    self.size
+                ),
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    return Err(e).with_context(|| format!("{}: I/O error reading at byte offset {at}", self.path.display()))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A `Read + Seek` view for the partition-table crates (which also insist on `Write`; every
+    /// write fails).
+    pub fn cursor(&self) -> ReadCursor<'_> {
+        ReadCursor { disk: self, pos: 0 }
+    }
+}
+
+fn advise_sequential(file: &File) {
+    use std::os::fd::AsRawFd;
+    // Only a hint: failure changes nothing but speed.
+    // SAFETY: valid fd; posix_fadvise does not touch memory.
+    unsafe {
+        libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_SEQUENTIAL);
+    }
+}
+
+/// 4096 when a GPT signature sits at byte 4096 and not at 512; 512 otherwise.
+fn detect_sector_size(file: &File, size: u64) -> io::Result<u32> {
+    let mut sig = [0u8; 8];
+    let at = |off: u64, sig: &mut [u8; 8]| -> io::Result<bool> {
+        if size < off + 8 {
+            return Ok(false);
+        }
+        file.read_exact_at(sig, off)?;
+        Ok(sig == b"EFI PART")
+    };
+    if at(512, &mut sig)? {
+        return Ok(512);
+    }
+    if at(4096, &mut sig)? {
+        return Ok(4096);
+    }
+    Ok(512)
+}
+
+/// A seekable reader over a [`DiskReader`] that never writes.
+#[derive(Debug)]
+pub struct ReadCursor<'a> {
+    disk: &'a DiskReader,
+    pos: u64,
+}
+
+impl io::Read for ReadCursor<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.disk.file.read_at(buf, self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl io::Seek for ReadCursor<'_> {
+    fn seek(&mut self, pos: io::SeekFrom) -> io::Result<u64> {
+        let new = match pos {
+            io::SeekFrom::Start(p) => Some(p),
+            io::SeekFrom::End(d) => self.disk.size.checked_add_signed(d),
+            io::SeekFrom::Current(d) => self.pos.checked_add_signed(d),
+        };
+        self.pos = new.ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "seek before the start of the disk",
+            )
+        })?;
+        Ok(self.pos)
+    }
+}
+
+impl io::Write for ReadCursor<'_> {
+    fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+        Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            "ferry never writes to a source disk",
+        ))
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
