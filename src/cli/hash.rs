@@ -17,8 +17,7 @@ pub fn run(args: HashArgs) -> Result<i32> {
     let disk = Arc::new(DiskReader::open(&args.path, args.sector_size)?);
     let threads = args.threads.unwrap_or_else(hasher::default_threads);
     let mut progress = Progress::new(&args.path.display().to_string(), disk.size());
-    let manifest =
-        image::build_manifest(disk, args.chunk_size, threads, |done| progress.set(done))?;
+    let manifest = image::build_manifest(disk, args.chunk_size, threads, |done| progress.set(done))?;
     progress.finish();
     if args.json {
         println!("{}", serde_json::to_string_pretty(&manifest)?);
@@ -26,21 +25,12 @@ pub fn run(args: HashArgs) -> Result<i32> {
     }
     let zero = manifest.chunks.iter().filter(|c| c.zero).count();
     let t = &manifest.partition_table;
-    println!(
-        "disk:        {} ({}, {} bytes)",
-        manifest.identity.path,
-        human_bytes(manifest.size),
-        manifest.size
-    );
+    println!("disk:        {} ({}, {} bytes)", manifest.identity.path, human_bytes(manifest.size), manifest.size);
     println!(
         "table:       {} ({} partitions{})",
         format!("{:?}", t.kind).to_lowercase(),
         t.partitions.len(),
-        if t.problems.is_empty() {
-            String::new()
-        } else {
-            format!(", {} problems", t.problems.len())
-        }
+        if t.problems.is_empty() { String::new() } else { format!(", {} problems", t.problems.len()) }
     );
     println!(
         "chunks:      {} of {} ({} all zero, {} of data)",

@@ -13,11 +13,7 @@ struct InspectOutput {
 }
 
 pub fn run(args: InspectArgs) -> Result<i32> {
-    let paths = if args.paths.is_empty() {
-        disk::machine_disks()?
-    } else {
-        args.paths.clone()
-    };
+    let paths = if args.paths.is_empty() { disk::machine_disks()? } else { args.paths.clone() };
     // Every disk that can be read is shown; each one that cannot is named on stderr and makes
     // the exit code 1, so one bad disk never hides the others.
     let mut disks = vec![];
@@ -32,10 +28,7 @@ pub fn run(args: InspectArgs) -> Result<i32> {
         }
     }
     if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&InspectOutput { disks })?
-        );
+        println!("{}", serde_json::to_string_pretty(&InspectOutput { disks })?);
     } else if disks.is_empty() {
         println!("No disks found.");
     } else {
@@ -50,15 +43,11 @@ pub fn render(disks: &[DiskReport]) -> String {
     for d in disks {
         let id = &d.identity;
         let t = &d.partition_table;
-        let hw = [
-            id.vendor.as_deref(),
-            id.model.as_deref(),
-            id.serial.as_deref().map(|s| s.trim()),
-        ]
-        .into_iter()
-        .flatten()
-        .collect::<Vec<_>>()
-        .join(" ");
+        let hw = [id.vendor.as_deref(), id.model.as_deref(), id.serial.as_deref().map(|s| s.trim())]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join(" ");
         out += &format!(
             "{}  {}  sectors {}/{}  {}{}{}\n",
             id.path,
@@ -66,18 +55,11 @@ pub fn render(disks: &[DiskReport]) -> String {
             id.logical_sector_size,
             id.physical_sector_size,
             format!("{:?}", t.kind).to_lowercase(),
-            if hw.is_empty() {
-                String::new()
-            } else {
-                format!("  {hw}")
-            },
+            if hw.is_empty() { String::new() } else { format!("  {hw}") },
             if id.read_only { "  (read-only)" } else { "" },
         );
         if !t.partitions.is_empty() {
-            out += &format!(
-                "  {:>3}  {:>12}  {:>10}  {:<24}  {}\n",
-                "#", "START", "SIZE", "TYPE", "NAME"
-            );
+            out += &format!("  {:>3}  {:>12}  {:>10}  {:<24}  {}\n", "#", "START", "SIZE", "TYPE", "NAME");
             for p in &t.partitions {
                 let ty = p.type_name.clone().unwrap_or_else(|| p.type_id.clone());
                 let mut name = p.name.clone().unwrap_or_default();

@@ -43,7 +43,5 @@ fn init_logging(verbose: u8) {
         _ => "debug",
     };
     let env = env_logger::Env::new().filter_or("FERRY_LOG", default);
-    let _ = env_logger::Builder::from_env(env)
-        .format_timestamp_secs()
-        .try_init();
+    let _ = env_logger::Builder::from_env(env).format_timestamp_secs().try_init();
 }

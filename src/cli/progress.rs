@@ -32,14 +32,7 @@ impl Progress {
             bar
         });
         let now = Instant::now();
-        Self {
-            label: label.into(),
-            total,
-            bar,
-            started: now,
-            last_line: now,
-            every: Duration::from_secs(10),
-        }
+        Self { label: label.into(), total, bar, started: now, last_line: now, every: Duration::from_secs(10) }
     }
 
     pub fn set(&mut self, done: u64) {
@@ -57,16 +50,8 @@ impl Progress {
     pub fn line(&self, done: u64) -> String {
         let secs = self.started.elapsed().as_secs_f64().max(0.001);
         let rate = done as f64 / secs;
-        let pct = if self.total == 0 {
-            100
-        } else {
-            done * 100 / self.total
-        };
-        let eta = if rate > 0.0 {
-            ((self.total - done.min(self.total)) as f64 / rate) as u64
-        } else {
-            0
-        };
+        let pct = if self.total == 0 { 100 } else { done * 100 / self.total };
+        let eta = if rate > 0.0 { ((self.total - done.min(self.total)) as f64 / rate) as u64 } else { 0 };
         format!(
             "{}: {} of {} ({pct}%), {}/s, ETA {}",
             self.label,

@@ -17,17 +17,12 @@ use super::{ioctl, sysfs};
 pub fn lock_read_only(disk: &Path) -> Result<Vec<PathBuf>> {
     let meta = fs::metadata(disk).with_context(|| format!("opening {}", disk.display()))?;
     if !meta.file_type().is_block_device() {
-        bail!(
-            "--lock sets the kernel's read-only flag, which only block devices have; {} is not one",
-            disk.display()
-        );
+        bail!("--lock sets the kernel's read-only flag, which only block devices have; {} is not one", disk.display());
     }
     let mut devices = vec![disk.to_path_buf()];
     let mut dev_numbers = vec![dev_string(meta.rdev())];
     if let Some(dir) = sysfs::sys_dir_for(disk) {
-        if let Some(d) =
-            sysfs::describe(&dir, &dir.file_name().unwrap_or_default().to_string_lossy())
-        {
+        if let Some(d) = sysfs::describe(&dir, &dir.file_name().unwrap_or_default().to_string_lossy()) {
             for part in d.partitions {
                 if let Some(dev) = fs::read_to_string(dir.join(&part).join("dev")).ok() {
                     dev_numbers.push(dev.trim().to_string());
@@ -48,15 +43,9 @@ pub fn lock_read_only(disk: &Path) -> Result<Vec<PathBuf>> {
     }
     for dev in &devices {
         let f = File::open(dev).with_context(|| format!("opening {}", dev.display()))?;
-        ioctl::set_read_only(&f, true)
-            .with_context(|| format!("setting {} read-only (BLKROSET)", dev.display()))?;
-        if !ioctl::is_read_only(&f)
-            .with_context(|| format!("reading the read-only flag of {}", dev.display()))?
-        {
-            bail!(
-                "the kernel still reports {} writable after BLKROSET",
-                dev.display()
-            );
+        ioctl::set_read_only(&f, true).with_context(|| format!("setting {} read-only (BLKROSET)", dev.display()))?;
+        if !ioctl::is_read_only(&f).with_context(|| format!("reading the read-only flag of {}", dev.display()))? {
+            bail!("the kernel still reports {} writable after BLKROSET", dev.display());
         }
         log::info!("{} is read-only at the kernel level", dev.display());
     }
@@ -64,11 +53,7 @@ pub fn lock_read_only(disk: &Path) -> Result<Vec<PathBuf>> {
 }
 
 fn dev_string(rdev: u64) -> String {
-    format!(
-        "{}:{}",
-        nix::sys::stat::major(rdev),
-        nix::sys::stat::minor(rdev)
-    )
+    format!("{}:{}", nix::sys::stat::major(rdev), nix::sys::stat::minor(rdev))
 }
 
 /// `major:minor` of every mounted block device, from /proc/self/mountinfo (field 3).
@@ -79,9 +64,5 @@ fn mounted_devices() -> Result<Vec<String>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
         Err(e) => return Err(e).context("reading /proc/self/mountinfo"),
     };
-    Ok(text
-        .lines()
-        .filter_map(|l| l.split_whitespace().nth(2))
-        .map(str::to_string)
-        .collect())
+    Ok(text.lines().filter_map(|l| l.split_whitespace().nth(2)).map(str::to_string).collect())
 }

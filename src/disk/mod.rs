@@ -52,12 +52,7 @@ pub struct DiskReport {
 pub fn identify(reader: &DiskReader) -> DiskIdentity {
     let mut id = DiskIdentity {
         path: reader.path().display().to_string(),
-        kind: if reader.is_block_device() {
-            "block"
-        } else {
-            "file"
-        }
-        .into(),
+        kind: if reader.is_block_device() { "block" } else { "file" }.into(),
         size: reader.size(),
         logical_sector_size: reader.logical_sector_size(),
         physical_sector_size: reader.physical_sector_size(),
@@ -67,14 +62,9 @@ pub fn identify(reader: &DiskReader) -> DiskIdentity {
         if let Ok(f) = std::fs::File::open(reader.path()) {
             id.read_only = ioctl::is_read_only(&f).unwrap_or(false);
         }
-        let canonical =
-            std::fs::canonicalize(reader.path()).unwrap_or_else(|_| reader.path().to_path_buf());
+        let canonical = std::fs::canonicalize(reader.path()).unwrap_or_else(|_| reader.path().to_path_buf());
         if let Some(dir) = sysfs::sys_dir_for(&canonical) {
-            let name = dir
-                .file_name()
-                .unwrap_or_default()
-                .to_string_lossy()
-                .into_owned();
+            let name = dir.file_name().unwrap_or_default().to_string_lossy().into_owned();
             if let Some(s) = sysfs::describe(&dir, &name) {
                 id.model = s.model;
                 id.vendor = s.vendor;
@@ -91,19 +81,13 @@ pub fn identify(reader: &DiskReader) -> DiskIdentity {
 /// Opens `path` and reads its identity and partition table.
 pub fn inspect_path(path: &Path, sector_size: Option<u32>) -> Result<DiskReport> {
     let reader = DiskReader::open(path, sector_size)?;
-    let partition_table = read_partition_table(&reader)
-        .with_context(|| format!("reading the partition table of {}", path.display()))?;
-    Ok(DiskReport {
-        identity: identify(&reader),
-        partition_table,
-    })
+    let partition_table =
+        read_partition_table(&reader).with_context(|| format!("reading the partition table of {}", path.display()))?;
+    Ok(DiskReport { identity: identify(&reader), partition_table })
 }
 
 /// `/dev/NAME` of every disk of this machine, from /sys/block.
 pub fn machine_disks() -> Result<Vec<PathBuf>> {
     let disks = sysfs::enumerate(Path::new("/sys/block")).context("listing /sys/block")?;
-    Ok(disks
-        .into_iter()
-        .map(|d| Path::new("/dev").join(d.name))
-        .collect())
+    Ok(disks.into_iter().map(|d| Path::new("/dev").join(d.name)).collect())
 }

@@ -78,14 +78,7 @@ pub struct PartitionTable {
 
 impl PartitionTable {
     fn empty(kind: TableKind, sector_size: u32) -> Self {
-        Self {
-            kind,
-            sector_size,
-            disk_guid: None,
-            mbr_signature: None,
-            problems: vec![],
-            partitions: vec![],
-        }
+        Self { kind, sector_size, disk_guid: None, mbr_signature: None, problems: vec![], partitions: vec![] }
     }
 }
 
@@ -99,7 +92,8 @@ pub fn read_partition_table(disk: &DiskReader) -> io::Result<PartitionTable> {
         if size >= 512 {
             let mbr = read_sector0(disk)?;
             if mbr.signature_ok {
-                t.problems.push("sector 0 has a boot signature, but the disk is too small for a partition table".into());
+                t.problems
+                    .push("sector 0 has a boot signature, but the disk is too small for a partition table".into());
             }
         }
         return Ok(t);
@@ -201,11 +195,7 @@ struct GptHeaderInfo {
 
 /// Checks the GPT header at `lba`: signature, header CRC, its own LBA, the entry array's shape
 /// and place, and the entry array's CRC. The error says what is wrong, in words.
-fn probe_gpt_header(
-    disk: &DiskReader,
-    lba: u64,
-    last_lba: u64,
-) -> io::Result<Result<GptHeaderInfo, String>> {
+fn probe_gpt_header(disk: &DiskReader, lba: u64, last_lba: u64) -> io::Result<Result<GptHeaderInfo, String>> {
     let ss = u64::from(disk.logical_sector_size());
     let mut sector = vec![0u8; ss as usize];
     read_at(disk, &mut sector, lba * ss)?;
@@ -226,18 +216,14 @@ fn probe_gpt_header(
     }
     let current = le64(24);
     if current != lba {
-        return Ok(Err(format!(
-            "corrupt (says it is at LBA {current}, found at LBA {lba})"
-        )));
+        return Ok(Err(format!("corrupt (says it is at LBA {current}, found at LBA {lba})")));
     }
     let part_start = le64(72);
     let num_parts = le32(80);
     let part_size = le32(84);
     let entries_crc = le32(88);
     if part_size != 128 {
-        return Ok(Err(format!(
-            "unsupported (partition entries of {part_size} bytes; only 128 is read)"
-        )));
+        return Ok(Err(format!("unsupported (partition entries of {part_size} bytes; only 128 is read)")));
     }
     if num_parts == 0 || num_parts > 16384 {
         return Ok(Err(format!("corrupt ({num_parts} partition entries)")));
@@ -245,20 +231,14 @@ fn probe_gpt_header(
     let array_len = u64::from(num_parts) * 128;
     let array_end_lba = part_start.saturating_add(array_len.div_ceil(ss));
     if part_start < 1 || array_end_lba > last_lba + 1 {
-        return Ok(Err(format!(
-            "corrupt (partition entries at LBA {part_start} lie outside the disk)"
-        )));
+        return Ok(Err(format!("corrupt (partition entries at LBA {part_start} lie outside the disk)")));
     }
     let mut array = vec![0u8; array_len as usize];
     read_at(disk, &mut array, part_start * ss)?;
     if crc32fast::hash(&array) != entries_crc {
-        return Ok(Err(
-            "partition entries corrupt (entries CRC mismatch)".into()
-        ));
+        return Ok(Err("partition entries corrupt (entries CRC mismatch)".into()));
     }
-    Ok(Ok(GptHeaderInfo {
-        backup_lba: le64(32),
-    }))
+    Ok(Ok(GptHeaderInfo { backup_lba: le64(32) }))
 }
 
 fn read_gpt(
@@ -289,25 +269,18 @@ fn read_gpt(
                     )),
                 }
             } else {
-                t.problems.push(format!(
-                    "backup GPT header at the last LBA {last_lba} is {b}"
-                ));
+                t.problems.push(format!("backup GPT header at the last LBA {last_lba} is {b}"));
             }
         }
-        (Err(p), Ok(_)) => t.problems.push(format!(
-            "primary GPT header at LBA 1 is {p}; the table was read from the backup"
-        )),
+        (Err(p), Ok(_)) => {
+            t.problems.push(format!("primary GPT header at LBA 1 is {p}; the table was read from the backup"))
+        }
         _ => {}
     }
     if !sector0.has_protective_entry() {
-        t.problems.push(
-            "no protective MBR in sector 0 (tools that only know MBR may overwrite this disk)"
-                .into(),
-        );
+        t.problems.push("no protective MBR in sector 0 (tools that only know MBR may overwrite this disk)".into());
     } else if sector0.used().count() > 1 {
-        t.problems.push(
-            "hybrid MBR: sector 0 lists MBR partitions beside the protective 0xee entry".into(),
-        );
+        t.problems.push("hybrid MBR: sector 0 lists MBR partitions beside the protective 0xee entry".into());
     }
 
     // The gpt crate prefers the primary header; when the primary is bad, hide LBA 1 so that it
@@ -317,15 +290,9 @@ fn read_gpt(
         4096 => gpt::disk::LogicalBlockSize::Lb4096,
         _ => gpt::disk::LogicalBlockSize::Lb512,
     };
-    let device = HidePrimary {
-        inner: disk.cursor(),
-        hide: hide_primary.then_some(u64::from(ss)..2 * u64::from(ss)),
-    };
+    let device = HidePrimary { inner: disk.cursor(), hide: hide_primary.then_some(u64::from(ss)..2 * u64::from(ss)) };
     let opened = catch_unwind(AssertUnwindSafe(move || {
-        gpt::GptConfig::new()
-            .writable(false)
-            .logical_block_size(lb)
-            .open_from_device(device)
+        gpt::GptConfig::new().writable(false).logical_block_size(lb).open_from_device(device)
     }));
     let gpt = match opened {
         Ok(Ok(g)) => g,
@@ -336,8 +303,7 @@ fn read_gpt(
         }
         Err(_) => {
             t.kind = TableKind::Damaged;
-            t.problems
-                .push("GPT could not be read: the gpt crate rejected it".into());
+            t.problems.push("GPT could not be read: the gpt crate rejected it".into());
             return Ok(t);
         }
     };
@@ -347,18 +313,11 @@ fn read_gpt(
             continue;
         }
         if p.last_lba < p.first_lba {
-            t.problems.push(format!(
-                "partition {number} ends (LBA {}) before it starts (LBA {})",
-                p.last_lba, p.first_lba
-            ));
+            t.problems
+                .push(format!("partition {number} ends (LBA {}) before it starts (LBA {})", p.last_lba, p.first_lba));
             continue;
         }
-        let type_guid = p
-            .part_type_guid
-            .guid
-            .hyphenated()
-            .to_string()
-            .to_uppercase();
+        let type_guid = p.part_type_guid.guid.hyphenated().to_string().to_uppercase();
         t.partitions.push(Partition {
             number,
             start: p.first_lba * u64::from(ss),
@@ -382,13 +341,12 @@ fn read_mbr(disk: &DiskReader, sector0: &Sector0) -> io::Result<PartitionTable> 
         // Sector 0 ends in 55 AA but its entries are not partition entries: a boot sector of a
         // filesystem written straight onto the disk, or a boot loader with no table.
         t.kind = TableKind::None;
-        t.problems.push("sector 0 has a boot signature but no valid partition entries (filesystem on the whole disk?)".into());
+        t.problems.push(
+            "sector 0 has a boot signature but no valid partition entries (filesystem on the whole disk?)".into(),
+        );
         return Ok(t);
     }
-    t.mbr_signature = Some(format!(
-        "0x{:08x}",
-        u32::from_le_bytes(sector0.disk_signature)
-    ));
+    t.mbr_signature = Some(format!("0x{:08x}", u32::from_le_bytes(sector0.disk_signature)));
     let mut cursor = disk.cursor();
     let parsed = catch_unwind(AssertUnwindSafe(|| mbrman::MBR::read_from(&mut cursor, ss)));
     let mbr = match parsed {
@@ -400,8 +358,7 @@ fn read_mbr(disk: &DiskReader, sector0: &Sector0) -> io::Result<PartitionTable> 
         }
         Err(_) => {
             t.kind = TableKind::Damaged;
-            t.problems
-                .push("MBR could not be read: the mbrman crate rejected it".into());
+            t.problems.push("MBR could not be read: the mbrman crate rejected it".into());
             return Ok(t);
         }
     };
@@ -440,27 +397,20 @@ fn check_layout(t: &mut PartitionTable, disk_size: u64) {
     }
     let extended: Vec<&Partition> = t.partitions.iter().filter(|p| is_extended(p)).collect();
     for p in t.partitions.iter().filter(|p| p.logical == Some(true)) {
-        let inside = extended
-            .iter()
-            .any(|x| p.start >= x.start && p.start + p.size <= x.start + x.size);
+        let inside = extended.iter().any(|x| p.start >= x.start && p.start + p.size <= x.start + x.size);
         if !inside {
-            t.problems.push(format!(
-                "logical partition {} lies outside the extended partition",
-                p.number
-            ));
+            t.problems.push(format!("logical partition {} lies outside the extended partition", p.number));
         }
     }
     let mut problems = vec![];
     for (i, a) in t.partitions.iter().enumerate() {
         for b in &t.partitions[i + 1..] {
             // An extended partition contains its logical partitions by design.
-            let nested = (is_extended(a) && b.logical == Some(true))
-                || (is_extended(b) && a.logical == Some(true));
+            let nested = (is_extended(a) && b.logical == Some(true)) || (is_extended(b) && a.logical == Some(true));
             if nested || a.size == 0 || b.size == 0 {
                 continue;
             }
-            if a.start < b.start.saturating_add(b.size) && b.start < a.start.saturating_add(a.size)
-            {
+            if a.start < b.start.saturating_add(b.size) && b.start < a.start.saturating_add(a.size) {
                 problems.push(format!("partitions {} and {} overlap", a.number, b.number));
             }
         }

@@ -25,25 +25,23 @@ impl DiskReader {
     /// sector sizes with BLKSSZGET/BLKPBSZGET; an image file uses `sector_size` when given,
     /// otherwise detects it from where a GPT header sits (512 unless one is found at 4096).
     pub fn open(path: &Path, sector_size: Option<u32>) -> Result<Self> {
-        let meta =
-            std::fs::metadata(path).with_context(|| format!("opening {}", path.display()))?;
+        let meta = std::fs::metadata(path).with_context(|| format!("opening {}", path.display()))?;
         if meta.is_dir() {
-            bail!(
-                "{} is a directory, not a disk or disk image",
-                path.display()
-            );
+            bail!("{} is a directory, not a disk or disk image", path.display());
         }
         let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
         let ft = meta.file_type();
         if ft.is_block_device() {
-            let size = ioctl::size_bytes(&file)
-                .with_context(|| format!("reading the size of {}", path.display()))?;
+            let size = ioctl::size_bytes(&file).with_context(|| format!("reading the size of {}", path.display()))?;
             let logical = ioctl::logical_sector_size(&file)
                 .with_context(|| format!("reading the sector size of {}", path.display()))?;
             let physical = ioctl::physical_sector_size(&file).unwrap_or(logical);
             if let Some(given) = sector_size {
                 if given != logical {
-                    bail!("{} has {logical}-byte logical sectors; --sector-size {given} does not apply to a block device", path.display());
+                    bail!(
+                        "{} has {logical}-byte logical sectors; --sector-size {given} does not apply to a block device",
+                        path.display()
+                    );
                 }
             }
             advise_sequential(&file);
@@ -57,10 +55,7 @@ impl DiskReader {
             });
         }
         if !ft.is_file() {
-            bail!(
-                "{} is neither a block device nor a regular file",
-                path.display()
-            );
+            bail!("{} is neither a block device nor a regular file", path.display());
         }
         let size = meta.len();
         let logical = match sector_size {
@@ -70,8 +65,7 @@ impl DiskReader {
                 }
                 s
             }
-            None => detect_sector_size(&file, size)
-                .with_context(|| format!("reading {}", path.display()))?,
+            None => detect_sector_size(&file, size).with_context(|| format!("reading {}", path.display()))?,
         };
         advise_sequential(&file);
         Ok(Self {
@@ -118,7 +112,8 @@ impl DiskReader {
                 Ok(n) => done += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
-                    return Err(e).with_context(|| format!("{}: I/O error reading at byte offset {at}", self.path.display()))
+                    return Err(e)
+                        .with_context(|| format!("{}: I/O error reading at byte offset {at}", self.path.display()))
                 }
             }
         }
@@ -182,22 +177,15 @@ impl io::Seek for ReadCursor<'_> {
             io::SeekFrom::End(d) => self.disk.size.checked_add_signed(d),
             io::SeekFrom::Current(d) => self.pos.checked_add_signed(d),
         };
-        self.pos = new.ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "seek before the start of the disk",
-            )
-        })?;
+        self.pos =
+            new.ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "seek before the start of the disk"))?;
         Ok(self.pos)
     }
 }
 
 impl io::Write for ReadCursor<'_> {
     fn write(&mut self, _: &[u8]) -> io::Result<usize> {
-        Err(io::Error::new(
-            io::ErrorKind::PermissionDenied,
-            "ferry never writes to a source disk",
-        ))
+        Err(io::Error::new(io::ErrorKind::PermissionDenied, "ferry never writes to a source disk"))
     }
     fn flush(&mut self) -> io::Result<()> {
         Ok(())

@@ -26,16 +26,12 @@ pub struct SysDisk {
 /// Devices that are not disks of this machine: loop, RAM and optical devices, and the
 /// assemblies (device mapper, md) built on top of real disks.
 fn is_excluded(name: &str) -> bool {
-    ["loop", "ram", "zram", "sr", "dm-", "md", "fd", "nbd"]
-        .iter()
-        .any(|p| name.starts_with(p))
+    ["loop", "ram", "zram", "sr", "dm-", "md", "fd", "nbd"].iter().any(|p| name.starts_with(p))
 }
 
 fn read_trimmed(path: &Path) -> Option<String> {
     let s = fs::read_to_string(path).ok()?;
-    let s = s
-        .trim_matches(|c: char| c.is_whitespace() || c == '\0')
-        .to_string();
+    let s = s.trim_matches(|c: char| c.is_whitespace() || c == '\0').to_string();
     (!s.is_empty()).then_some(s)
 }
 
@@ -70,8 +66,7 @@ pub fn describe(dir: &Path, name: &str) -> Option<SysDisk> {
     }
     let first = |rels: &[&str]| rels.iter().find_map(|r| read_trimmed(&dir.join(r)));
     let logical = read_u64(&dir.join("queue/logical_block_size")).unwrap_or(512) as u32;
-    let physical =
-        read_u64(&dir.join("queue/physical_block_size")).unwrap_or(u64::from(logical)) as u32;
+    let physical = read_u64(&dir.join("queue/physical_block_size")).unwrap_or(u64::from(logical)) as u32;
     let mut partitions: Vec<String> = fs::read_dir(dir)
         .map(|rd| {
             rd.filter_map(Result::ok)
@@ -125,11 +120,7 @@ mod tests {
         write(r, "nvme0n1/queue/physical_block_size", "512\n");
         write(r, "nvme0n1/removable", "0\n");
         write(r, "nvme0n1/ro", "0\n");
-        write(
-            r,
-            "nvme0n1/device/model",
-            "QEMU NVMe Ctrl                          \n",
-        );
+        write(r, "nvme0n1/device/model", "QEMU NVMe Ctrl                          \n");
         write(r, "nvme0n1/device/serial", "SRC-NVME-1      \n");
         write(r, "nvme0n1/wwid", "eui.0000000000000001\n");
         write(r, "nvme0n1/dev", "259:0\n");
@@ -157,10 +148,7 @@ mod tests {
         assert_eq!(n.partitions, ["nvme0n1p1", "nvme0n1p2", "nvme0n1p10"]);
         assert!(!n.read_only);
         let v = &disks[1];
-        assert_eq!(
-            (v.logical_sector_size, v.physical_sector_size),
-            (4096, 4096)
-        );
+        assert_eq!((v.logical_sector_size, v.physical_sector_size), (4096, 4096));
         assert_eq!(v.size, 409600 * 512);
         assert_eq!(v.serial.as_deref(), Some("vdb-serial"));
         assert!(v.read_only);

@@ -47,40 +47,42 @@ pub fn is_zero(data: &[u8]) -> bool {
     };
     head.iter().all(|&b| b == 0)
         && tail.iter().all(|&b| b == 0)
-        && words
-            .chunks(8)
-            .all(|w| w.iter().fold(0u64, |acc, &x| acc | x) == 0)
+        && words.chunks(8).all(|w| w.iter().fold(0u64, |acc, &x| acc | x) == 0)
 }
 
 /// How many worker threads to hash with by default: one per core.
 pub fn default_threads() -> usize {
-    std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }
 
 /// Reads and hashes every chunk of `disk` with `threads` workers, handing each to `sink`.
 /// Returns when every chunk was handed over, the sink refused one, or a read failed (the first
 /// error is returned).
-pub fn hash_chunks<S: ChunkSink>(
+pub fn hash_chunks<S: ChunkSink>(disk: Arc<DiskReader>, chunk_size: u64, threads: usize, sink: S) -> Result<()> {
+    // Two buffers per worker: one being filled, one waiting at the sink.
+    hash_chunks_pooled(disk, chunk_size, threads, threads.max(1) * 2, sink)
+}
+
+/// [`hash_chunks`] with `buffers` chunk buffers in all: a sink that holds chunks for a while
+/// (uploads in flight) needs that many more than two per worker, or the workers starve.
+pub fn hash_chunks_pooled<S: ChunkSink>(
     disk: Arc<DiskReader>,
     chunk_size: u64,
     threads: usize,
+    buffers: usize,
     sink: S,
 ) -> Result<()> {
     let threads = threads.max(1);
     let size = disk.size();
     let count = chunk_count(size, chunk_size);
-    // Two buffers per worker: one being filled, one waiting at the sink.
-    let pool = BufferPool::new(threads * 2, chunk_size.min(size.max(1)) as usize);
+    let pool = BufferPool::new(buffers.max(threads), chunk_size.min(size.max(1)) as usize);
     let next = AtomicU64::new(0);
     let stop = AtomicBool::new(false);
     let first_error: Mutex<Option<anyhow::Error>> = Mutex::default();
 
     std::thread::scope(|scope| {
         for _ in 0..threads {
-            let (disk, pool, next, stop, first_error, sink) =
-                (&disk, &pool, &next, &stop, &first_error, sink.clone());
+            let (disk, pool, next, stop, first_error, sink) = (&disk, &pool, &next, &stop, &first_error, sink.clone());
             scope.spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
                     let index = next.fetch_add(1, Ordering::Relaxed);
@@ -92,21 +94,12 @@ pub fn hash_chunks<S: ChunkSink>(
                     let mut buf = pool.get(len);
                     if let Err(e) = disk.read_exact_at(buf.as_mut_slice(), offset) {
                         stop.store(true, Ordering::Relaxed);
-                        first_error
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .get_or_insert(e);
+                        first_error.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(e);
                         break;
                     }
                     let zero = is_zero(&buf);
                     let id = chunk_id(&buf, offset, size, chunk_size);
-                    if !sink.accept(HashedChunk {
-                        index,
-                        offset,
-                        id,
-                        zero,
-                        data: buf,
-                    }) {
+                    if !sink.accept(HashedChunk { index, offset, id, zero, data: buf }) {
                         stop.store(true, Ordering::Relaxed);
                         break;
                     }

@@ -78,18 +78,12 @@ impl Manifest {
 
     /// Byte offset and length of chunk `index`.
     pub fn chunk_range(&self, index: u64) -> (u64, u64) {
-        (
-            index * self.chunk_size,
-            treehash::chunk_len(self.size, self.chunk_size, index),
-        )
+        (index * self.chunk_size, treehash::chunk_len(self.size, self.chunk_size, index))
     }
 
     /// Bytes in chunks that are not all zero: what a first transfer has to move.
     pub fn data_bytes(&self) -> u64 {
-        (0..self.chunks.len() as u64)
-            .filter(|&i| !self.chunks[i as usize].zero)
-            .map(|i| self.chunk_range(i).1)
-            .sum()
+        (0..self.chunks.len() as u64).filter(|&i| !self.chunks[i as usize].zero).map(|i| self.chunk_range(i).1).sum()
     }
 }
 
@@ -111,10 +105,7 @@ pub mod hex_digest {
     pub fn parse(s: &str) -> Result<Digest, String> {
         let mut out = [0u8; 32];
         if s.len() != 64 {
-            return Err(format!(
-                "a digest is 64 hex digits, got {} characters",
-                s.len()
-            ));
+            return Err(format!("a digest is 64 hex digits, got {} characters", s.len()));
         }
         hex::decode_to_slice(s, &mut out).map_err(|e| format!("bad hex digest: {e}"))?;
         Ok(out)

@@ -27,26 +27,18 @@ pub fn hash_all_chunks(
     let mut entries: Vec<Option<ChunkEntry>> = vec![None; count];
     let (tx, rx) = std::sync::mpsc::sync_channel(threads.max(1));
     let worker_disk = disk.clone();
-    let worker =
-        std::thread::spawn(move || hasher::hash_chunks(worker_disk, chunk_size, threads, tx));
+    let worker = std::thread::spawn(move || hasher::hash_chunks(worker_disk, chunk_size, threads, tx));
     let mut done = 0u64;
     for chunk in rx {
         done += chunk.data.len() as u64;
-        entries[chunk.index as usize] = Some(ChunkEntry {
-            id: chunk.id,
-            zero: chunk.zero,
-        });
+        entries[chunk.index as usize] = Some(ChunkEntry { id: chunk.id, zero: chunk.zero });
         progress(done);
     }
-    worker
-        .join()
-        .map_err(|_| anyhow::anyhow!("a hashing thread panicked"))??;
+    worker.join().map_err(|_| anyhow::anyhow!("a hashing thread panicked"))??;
     entries
         .into_iter()
         .enumerate()
-        .map(|(i, e)| {
-            e.with_context(|| format!("chunk {i} of {} was never hashed", disk.path().display()))
-        })
+        .map(|(i, e)| e.with_context(|| format!("chunk {i} of {} was never hashed", disk.path().display())))
         .collect()
 }
 
@@ -58,20 +50,12 @@ pub fn build_manifest(
     progress: impl FnMut(u64),
 ) -> Result<Manifest> {
     let path = disk.path().display().to_string();
-    let partition_table = disk::read_partition_table(&disk)
-        .with_context(|| format!("reading the partition table of {path}"))?;
+    let partition_table =
+        disk::read_partition_table(&disk).with_context(|| format!("reading the partition table of {path}"))?;
     let identity = disk::identify(&disk);
     let size = disk.size();
     let chunks = hash_all_chunks(disk, chunk_size, threads, progress)?;
     let ids: Vec<Digest> = chunks.iter().map(|c| c.id).collect();
     let blake3 = treehash::root_from_ids(&ids, size, chunk_size)?;
-    Ok(Manifest {
-        version: MANIFEST_VERSION,
-        identity,
-        partition_table,
-        size,
-        chunk_size,
-        blake3,
-        chunks,
-    })
+    Ok(Manifest { version: MANIFEST_VERSION, identity, partition_table, size, chunk_size, blake3, chunks })
 }

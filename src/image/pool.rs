@@ -15,13 +15,9 @@ impl BufferPool {
     pub fn new(count: usize, capacity: usize) -> Self {
         let (give, take) = sync_channel(count);
         for _ in 0..count {
-            give.send(vec![0u8; capacity])
-                .expect("the pool holds exactly `count` buffers");
+            give.send(vec![0u8; capacity]).expect("the pool holds exactly `count` buffers");
         }
-        Self {
-            give,
-            take: Arc::new(Mutex::new(take)),
-        }
+        Self { give, take: Arc::new(Mutex::new(take)) }
     }
 
     /// Waits for a free buffer and lends it with length `len`.
@@ -34,11 +30,7 @@ impl BufferPool {
         if buf.len() < len {
             buf.resize(len, 0);
         }
-        PooledBuf {
-            buf,
-            len,
-            home: self.give.clone(),
-        }
+        PooledBuf { buf, len, home: self.give.clone() }
     }
 }
 

@@ -7,9 +7,7 @@
 //!
 //! A disk of at most one chunk has no inner node: its single id is the root hash itself.
 
-use blake3::hazmat::{
-    left_subtree_len, merge_subtrees_non_root, merge_subtrees_root, HasherExt, Mode,
-};
+use blake3::hazmat::{left_subtree_len, merge_subtrees_non_root, merge_subtrees_root, HasherExt, Mode};
 
 /// A 32-byte chunk id or whole-disk hash.
 pub type Digest = [u8; 32];
@@ -59,24 +57,14 @@ pub fn chunk_id(data: &[u8], offset: u64, disk_size: u64, chunk_size: u64) -> Di
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum TreeError {
     #[error("a disk of {size} bytes in chunks of {chunk_size} has {expected} chunks, but {got} ids were given")]
-    WrongCount {
-        size: u64,
-        chunk_size: u64,
-        expected: u64,
-        got: u64,
-    },
+    WrongCount { size: u64, chunk_size: u64, expected: u64, got: u64 },
 }
 
 /// Recomputes the whole-disk BLAKE3 from the chunk ids alone.
 pub fn root_from_ids(ids: &[Digest], size: u64, chunk_size: u64) -> Result<Digest, TreeError> {
     let expected = chunk_count(size, chunk_size);
     if ids.len() as u64 != expected {
-        return Err(TreeError::WrongCount {
-            size,
-            chunk_size,
-            expected,
-            got: ids.len() as u64,
-        });
+        return Err(TreeError::WrongCount { size, chunk_size, expected, got: ids.len() as u64 });
     }
     if size <= chunk_size {
         return Ok(match ids.first() {
@@ -122,9 +110,7 @@ mod tests {
 
     fn pattern(len: usize) -> Vec<u8> {
         // A non-repeating pattern so every chunk differs.
-        (0..len)
-            .map(|i| (i as u32).wrapping_mul(2654435761).rotate_left(7) as u8)
-            .collect()
+        (0..len).map(|i| (i as u32).wrapping_mul(2654435761).rotate_left(7) as u8).collect()
     }
 
     #[test]
@@ -167,10 +153,7 @@ mod tests {
     fn ids_depend_on_offset() {
         let data = vec![7u8; MIN_CHUNK_SIZE as usize];
         let size = 4 * MIN_CHUNK_SIZE;
-        assert_ne!(
-            chunk_id(&data, 0, size, MIN_CHUNK_SIZE),
-            chunk_id(&data, MIN_CHUNK_SIZE, size, MIN_CHUNK_SIZE)
-        );
+        assert_ne!(chunk_id(&data, 0, size, MIN_CHUNK_SIZE), chunk_id(&data, MIN_CHUNK_SIZE, size, MIN_CHUNK_SIZE));
     }
 
     #[test]
@@ -178,12 +161,7 @@ mod tests {
         let err = root_from_ids(&[[0; 32]], 3 * MIN_CHUNK_SIZE, MIN_CHUNK_SIZE).unwrap_err();
         assert_eq!(
             err,
-            TreeError::WrongCount {
-                size: 3 * MIN_CHUNK_SIZE,
-                chunk_size: MIN_CHUNK_SIZE,
-                expected: 3,
-                got: 1
-            }
+            TreeError::WrongCount { size: 3 * MIN_CHUNK_SIZE, chunk_size: MIN_CHUNK_SIZE, expected: 3, got: 1 }
         );
     }
 
@@ -193,10 +171,7 @@ mod tests {
         let mut ids = ids_of(&data, MIN_CHUNK_SIZE);
         let before = root_from_ids(&ids, data.len() as u64, MIN_CHUNK_SIZE).unwrap();
         ids[1][0] ^= 1;
-        assert_ne!(
-            before,
-            root_from_ids(&ids, data.len() as u64, MIN_CHUNK_SIZE).unwrap()
-        );
+        assert_ne!(before, root_from_ids(&ids, data.len() as u64, MIN_CHUNK_SIZE).unwrap());
     }
 
     #[test]
