@@ -4,9 +4,12 @@
 //!
 //! The library holds every part; the `ferry` binary is a thin dispatcher over [`cli`].
 
+pub mod agent;
 pub mod cli;
 pub mod cmdline;
 pub mod disk;
 pub mod image;
 pub mod proto;
+pub mod server;
+pub mod store;
 pub mod util;

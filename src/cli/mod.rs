@@ -1,8 +1,12 @@
 //! The verbs of the `ferry` binary. Exit codes: 0 ok, 1 failed, 2 bad usage.
 
+mod export;
 mod hash;
 mod inspect;
+mod job;
 pub mod progress;
+mod send;
+mod serve;
 
 use clap::Parser;
 
@@ -26,6 +30,10 @@ pub fn run() -> i32 {
     let result = match cli.command {
         Command::Inspect(a) => inspect::run(a),
         Command::Hash(a) => hash::run(a),
+        Command::Serve(a) => serve::run(a),
+        Command::Job(c) => job::run(c),
+        Command::Send(a) => send::run(a),
+        Command::Export(a) => export::run(a),
     };
     match result {
         Ok(code) => code,
@@ -34,6 +42,11 @@ pub fn run() -> i32 {
             EXIT_FAILED
         }
     }
+}
+
+/// A multi-threaded tokio runtime for the verbs that talk over the network.
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
 }
 
 fn init_logging(verbose: u8) {

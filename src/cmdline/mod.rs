@@ -21,6 +21,184 @@ pub enum Command {
     Inspect(InspectArgs),
     /// Compute a disk's chunk manifest and whole-disk BLAKE3.
     Hash(HashArgs),
+    /// Run the receiver: API, chunk store and jobs.
+    Serve(ServeArgs),
+    /// Create and manage migration jobs on a receiver.
+    #[command(subcommand)]
+    Job(JobCommand),
+    /// Stream disks to a receiver for a job (the source agent).
+    Send(SendArgs),
+    /// Write a received disk out of the store as a raw or qcow2 image.
+    Export(ExportArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Store directory: jobs database, chunks, manifests, admin token, TLS identity.
+    #[arg(long)]
+    pub store: PathBuf,
+    /// Address and port to listen on.
+    #[arg(long, default_value = "127.0.0.1:8443")]
+    pub listen: std::net::SocketAddr,
+    /// Serve plain HTTP instead of HTTPS (disk data and tokens travel unencrypted).
+    #[arg(long)]
+    pub plain_http: bool,
+    /// Host or IP that sources should use, for the printed kernel command line and certificate.
+    #[arg(long)]
+    pub advertise: Option<String>,
+}
+
+/// How an admin command reaches the receiver.
+#[derive(Debug, Args, Clone)]
+pub struct AdminArgs {
+    /// Receiver URL, e.g. https://10.0.0.5:8443.
+    #[arg(long, env = "FERRY_SERVER")]
+    pub server: Option<String>,
+    /// SHA-256 pin of the receiver's certificate.
+    #[arg(long, env = "FERRY_PIN")]
+    pub pin: Option<String>,
+    /// File holding the admin token (the receiver writes STORE/admin.token).
+    #[arg(long)]
+    pub admin_token_file: Option<PathBuf>,
+    /// The admin token itself (prefer the file: command lines are visible to other users).
+    #[arg(long, env = "FERRY_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// On the receiver's machine: read URL, pin and admin token from its store directory.
+    #[arg(long)]
+    pub store: Option<PathBuf>,
+    /// Talk plain HTTP to a receiver started with --plain-http.
+    #[arg(long)]
+    pub plain_http: bool,
+    /// Print JSON for scripts.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JobCommand {
+    /// Create a job; prints its id and the agent token.
+    Create {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// A name people recognise, e.g. the server's host name.
+        #[arg(long)]
+        name: String,
+        /// Destination: disk images, or a target machine.
+        #[arg(long, value_enum, default_value = "image")]
+        target: TargetArg,
+        /// Compress chunks with zstd on the wire.
+        #[arg(long)]
+        compress: bool,
+        /// Upload rate limit in bytes per second (suffixes K, M, G).
+        #[arg(long, value_parser = parse_size)]
+        bandwidth_limit: Option<u64>,
+        /// Chunk size for this job's disks.
+        #[arg(long, value_parser = parse_size)]
+        chunk_size: Option<u64>,
+        /// Makes creation idempotent: the same client token returns the same job.
+        #[arg(long)]
+        client_token: Option<String>,
+    },
+    /// List jobs.
+    List {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Show one job with its disks and history.
+    Show {
+        #[command(flatten)]
+        admin: AdminArgs,
+        id: String,
+    },
+    /// Put a job that ended (InError, Cancelled, Finished) back to Waiting.
+    Restart {
+        #[command(flatten)]
+        admin: AdminArgs,
+        id: String,
+    },
+    /// Cancel a job.
+    Cancel {
+        #[command(flatten)]
+        admin: AdminArgs,
+        id: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum TargetArg {
+    Image,
+    Instance,
+}
+
+#[derive(Debug, Args)]
+pub struct SendArgs {
+    /// Receiver URL, e.g. https://10.0.0.5:8443.
+    #[arg(long)]
+    pub server: String,
+    /// Job id.
+    #[arg(long)]
+    pub job: String,
+    /// The job's agent token.
+    #[arg(long, env = "FERRY_TOKEN", hide_env_values = true)]
+    pub token: String,
+    /// SHA-256 pin of the receiver's certificate (required for https).
+    #[arg(long)]
+    pub pin: Option<String>,
+    /// Allow an http:// receiver.
+    #[arg(long)]
+    pub plain_http: bool,
+    /// Disks or image files, in order (disk 0, 1, ...).
+    #[arg(required = true)]
+    pub disks: Vec<PathBuf>,
+    /// Hashing threads (default: one per core).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Chunk uploads in flight.
+    #[arg(long, default_value_t = 4)]
+    pub in_flight: usize,
+    /// Compress chunks with zstd (default: the job's setting).
+    #[arg(long)]
+    pub compress: bool,
+    /// Upload rate limit in bytes per second (default: the job's setting).
+    #[arg(long, value_parser = parse_size)]
+    pub bandwidth_limit: Option<u64>,
+    /// Chunk size (default: the job's setting, else 4M).
+    #[arg(long, value_parser = parse_size)]
+    pub chunk_size: Option<u64>,
+    /// Keep retrying an unreachable receiver this many seconds before giving up.
+    #[arg(long, default_value_t = 600)]
+    pub retry_for: u64,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// The receiver's store directory.
+    #[arg(long)]
+    pub store: PathBuf,
+    /// Job id.
+    #[arg(long)]
+    pub job: String,
+    /// Disk number (0 for the first disk sent).
+    #[arg(long)]
+    pub disk: u32,
+    /// Output file.
+    #[arg(long)]
+    pub to: PathBuf,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "raw")]
+    pub format: FormatArg,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum FormatArg {
+    Raw,
+    Qcow2,
 }
 
 #[derive(Debug, Args)]

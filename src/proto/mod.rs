@@ -1,7 +1,269 @@
 //! Types shared by the agent and the receiver on the wire, and the API version.
+//!
+//! The wire: JSON bodies for control messages, raw (optionally zstd) bodies for chunks, all under
+//! [`API_PREFIX`]. Wire types never use `deny_unknown_fields`, so a newer peer can add fields.
+//!
+//! A source agent's conversation for one job:
+//! 1. `POST /jobs/{job}/register` with the machine's identity and disks; the job becomes Running.
+//! 2. Per disk `n`: `POST /jobs/{job}/disks/{n}/begin` with the disk's identity, table and size.
+//! 3. While hashing: `POST /jobs/{job}/disks/{n}/missing` with batches of `(index, id)`; the
+//!    receiver answers which it lacks, and the agent `PUT`s only those to
+//!    `/jobs/{job}/disks/{n}/chunks/{index}` with header [`CHUNK_ID_HEADER`].
+//! 4. `POST /jobs/{job}/disks/{n}/complete` with the full [`Manifest`]; the receiver checks the
+//!    ids merge to the whole-disk hash and that it holds every chunk.
+//! 5. `POST /jobs/{job}/finish`: the job becomes Finished only when every disk is verified.
+
+use serde::{Deserialize, Serialize};
+
+pub use crate::disk::{DiskIdentity, Partition, PartitionTable, TableKind};
+use crate::image::manifest::hex_digest;
+use crate::image::Digest;
+pub use crate::image::{ChunkEntry, Manifest, MANIFEST_VERSION};
 
 /// Every API path lives under this prefix.
 pub const API_PREFIX: &str = "/api/v1";
+/// The chunk id (hex) of a chunk upload.
+pub const CHUNK_ID_HEADER: &str = "x-ferry-chunk-id";
 
-pub use crate::disk::{DiskIdentity, Partition, PartitionTable, TableKind};
-pub use crate::image::{ChunkEntry, Manifest, MANIFEST_VERSION};
+/// Job states, as cloud server-migration services name them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JobState {
+    Waiting,
+    Running,
+    Finished,
+    InError,
+    Cancelled,
+}
+
+impl JobState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Waiting => "Waiting",
+            JobState::Running => "Running",
+            JobState::Finished => "Finished",
+            JobState::InError => "InError",
+            JobState::Cancelled => "Cancelled",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Waiting, Self::Running, Self::Finished, Self::InError, Self::Cancelled]
+            .into_iter()
+            .find(|v| v.as_str() == s)
+    }
+}
+
+/// What the destination of a job is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum TargetKind {
+    /// Disk images exported from the receiver's store.
+    #[default]
+    Image,
+    /// A target machine that boots the live image and receives the disks.
+    Instance,
+}
+
+/// Options an operator sets on a job; the agent applies them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobOptions {
+    /// Compress chunks with zstd on the wire.
+    #[serde(default)]
+    pub compress: bool,
+    /// Upper bound on upload rate in bytes per second (none when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bandwidth_limit: Option<u64>,
+    /// Chunk size the agent should cut disks into (the default when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunk_size: Option<u64>,
+}
+
+/// `POST /jobs`: create a migration job (admin).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CreateJob {
+    pub name: String,
+    #[serde(default)]
+    pub target: TargetKind,
+    #[serde(default)]
+    pub options: JobOptions,
+    /// Repeating a create with the same client token returns the job created the first time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_token: Option<String>,
+}
+
+/// One state change of a job.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct JobEvent {
+    /// Seconds since the Unix epoch.
+    pub at: u64,
+    pub state: JobState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// Progress and result of one disk of a job.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct DiskStatus {
+    pub index: u32,
+    pub identity: DiskIdentity,
+    pub partition_table: PartitionTable,
+    pub size: u64,
+    pub chunk_size: u64,
+    /// Bytes the agent has read and hashed.
+    pub bytes_done: u64,
+    /// Chunk bytes the receiver accepted over the wire for this disk (after decompression).
+    pub bytes_received: u64,
+    /// Chunks the receiver accepted over the wire for this disk.
+    pub chunks_received: u64,
+    /// Upload rate the agent last reported, bytes per second.
+    pub rate: u64,
+    /// Seconds left at that rate, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eta_seconds: Option<u64>,
+    /// Whole-disk BLAKE3 (hex), once the disk is verified.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blake3: Option<String>,
+    pub verified: bool,
+}
+
+/// A job as the API shows it. The agent token is shown to admins only.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Job {
+    pub id: String,
+    pub name: String,
+    pub target: TargetKind,
+    pub state: JobState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_code: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_reason: Option<String>,
+    pub options: JobOptions,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    pub created_at: u64,
+    pub updated_at: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub machine: Option<MachineIdentity>,
+    #[serde(default)]
+    pub disks: Vec<DiskStatus>,
+    #[serde(default)]
+    pub history: Vec<JobEvent>,
+}
+
+/// What identifies a machine: DMI and MAC addresses.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MachineIdentity {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub product_uuid: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vendor: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub product: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    #[serde(default)]
+    pub macs: Vec<String>,
+}
+
+/// `POST /jobs/{job}/register` (agent).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Register {
+    pub machine: MachineIdentity,
+    pub disks: Vec<DiskIdentity>,
+}
+
+/// The answer to a registration: what the agent should do.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Registered {
+    pub job: String,
+    pub options: JobOptions,
+}
+
+/// `POST /jobs/{job}/disks/{n}/begin` (agent).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct BeginDisk {
+    pub identity: DiskIdentity,
+    pub partition_table: PartitionTable,
+    pub size: u64,
+    pub chunk_size: u64,
+}
+
+/// One chunk in a `missing` query.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ChunkRef {
+    pub index: u64,
+    #[serde(with = "hex_digest")]
+    pub id: Digest,
+}
+
+/// `POST /jobs/{job}/disks/{n}/missing` (agent).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MissingQuery {
+    pub chunks: Vec<ChunkRef>,
+}
+
+/// Which of the queried chunk indexes the receiver lacks.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MissingAnswer {
+    pub missing: Vec<u64>,
+}
+
+/// `POST /jobs/{job}/disks/{n}/progress` (agent heartbeat).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ProgressReport {
+    pub bytes_done: u64,
+    pub rate: u64,
+}
+
+/// The receiver's verdict on a completed disk.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DiskVerdict {
+    pub verified: bool,
+    pub blake3: String,
+}
+
+/// `POST /jobs/{job}/fail` (agent): the source side gave up.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Failure {
+    pub code: String,
+    pub reason: String,
+}
+
+/// Every error body: a stable code and words for people.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ApiError {
+    pub code: String,
+    pub message: String,
+}
+
+/// Job and disk ids that may appear in a URL: short, lowercase letters, digits and `-`.
+pub fn valid_job_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_ids() {
+        for ok in ["j-3f9a0c", "abc", "0123456789abcdef"] {
+            assert!(valid_job_id(ok), "{ok}");
+        }
+        for bad in ["", "../x", "a/b", "a\0b", "A", "x".repeat(65).as_str(), "a b", "é"] {
+            assert!(!valid_job_id(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn states_round_trip() {
+        for s in ["Waiting", "Running", "Finished", "InError", "Cancelled"] {
+            assert_eq!(JobState::parse(s).unwrap().as_str(), s);
+            assert_eq!(serde_json::to_string(&JobState::parse(s).unwrap()).unwrap(), format!("\"{s}\""));
+        }
+        assert_eq!(JobState::parse("Done"), None);
+    }
+}

@@ -1,0 +1,307 @@
+//! The source side: stream every disk of a machine to the receiver, sending only what it lacks.
+//!
+//! Per disk, one pass: worker threads read and hash chunks; this task asks the receiver in small
+//! batches which chunk ids it lacks and uploads only those, several at a time. A resumed or
+//! pre-seeded transfer therefore costs one local read plus the changed chunks. The disk is done
+//! when the receiver has checked the full manifest against its store.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use bytes::Bytes;
+use reqwest::Method;
+use serde::Serialize;
+use tokio::sync::{mpsc, Mutex, Semaphore};
+use tokio::task::JoinSet;
+
+use super::client::Client;
+use super::identity::machine_identity;
+use crate::disk::{self, DiskReader};
+use crate::image::hasher::{self, HashedChunk};
+use crate::image::{treehash, ChunkEntry, Manifest, DEFAULT_CHUNK_SIZE, MANIFEST_VERSION};
+use crate::proto::*;
+
+/// Knobs for a send; job options from the receiver fill what is left `None`.
+#[derive(Clone, Debug)]
+pub struct SendOptions {
+    pub threads: usize,
+    /// Uploads in flight at once.
+    pub in_flight: usize,
+    pub compress: Option<bool>,
+    pub bandwidth_limit: Option<u64>,
+    pub chunk_size: Option<u64>,
+}
+
+impl Default for SendOptions {
+    fn default() -> Self {
+        Self {
+            threads: hasher::default_threads(),
+            in_flight: 4,
+            compress: None,
+            bandwidth_limit: None,
+            chunk_size: None,
+        }
+    }
+}
+
+/// What happened to one disk.
+#[derive(Clone, Debug, Serialize)]
+pub struct DiskSummary {
+    pub index: u32,
+    pub path: String,
+    pub size: u64,
+    pub blake3: String,
+    pub chunks: u64,
+    pub zero_chunks: u64,
+    /// Chunks the receiver lacked, which were uploaded.
+    pub sent_chunks: u64,
+    /// Bytes on the wire for those chunks (after compression).
+    pub sent_bytes: u64,
+    pub verified: bool,
+}
+
+/// Progress of the disk being sent.
+#[derive(Clone, Debug)]
+pub struct SendProgress {
+    pub index: u32,
+    pub path: String,
+    pub size: u64,
+    pub bytes_done: u64,
+    pub sent_bytes: u64,
+}
+
+/// Sends `disks` for `job` and finishes the job. `on_progress` is called after each batch.
+pub async fn send(
+    client: &Client,
+    job: &str,
+    disks: &[PathBuf],
+    opts: &SendOptions,
+    on_progress: &mut (dyn FnMut(&SendProgress) + Send),
+) -> Result<Vec<DiskSummary>> {
+    if !valid_job_id(job) {
+        bail!("{job:?} is not a job id (lowercase letters, digits and '-')");
+    }
+    let readers: Vec<Arc<DiskReader>> =
+        disks.iter().map(|p| DiskReader::open(p, None).map(Arc::new)).collect::<Result<_>>()?;
+    let result = send_opened(client, job, &readers, opts, on_progress).await;
+    if let Err(e) = &result {
+        // Tell the receiver why, unless it is the receiver that refused or cannot be reached.
+        if e.downcast_ref::<super::client::Refused>().is_none() {
+            let f = Failure { code: "agent_error".into(), reason: format!("{e:#}") };
+            let quick = Client::clone(client);
+            let _ = tokio::time::timeout(
+                Duration::from_secs(10),
+                quick.call::<serde_json::Value>(Method::POST, &format!("/jobs/{job}/fail"), |r| r.json(&f)),
+            )
+            .await;
+        }
+    }
+    result
+}
+
+async fn send_opened(
+    client: &Client,
+    job: &str,
+    readers: &[Arc<DiskReader>],
+    opts: &SendOptions,
+    on_progress: &mut (dyn FnMut(&SendProgress) + Send),
+) -> Result<Vec<DiskSummary>> {
+    let reg = Register { machine: machine_identity(), disks: readers.iter().map(|r| disk::identify(r)).collect() };
+    let registered: Registered = client
+        .call(Method::POST, &format!("/jobs/{job}/register"), |r| r.json(&reg))
+        .await
+        .context("registering with the receiver")?;
+    let job_opts = registered.options;
+    let chunk_size = opts.chunk_size.or(job_opts.chunk_size).unwrap_or(DEFAULT_CHUNK_SIZE);
+    treehash::validate_chunk_size(chunk_size).map_err(anyhow::Error::msg)?;
+    let effective = SendOptions {
+        compress: Some(opts.compress.unwrap_or(job_opts.compress)),
+        bandwidth_limit: opts.bandwidth_limit.or(job_opts.bandwidth_limit),
+        chunk_size: Some(chunk_size),
+        ..opts.clone()
+    };
+    let mut summaries = vec![];
+    for (i, reader) in readers.iter().enumerate() {
+        let s = send_disk(client, job, i as u32, reader.clone(), &effective, on_progress)
+            .await
+            .with_context(|| format!("sending {}", reader.path().display()))?;
+        summaries.push(s);
+    }
+    let _: Job = client.call(Method::POST, &format!("/jobs/{job}/finish"), |r| r).await.context("finishing the job")?;
+    Ok(summaries)
+}
+
+/// A simple shared rate limiter: uploads wait until the average rate is under the limit.
+struct Throttle {
+    limit: Option<u64>,
+    state: Mutex<(Instant, u64)>,
+}
+
+impl Throttle {
+    async fn take(&self, bytes: u64) {
+        let Some(limit) = self.limit.filter(|l| *l > 0) else { return };
+        let wait = {
+            let mut s = self.state.lock().await;
+            s.1 += bytes;
+            let due = Duration::from_secs_f64(s.1 as f64 / limit as f64);
+            due.saturating_sub(s.0.elapsed())
+        };
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+/// The most chunks asked about in one `missing` query.
+const BATCH: usize = 8;
+
+async fn send_disk(
+    client: &Client,
+    job: &str,
+    index: u32,
+    reader: Arc<DiskReader>,
+    opts: &SendOptions,
+    on_progress: &mut (dyn FnMut(&SendProgress) + Send),
+) -> Result<DiskSummary> {
+    let chunk_size = opts.chunk_size.unwrap_or(DEFAULT_CHUNK_SIZE);
+    let size = reader.size();
+    let path = reader.path().display().to_string();
+    let partition_table =
+        disk::read_partition_table(&reader).with_context(|| format!("reading the partition table of {path}"))?;
+    let identity = disk::identify(&reader);
+    let begin = BeginDisk { identity: identity.clone(), partition_table: partition_table.clone(), size, chunk_size };
+    let base = format!("/jobs/{job}/disks/{index}");
+    let _: serde_json::Value = client.call(Method::POST, &format!("{base}/begin"), |r| r.json(&begin)).await?;
+
+    let count = treehash::chunk_count(size, chunk_size) as usize;
+    let in_flight = opts.in_flight.max(1);
+    let threads = opts.threads.max(1);
+    let (tx, mut rx) = mpsc::channel::<HashedChunk>(threads);
+    let hash_reader = reader.clone();
+    let buffers = threads * 2 + in_flight + BATCH;
+    let hashing =
+        tokio::task::spawn_blocking(move || hasher::hash_chunks_pooled(hash_reader, chunk_size, threads, buffers, tx));
+
+    let semaphore = Arc::new(Semaphore::new(in_flight));
+    let throttle = Arc::new(Throttle { limit: opts.bandwidth_limit, state: Mutex::new((Instant::now(), 0)) });
+    let compress = opts.compress.unwrap_or(false);
+    let mut uploads: JoinSet<Result<u64>> = JoinSet::new();
+    let mut ids: Vec<Option<ChunkEntry>> = vec![None; count];
+    let (mut bytes_done, mut sent_bytes, mut sent_chunks, mut zero_chunks) = (0u64, 0u64, 0u64, 0u64);
+    let started = Instant::now();
+    let mut last_beat = Instant::now();
+
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < BATCH {
+            match rx.try_recv() {
+                Ok(c) => batch.push(c),
+                Err(_) => break,
+            }
+        }
+        let mut data_chunks = vec![];
+        for c in batch {
+            bytes_done += c.data.len() as u64;
+            ids[c.index as usize] = Some(ChunkEntry { id: c.id, zero: c.zero });
+            if c.zero {
+                zero_chunks += 1;
+            } else {
+                data_chunks.push(c);
+            }
+        }
+        if !data_chunks.is_empty() {
+            let q =
+                MissingQuery { chunks: data_chunks.iter().map(|c| ChunkRef { index: c.index, id: c.id }).collect() };
+            let answer: MissingAnswer = client.call(Method::POST, &format!("{base}/missing"), |r| r.json(&q)).await?;
+            let missing: HashSet<u64> = answer.missing.into_iter().collect();
+            for c in data_chunks.into_iter().filter(|c| missing.contains(&c.index)) {
+                let permit = semaphore.clone().acquire_owned().await.expect("the semaphore is never closed");
+                let (client, throttle, url) = (client.clone(), throttle.clone(), format!("{base}/chunks/{}", c.index));
+                uploads.spawn(async move {
+                    let _permit = permit;
+                    upload(&client, &throttle, &url, c, compress).await
+                });
+                sent_chunks += 1;
+            }
+        }
+        while let Some(done) = uploads.try_join_next() {
+            sent_bytes += done.context("an upload task failed")??;
+        }
+        on_progress(&SendProgress { index, path: path.clone(), size, bytes_done, sent_bytes });
+        if last_beat.elapsed() >= Duration::from_secs(2) {
+            last_beat = Instant::now();
+            let rate = (bytes_done as f64 / started.elapsed().as_secs_f64().max(0.001)) as u64;
+            let p = ProgressReport { bytes_done, rate };
+            let _: serde_json::Value = client.call(Method::POST, &format!("{base}/progress"), |r| r.json(&p)).await?;
+        }
+    }
+    while let Some(done) = uploads.join_next().await {
+        sent_bytes += done.context("an upload task failed")??;
+    }
+    hashing.await.context("the hashing task failed")??;
+    on_progress(&SendProgress { index, path: path.clone(), size, bytes_done, sent_bytes });
+
+    let chunks: Vec<ChunkEntry> = ids
+        .into_iter()
+        .enumerate()
+        .map(|(i, e)| e.with_context(|| format!("chunk {i} of {path} was never hashed")))
+        .collect::<Result<_>>()?;
+    let root = treehash::root_from_ids(&chunks.iter().map(|c| c.id).collect::<Vec<_>>(), size, chunk_size)?;
+    let manifest =
+        Manifest { version: MANIFEST_VERSION, identity, partition_table, size, chunk_size, blake3: root, chunks };
+    let manifest_json = Bytes::from(serde_json::to_vec(&manifest)?);
+    let verdict: DiskVerdict = client
+        .call(Method::POST, &format!("{base}/complete"), |r| {
+            r.header(reqwest::header::CONTENT_TYPE, "application/json").body(manifest_json.clone())
+        })
+        .await
+        .context("asking the receiver to verify the disk")?;
+    let local = hex::encode(root);
+    if !verdict.verified || verdict.blake3 != local {
+        bail!("the receiver's whole-disk hash {} differs from this disk's {local}", verdict.blake3);
+    }
+    Ok(DiskSummary {
+        index,
+        path,
+        size,
+        blake3: local,
+        chunks: count as u64,
+        zero_chunks,
+        sent_chunks,
+        sent_bytes,
+        verified: true,
+    })
+}
+
+/// Uploads one chunk (zstd-compressed when that helps); returns the bytes put on the wire.
+async fn upload(client: &Client, throttle: &Throttle, path: &str, chunk: HashedChunk, compress: bool) -> Result<u64> {
+    let id = hex::encode(chunk.id);
+    let index = chunk.index;
+    let (body, encoded) = if compress {
+        let packed = tokio::task::spawn_blocking(move || {
+            let z = zstd::bulk::compress(&chunk.data, 1).ok();
+            match z {
+                Some(z) if z.len() < chunk.data.len() => (Bytes::from(z), true),
+                _ => (Bytes::from_owner(chunk.data), false),
+            }
+        })
+        .await?;
+        packed
+    } else {
+        (Bytes::from_owner(chunk.data), false)
+    };
+    throttle.take(body.len() as u64).await;
+    let len = body.len() as u64;
+    client
+        .call_raw(Method::PUT, path, |r| {
+            let r = r.header(CHUNK_ID_HEADER, &id).header(reqwest::header::CONTENT_TYPE, "application/octet-stream");
+            let r = if encoded { r.header(reqwest::header::CONTENT_ENCODING, "zstd") } else { r };
+            r.body(body.clone())
+        })
+        .await
+        .with_context(|| format!("uploading chunk {index}"))?;
+    Ok(len)
+}

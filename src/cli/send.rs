@@ -1,0 +1,64 @@
+//! `ferry send`: the source agent from a running system or the live image.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use anyhow::Result;
+
+use super::progress::Progress;
+use crate::agent::send::{send, SendOptions};
+use crate::agent::{Client, Endpoint};
+use crate::cmdline::SendArgs;
+use crate::image::hasher;
+use crate::util::human_bytes;
+
+pub fn run(a: SendArgs) -> Result<i32> {
+    let ep = Endpoint {
+        server: a.server.clone(),
+        token: a.token.clone(),
+        pin: a.pin.clone(),
+        plain_http: a.plain_http,
+        retry_for: Duration::from_secs(a.retry_for),
+    };
+    let client = Client::new(&ep)?;
+    let opts = SendOptions {
+        threads: a.threads.unwrap_or_else(hasher::default_threads),
+        in_flight: a.in_flight,
+        compress: a.compress.then_some(true),
+        bandwidth_limit: a.bandwidth_limit,
+        chunk_size: a.chunk_size,
+    };
+    let mut bars: HashMap<u32, Progress> = HashMap::new();
+    let mut on_progress = |p: &crate::agent::send::SendProgress| {
+        let bar = bars.entry(p.index).or_insert_with(|| Progress::new(&format!("disk {} {}", p.index, p.path), p.size));
+        bar.set(p.bytes_done);
+        if p.bytes_done >= p.size {
+            bar.finish();
+        }
+    };
+    let summaries = super::runtime()?.block_on(send(&client, &a.job, &a.disks, &opts, &mut on_progress))?;
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &serde_json::json!({ "job": a.job, "state": "Finished", "disks": summaries })
+            )?
+        );
+    } else {
+        for s in &summaries {
+            println!(
+                "disk {} {}: {} verified, blake3 {} ({} of {} chunks sent, {} on the wire, {} zero)",
+                s.index,
+                s.path,
+                human_bytes(s.size),
+                s.blake3,
+                s.sent_chunks,
+                s.chunks,
+                human_bytes(s.sent_bytes),
+                s.zero_chunks
+            );
+        }
+        println!("MIGRATED: job {} is Finished; every disk's whole-disk BLAKE3 matches on both ends", a.job);
+    }
+    Ok(0)
+}

@@ -1,0 +1,307 @@
+//! Jobs in an embedded SQLite database. Every state change is a row in `job_events` with its
+//! time. WAL mode: a receiver killed at any moment restarts with every committed change intact.
+
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use rusqlite::{params, Connection, OptionalExtension};
+
+use crate::proto::{
+    BeginDisk, CreateJob, DiskStatus, Job, JobEvent, JobOptions, JobState, MachineIdentity, TargetKind,
+};
+
+pub struct Db {
+    conn: Mutex<Connection>,
+}
+
+pub fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    target TEXT NOT NULL,
+    state TEXT NOT NULL,
+    error_code TEXT,
+    error_reason TEXT,
+    options TEXT NOT NULL,
+    token TEXT NOT NULL,
+    client_token TEXT UNIQUE,
+    machine TEXT,
+    disk_count INTEGER,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS job_events (
+    job_id TEXT NOT NULL REFERENCES jobs(id),
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    at INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    code TEXT,
+    reason TEXT
+);
+CREATE TABLE IF NOT EXISTS disks (
+    job_id TEXT NOT NULL REFERENCES jobs(id),
+    idx INTEGER NOT NULL,
+    identity TEXT NOT NULL,
+    partition_table TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    chunk_size INTEGER NOT NULL,
+    bytes_done INTEGER NOT NULL DEFAULT 0,
+    bytes_received INTEGER NOT NULL DEFAULT 0,
+    chunks_received INTEGER NOT NULL DEFAULT 0,
+    rate INTEGER NOT NULL DEFAULT 0,
+    blake3 TEXT,
+    verified INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (job_id, idx)
+);
+";
+
+fn json<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string(v).expect("wire types always serialize")
+}
+
+impl Db {
+    pub fn open(path: &Path) -> Result<Self> {
+        let conn = Connection::open(path).with_context(|| format!("opening job database {}", path.display()))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.execute_batch(SCHEMA).context("creating the job tables")?;
+        Ok(Self { conn: Mutex::new(conn) })
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Creates a job, or returns the one created earlier with the same client token.
+    pub fn create_job(&self, req: &CreateJob, id: &str, token: &str) -> Result<Job> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        if let Some(ct) = &req.client_token {
+            let existing: Option<String> =
+                tx.query_row("SELECT id FROM jobs WHERE client_token = ?1", [ct], |r| r.get(0)).optional()?;
+            if let Some(existing) = existing {
+                drop(tx);
+                drop(conn);
+                return self.job(&existing, true)?.context("job vanished");
+            }
+        }
+        let t = now();
+        tx.execute(
+            "INSERT INTO jobs (id, name, target, state, options, token, client_token, created_at, updated_at)
+             VALUES (?1, ?2, ?3, 'Waiting', ?4, ?5, ?6, ?7, ?7)",
+            params![id, req.name, json(&req.target).trim_matches('"'), json(&req.options), token, req.client_token, t],
+        )?;
+        tx.execute("INSERT INTO job_events (job_id, at, state) VALUES (?1, ?2, 'Waiting')", params![id, t])?;
+        tx.commit()?;
+        drop(conn);
+        self.job(id, true)?.context("job vanished")
+    }
+
+    /// A job with its disks and history; the agent token only when `with_token`.
+    pub fn job(&self, id: &str, with_token: bool) -> Result<Option<Job>> {
+        let conn = self.conn();
+        let row = conn
+            .query_row(
+                "SELECT id, name, target, state, error_code, error_reason, options, token, machine, created_at, updated_at
+                 FROM jobs WHERE id = ?1",
+                [id],
+                |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, String>(3)?,
+                        r.get::<_, Option<String>>(4)?,
+                        r.get::<_, Option<String>>(5)?,
+                        r.get::<_, String>(6)?,
+                        r.get::<_, String>(7)?,
+                        r.get::<_, Option<String>>(8)?,
+                        r.get::<_, u64>(9)?,
+                        r.get::<_, u64>(10)?,
+                    ))
+                },
+            )
+            .optional()?;
+        let Some((id, name, target, state, error_code, error_reason, options, token, machine, created_at, updated_at)) =
+            row
+        else {
+            return Ok(None);
+        };
+        let mut stmt = conn.prepare(
+            "SELECT idx, identity, partition_table, size, chunk_size, bytes_done, bytes_received, chunks_received,
+                    rate, blake3, verified FROM disks WHERE job_id = ?1 ORDER BY idx",
+        )?;
+        let disks = stmt
+            .query_map([&id], |r| {
+                let size: u64 = r.get(3)?;
+                let bytes_done: u64 = r.get(5)?;
+                let rate: u64 = r.get(8)?;
+                Ok(DiskStatus {
+                    index: r.get(0)?,
+                    identity: serde_json::from_str(&r.get::<_, String>(1)?).unwrap_or_default(),
+                    partition_table: serde_json::from_str(&r.get::<_, String>(2)?).unwrap_or_else(|_| {
+                        crate::disk::PartitionTable {
+                            kind: crate::disk::TableKind::None,
+                            sector_size: 512,
+                            disk_guid: None,
+                            mbr_signature: None,
+                            problems: vec!["unreadable record".into()],
+                            partitions: vec![],
+                        }
+                    }),
+                    size,
+                    chunk_size: r.get(4)?,
+                    bytes_done,
+                    bytes_received: r.get(6)?,
+                    chunks_received: r.get(7)?,
+                    rate,
+                    eta_seconds: (rate > 0 && bytes_done < size).then(|| (size - bytes_done) / rate),
+                    blake3: r.get(9)?,
+                    verified: r.get::<_, i64>(10)? != 0,
+                })
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        let mut stmt = conn.prepare("SELECT at, state, code, reason FROM job_events WHERE job_id = ?1 ORDER BY seq")?;
+        let history = stmt
+            .query_map([&id], |r| {
+                Ok(JobEvent {
+                    at: r.get(0)?,
+                    state: JobState::parse(&r.get::<_, String>(1)?).unwrap_or(JobState::InError),
+                    code: r.get(2)?,
+                    reason: r.get(3)?,
+                })
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(Some(Job {
+            id,
+            name,
+            target: if target == "instance" { TargetKind::Instance } else { TargetKind::Image },
+            state: JobState::parse(&state).unwrap_or(JobState::InError),
+            error_code,
+            error_reason,
+            options: serde_json::from_str::<JobOptions>(&options).unwrap_or_default(),
+            token: with_token.then_some(token),
+            created_at,
+            updated_at,
+            machine: machine.and_then(|m| serde_json::from_str::<MachineIdentity>(&m).ok()),
+            disks,
+            history,
+        }))
+    }
+
+    pub fn job_ids(&self) -> Result<Vec<String>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT id FROM jobs ORDER BY created_at, id")?;
+        let ids = stmt.query_map([], |r| r.get(0))?.collect::<rusqlite::Result<Vec<String>>>()?;
+        Ok(ids)
+    }
+
+    /// The agent token and state of a job.
+    pub fn token_and_state(&self, id: &str) -> Result<Option<(String, JobState)>> {
+        let conn = self.conn();
+        let row: Option<(String, String)> = conn
+            .query_row("SELECT token, state FROM jobs WHERE id = ?1", [id], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        Ok(row.map(|(t, s)| (t, JobState::parse(&s).unwrap_or(JobState::InError))))
+    }
+
+    /// Moves a job to `state`, recording the event; clears the error unless it is InError.
+    pub fn set_state(&self, id: &str, state: JobState, code: Option<&str>, reason: Option<&str>) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let t = now();
+        let (code, reason) = if state == JobState::InError { (code, reason) } else { (None, None) };
+        tx.execute(
+            "UPDATE jobs SET state = ?2, error_code = ?3, error_reason = ?4, updated_at = ?5 WHERE id = ?1",
+            params![id, state.as_str(), code, reason, t],
+        )?;
+        tx.execute(
+            "INSERT INTO job_events (job_id, at, state, code, reason) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![id, t, state.as_str(), code, reason],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn set_machine(&self, id: &str, machine: &MachineIdentity, disk_count: usize) -> Result<()> {
+        self.conn().execute(
+            "UPDATE jobs SET machine = ?2, disk_count = ?3, updated_at = ?4 WHERE id = ?1",
+            params![id, json(machine), disk_count as i64, now()],
+        )?;
+        Ok(())
+    }
+
+    pub fn disk_count(&self, id: &str) -> Result<Option<u32>> {
+        Ok(self.conn().query_row("SELECT disk_count FROM jobs WHERE id = ?1", [id], |r| r.get(0)).optional()?.flatten())
+    }
+
+    /// Starts (or restarts) a disk. A disk seen before keeps its counters only if it is the
+    /// same disk (size and chunk size); otherwise its record starts afresh.
+    pub fn begin_disk(&self, id: &str, idx: u32, b: &BeginDisk) -> Result<()> {
+        let conn = self.conn();
+        let same: Option<(u64, u64)> = conn
+            .query_row("SELECT size, chunk_size FROM disks WHERE job_id = ?1 AND idx = ?2", params![id, idx], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()?;
+        if same == Some((b.size, b.chunk_size)) {
+            conn.execute(
+                "UPDATE disks SET identity = ?3, partition_table = ?4, verified = 0, blake3 = NULL, bytes_done = 0
+                 WHERE job_id = ?1 AND idx = ?2",
+                params![id, idx, json(&b.identity), json(&b.partition_table)],
+            )?;
+        } else {
+            conn.execute(
+                "INSERT OR REPLACE INTO disks (job_id, idx, identity, partition_table, size, chunk_size)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![id, idx, json(&b.identity), json(&b.partition_table), b.size, b.chunk_size],
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Size and chunk size of a begun disk.
+    pub fn disk_geometry(&self, id: &str, idx: u32) -> Result<Option<(u64, u64)>> {
+        Ok(self
+            .conn()
+            .query_row("SELECT size, chunk_size FROM disks WHERE job_id = ?1 AND idx = ?2", params![id, idx], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()?)
+    }
+
+    pub fn add_received(&self, id: &str, idx: u32, bytes: u64) -> Result<()> {
+        self.conn().execute(
+            "UPDATE disks SET bytes_received = bytes_received + ?3, chunks_received = chunks_received + 1
+             WHERE job_id = ?1 AND idx = ?2",
+            params![id, idx, bytes],
+        )?;
+        Ok(())
+    }
+
+    pub fn set_progress(&self, id: &str, idx: u32, bytes_done: u64, rate: u64) -> Result<()> {
+        let conn = self.conn();
+        conn.execute(
+            "UPDATE disks SET bytes_done = ?3, rate = ?4 WHERE job_id = ?1 AND idx = ?2",
+            params![id, idx, bytes_done, rate],
+        )?;
+        conn.execute("UPDATE jobs SET updated_at = ?2 WHERE id = ?1", params![id, now()])?;
+        Ok(())
+    }
+
+    pub fn verify_disk(&self, id: &str, idx: u32, blake3: &str, size: u64) -> Result<()> {
+        self.conn().execute(
+            "UPDATE disks SET verified = 1, blake3 = ?3, bytes_done = ?4 WHERE job_id = ?1 AND idx = ?2",
+            params![id, idx, blake3, size],
+        )?;
+        Ok(())
+    }
+}

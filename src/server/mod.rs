@@ -1,0 +1,155 @@
+//! The receiver: `ferry serve`. Keeps a store directory holding the job database, the chunk
+//! store, the disk manifests, the admin token and the TLS identity; answers the API over HTTPS
+//! (HTTP/2 or HTTP/1.1) or, when asked, plain HTTP.
+
+mod api;
+pub mod db;
+pub mod tls;
+
+use std::fs;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::store::{ChunkStore, LocalStore};
+
+/// Where a receiver can be reached; written to `STORE/receiver.json` so that `ferry job --store`
+/// and `ferry export` on the same machine need no other flags.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ReceiverInfo {
+    pub url: String,
+    /// SHA-256 of the certificate (absent with plain HTTP).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pin: Option<String>,
+}
+
+/// What `ferry serve` needs.
+pub struct ServeConfig {
+    pub store: PathBuf,
+    pub listen: SocketAddr,
+    pub plain_http: bool,
+    /// Address sources should use in the printed kernel command line (the listen address when
+    /// it is not a wildcard).
+    pub advertise: Option<String>,
+}
+
+/// Shared by every request.
+pub struct AppState {
+    pub db: db::Db,
+    pub store: Arc<dyn ChunkStore>,
+    pub dir: PathBuf,
+    pub admin_token: String,
+}
+
+/// Writes a file only its owner can read (tokens, keys).
+pub fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    Ok(())
+}
+
+/// A fresh random token: 32 bytes as hex.
+pub fn random_hex(bytes: usize) -> String {
+    let mut b = vec![0u8; bytes];
+    getrandom::fill(&mut b).expect("the kernel's random source is available");
+    hex::encode(b)
+}
+
+/// Opens (creating on first start) the store directory: admin token, TLS identity, database.
+pub fn open_state(dir: &Path) -> Result<AppState> {
+    fs::create_dir_all(dir).with_context(|| format!("creating store {}", dir.display()))?;
+    let token_path = dir.join("admin.token");
+    if !token_path.exists() {
+        write_private(&token_path, format!("{}\n", random_hex(32)).as_bytes())?;
+    }
+    let admin_token = fs::read_to_string(&token_path)
+        .with_context(|| format!("reading {}", token_path.display()))?
+        .trim()
+        .to_string();
+    let db = db::Db::open(&dir.join("jobs.sqlite"))?;
+    let store = LocalStore::open(dir).with_context(|| format!("opening the chunk store in {}", dir.display()))?;
+    fs::create_dir_all(dir.join("manifests"))?;
+    Ok(AppState { db, store: Arc::new(store), dir: dir.to_owned(), admin_token })
+}
+
+/// Runs the receiver until the process is stopped.
+pub async fn serve(cfg: ServeConfig) -> Result<()> {
+    let state = Arc::new(open_state(&cfg.store)?);
+    let listener =
+        tokio::net::TcpListener::bind(cfg.listen).await.with_context(|| format!("listening on {}", cfg.listen))?;
+    let local = listener.local_addr()?;
+    let host = cfg.advertise.clone().unwrap_or_else(|| local.ip().to_string());
+    let app = api::router(state.clone());
+    let (url, pin) = if cfg.plain_http {
+        (format!("http://{host}:{}", local.port()), None)
+    } else {
+        let id = tls::ensure_identity(&cfg.store.join("tls"), &[host.clone()])?;
+        (format!("https://{host}:{}", local.port()), Some(id.pin))
+    };
+    let info = ReceiverInfo { url: url.clone(), pin: pin.clone() };
+    fs::write(cfg.store.join("receiver.json"), serde_json::to_vec_pretty(&info)?)?;
+    println!("ferry receiver listening on {url}");
+    println!("store:        {}", cfg.store.display());
+    println!("admin token:  {}", cfg.store.join("admin.token").display());
+    match &pin {
+        Some(pin) => {
+            println!("certificate pin (SHA-256): {pin}");
+            println!(
+                "boot sources with:\n  ferry.server={url} ferry.pin={pin} ferry.job=<JOB> ferry.token=<TOKEN> ip=dhcp"
+            );
+        }
+        None => {
+            println!("WARNING: plain HTTP: disk data and tokens travel unencrypted");
+            println!("boot sources with:\n  ferry.server={url} ferry.job=<JOB> ferry.token=<TOKEN> ip=dhcp");
+        }
+    }
+    use std::io::Write as _;
+    let _ = std::io::stdout().flush();
+    if cfg.plain_http {
+        axum::serve(listener, app).await.context("serving HTTP")?;
+        return Ok(());
+    }
+    let id = tls::ensure_identity(&cfg.store.join("tls"), &[])?;
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls::server_config(&id)?));
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                // Out of file descriptors and the like: wait and go on serving.
+                log::warn!("accept failed: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let app = app.clone();
+        tokio::spawn(async move {
+            let tls = match acceptor.accept(tcp).await {
+                Ok(t) => t,
+                Err(e) => {
+                    log::info!("TLS handshake with {peer} failed: {e}");
+                    return;
+                }
+            };
+            let io = hyper_util::rt::TokioIo::new(tls);
+            let svc = hyper_util::service::TowerToHyperService::new(app);
+            let builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+            if let Err(e) = builder.serve_connection(io, svc).await {
+                log::debug!("connection from {peer} ended: {e}");
+            }
+        });
+    }
+}

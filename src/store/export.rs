@@ -1,0 +1,179 @@
+//! Writing a received disk out of the store: a sparse raw file (zero chunks stay holes) or a
+//! qcow2 image, each verified against the disk's whole-disk BLAKE3 before it takes its name.
+
+use std::fs::{self, File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use rayon::prelude::*;
+
+use super::{ChunkStore, LocalStore};
+use crate::disk::DiskReader;
+use crate::image::{self, hasher, treehash, Manifest};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Raw,
+    Qcow2,
+}
+
+/// What an export wrote.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Exported {
+    pub path: String,
+    pub format: &'static str,
+    pub size: u64,
+    pub blake3: String,
+    pub verified: bool,
+}
+
+/// The verified manifest of disk `disk` of `job`, as the receiver kept it.
+pub fn load_manifest(store_dir: &Path, job: &str, disk: u32) -> Result<Manifest> {
+    if !crate::proto::valid_job_id(job) {
+        bail!("{job:?} is not a job id");
+    }
+    let path = store_dir.join("manifests").join(job).join(format!("{disk}.json"));
+    let text = fs::read(&path).with_context(|| {
+        format!("reading {} (is disk {disk} of job {job} verified? see ferry job show {job})", path.display())
+    })?;
+    let m: Manifest = serde_json::from_slice(&text).with_context(|| format!("parsing {}", path.display()))?;
+    m.validate().with_context(|| format!("checking {}", path.display()))?;
+    Ok(m)
+}
+
+/// Exports disk `disk` of `job` to `to`.
+pub fn export(store_dir: &Path, job: &str, disk: u32, to: &Path, format: Format) -> Result<Exported> {
+    let manifest = load_manifest(store_dir, job, disk)?;
+    let store = LocalStore::open(store_dir)?;
+    if to.is_dir() {
+        bail!("{} is a directory; give a file name", to.display());
+    }
+    let partial = sibling(to, ".partial");
+    let result = (|| -> Result<()> {
+        match format {
+            Format::Raw => write_raw(&store, &manifest, &partial),
+            Format::Qcow2 => {
+                let raw = sibling(to, ".raw.partial");
+                let r = write_raw(&store, &manifest, &raw).and_then(|()| to_qcow2(&raw, &partial));
+                let _ = fs::remove_file(&raw);
+                r
+            }
+        }
+    })();
+    if let Err(e) = result {
+        let _ = fs::remove_file(&partial);
+        return Err(e);
+    }
+    fs::rename(&partial, to).with_context(|| format!("renaming {} to {}", partial.display(), to.display()))?;
+    Ok(Exported {
+        path: to.display().to_string(),
+        format: match format {
+            Format::Raw => "raw",
+            Format::Qcow2 => "qcow2",
+        },
+        size: manifest.size,
+        blake3: hex::encode(manifest.blake3),
+        verified: true,
+    })
+}
+
+fn sibling(p: &Path, suffix: &str) -> PathBuf {
+    let mut s = p.as_os_str().to_owned();
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
+/// Writes every data chunk at its offset into a sparse file, re-checking each chunk's id as it
+/// leaves the store (bit rot on the receiver is caught here), then hashes the whole file and
+/// compares it with the manifest.
+fn write_raw(store: &LocalStore, m: &Manifest, path: &Path) -> Result<()> {
+    let f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    f.set_len(m.size).with_context(|| format!("sizing {}", path.display()))?;
+    (0..m.chunks.len()).into_par_iter().try_for_each(|i| -> Result<()> {
+        let c = &m.chunks[i];
+        if c.zero {
+            return Ok(());
+        }
+        let (offset, len) = m.chunk_range(i as u64);
+        let data =
+            store.get(&c.id).with_context(|| format!("reading chunk {i} ({}) from the store", hex::encode(c.id)))?;
+        if data.len() as u64 != len || treehash::chunk_id(&data, offset, m.size, m.chunk_size) != c.id {
+            bail!("chunk {i} in the store is damaged: its bytes no longer match its id {}", hex::encode(c.id));
+        }
+        f.write_all_at(&data, offset).with_context(|| format!("writing {} at byte {offset}", path.display()))
+    })?;
+    f.sync_all()?;
+    drop(f);
+    verify_file(path, m)
+}
+
+/// Hashes `path` in one pass and compares it with the manifest's whole-disk BLAKE3.
+pub fn verify_file(path: &Path, m: &Manifest) -> Result<()> {
+    let reader = Arc::new(DiskReader::open(path, None)?);
+    if reader.size() != m.size {
+        bail!("{} is {} bytes, the disk was {}", path.display(), reader.size(), m.size);
+    }
+    let chunks = image::hash_all_chunks(reader, m.chunk_size, hasher::default_threads(), |_| {})?;
+    let ids: Vec<_> = chunks.iter().map(|c| c.id).collect();
+    let root = treehash::root_from_ids(&ids, m.size, m.chunk_size)?;
+    if root != m.blake3 {
+        let first = chunks.iter().zip(&m.chunks).position(|(a, b)| a.id != b.id).unwrap_or(0);
+        bail!(
+            "{} hashes to {}, not the disk's {} (first difference in chunk {first})",
+            path.display(),
+            hex::encode(root),
+            hex::encode(m.blake3)
+        );
+    }
+    Ok(())
+}
+
+/// Converts a verified raw file to qcow2 with qemu-img, then proves the two hold the same guest
+/// bytes with `qemu-img compare`.
+fn to_qcow2(raw: &Path, out: &Path) -> Result<()> {
+    let run = |args: &[&std::ffi::OsStr], what: &str| -> Result<()> {
+        let status = Command::new("qemu-img")
+            .args(args)
+            .status()
+            .with_context(|| format!("running qemu-img to {what} (install qemu-utils)"))?;
+        if !status.success() {
+            bail!("qemu-img failed to {what} ({status})");
+        }
+        Ok(())
+    };
+    run(
+        &[
+            "convert".as_ref(),
+            "-f".as_ref(),
+            "raw".as_ref(),
+            "-O".as_ref(),
+            "qcow2".as_ref(),
+            raw.as_os_str(),
+            out.as_os_str(),
+        ],
+        "convert to qcow2",
+    )?;
+    run(
+        &[
+            "compare".as_ref(),
+            "-q".as_ref(),
+            "-f".as_ref(),
+            "raw".as_ref(),
+            "-F".as_ref(),
+            "qcow2".as_ref(),
+            raw.as_os_str(),
+            out.as_os_str(),
+        ],
+        "compare the qcow2 with the verified raw image",
+    )?;
+    File::open(out)?.sync_all()?;
+    Ok(())
+}
