@@ -50,7 +50,7 @@ impl Progress {
     pub fn line(&self, done: u64) -> String {
         let secs = self.started.elapsed().as_secs_f64().max(0.001);
         let rate = done as f64 / secs;
-        let pct = if self.total == 0 { 100 } else { done * 100 / self.total };
+        let pct = (done * 100).checked_div(self.total).unwrap_or(100);
         let eta = if rate > 0.0 { ((self.total - done.min(self.total)) as f64 / rate) as u64 } else { 0 };
         format!(
             "{}: {} of {} ({pct}%), {}/s, ETA {}",

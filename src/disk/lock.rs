@@ -24,7 +24,7 @@ pub fn lock_read_only(disk: &Path) -> Result<Vec<PathBuf>> {
     if let Some(dir) = sysfs::sys_dir_for(disk) {
         if let Some(d) = sysfs::describe(&dir, &dir.file_name().unwrap_or_default().to_string_lossy()) {
             for part in d.partitions {
-                if let Some(dev) = fs::read_to_string(dir.join(&part).join("dev")).ok() {
+                if let Ok(dev) = fs::read_to_string(dir.join(&part).join("dev")) {
                     dev_numbers.push(dev.trim().to_string());
                 }
                 let p = Path::new("/dev").join(&part);

@@ -103,20 +103,16 @@ pub fn read_partition_table(disk: &DiskReader) -> io::Result<PartitionTable> {
     let primary = probe_gpt_header(disk, 1, last_lba)?;
     let backup_at_end = probe_gpt_header(disk, last_lba, last_lba)?;
 
-    let mut table = if primary.is_ok() || backup_at_end.is_ok() {
-        read_gpt(disk, &sector0, &primary, &backup_at_end, last_lba)?
-    } else if sector0.has_protective_entry() {
-        let mut t = PartitionTable::empty(TableKind::Damaged, ss);
-        t.problems.push(format!(
-            "protective MBR (type 0xee) but no valid GPT: primary header: {}; backup header: {}",
-            primary.as_ref().unwrap_err(),
-            backup_at_end.as_ref().unwrap_err()
-        ));
-        t
-    } else if sector0.signature_ok {
-        read_mbr(disk, &sector0)?
-    } else {
-        PartitionTable::empty(TableKind::None, ss)
+    let mut table = match (&primary, &backup_at_end) {
+        (Err(p), Err(b)) if sector0.has_protective_entry() => {
+            let mut t = PartitionTable::empty(TableKind::Damaged, ss);
+            t.problems
+                .push(format!("protective MBR (type 0xee) but no valid GPT: primary header: {p}; backup header: {b}"));
+            t
+        }
+        (Err(_), Err(_)) if sector0.signature_ok => read_mbr(disk, &sector0)?,
+        (Err(_), Err(_)) => PartitionTable::empty(TableKind::None, ss),
+        _ => read_gpt(disk, &sector0, &primary, &backup_at_end, last_lba)?,
     };
 
     if table.kind != TableKind::Gpt {

@@ -80,7 +80,10 @@ pub fn root_from_ids(ids: &[Digest], size: u64, chunk_size: u64) -> Result<Diges
 
 /// Splits a run of ids covering `len` bytes where the BLAKE3 tree splits it. The left side is
 /// always a power of two no smaller than `chunk_size`, so the split falls on a chunk boundary.
-fn split(ids: &[Digest], len: u64, chunk_size: u64) -> ((&[Digest], u64), (&[Digest], u64)) {
+/// A run of chunk ids and the bytes it covers.
+type Span<'a> = (&'a [Digest], u64);
+
+fn split(ids: &[Digest], len: u64, chunk_size: u64) -> (Span<'_>, Span<'_>) {
     let left_len = left_subtree_len(len);
     let left_chunks = (left_len / chunk_size) as usize;
     let (l, r) = ids.split_at(left_chunks);

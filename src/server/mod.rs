@@ -95,7 +95,7 @@ pub async fn serve(cfg: ServeConfig) -> Result<()> {
     let (url, pin) = if cfg.plain_http {
         (format!("http://{host}:{}", local.port()), None)
     } else {
-        let id = tls::ensure_identity(&cfg.store.join("tls"), &[host.clone()])?;
+        let id = tls::ensure_identity(&cfg.store.join("tls"), std::slice::from_ref(&host))?;
         (format!("https://{host}:{}", local.port()), Some(id.pin))
     };
     let info = ReceiverInfo { url: url.clone(), pin: pin.clone() };

@@ -52,17 +52,15 @@ pub fn export(store_dir: &Path, job: &str, disk: u32, to: &Path, format: Format)
         bail!("{} is a directory; give a file name", to.display());
     }
     let partial = sibling(to, ".partial");
-    let result = (|| -> Result<()> {
-        match format {
-            Format::Raw => write_raw(&store, &manifest, &partial),
-            Format::Qcow2 => {
-                let raw = sibling(to, ".raw.partial");
-                let r = write_raw(&store, &manifest, &raw).and_then(|()| to_qcow2(&raw, &partial));
-                let _ = fs::remove_file(&raw);
-                r
-            }
+    let result = match format {
+        Format::Raw => write_raw(&store, &manifest, &partial),
+        Format::Qcow2 => {
+            let raw = sibling(to, ".raw.partial");
+            let r = write_raw(&store, &manifest, &raw).and_then(|()| to_qcow2(&raw, &partial));
+            let _ = fs::remove_file(&raw);
+            r
         }
-    })();
+    };
     if let Err(e) = result {
         let _ = fs::remove_file(&partial);
         return Err(e);
