@@ -9,6 +9,7 @@ pub mod cli;
 pub mod cmdline;
 pub mod disk;
 pub mod image;
+pub mod imagebuild;
 pub mod proto;
 pub mod server;
 pub mod store;

@@ -2,6 +2,7 @@
 
 mod export;
 mod hash;
+mod image;
 mod inspect;
 mod job;
 pub mod progress;
@@ -34,6 +35,7 @@ pub fn run() -> i32 {
         Command::Job(c) => job::run(c),
         Command::Send(a) => send::run(a),
         Command::Export(a) => export::run(a),
+        Command::Image(crate::cmdline::ImageCommand::Build(a)) => image::run(a),
     };
     match result {
         Ok(code) => code,

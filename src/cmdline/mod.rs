@@ -30,6 +30,40 @@ pub enum Command {
     Send(SendArgs),
     /// Write a received disk out of the store as a raw or qcow2 image.
     Export(ExportArgs),
+    /// Build the live image: kernel, initramfs, iPXE script, USB image.
+    #[command(subcommand)]
+    Image(ImageCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Build vmlinuz, initrd.img, boot.ipxe and a UEFI USB image (+ .bmap) into DIR.
+    Build(ImageBuildArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ImageBuildArgs {
+    /// Output directory.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// The statically linked ferry to put in the image as /init (default: this binary, if static).
+    #[arg(long)]
+    pub init: Option<PathBuf>,
+    /// A Debian linux-image-*-amd64 .deb to use instead of fetching one with apt.
+    #[arg(long)]
+    pub kernel_deb: Option<PathBuf>,
+    /// Where fetched kernel packages are cached (default: /var/cache/ferry).
+    #[arg(long)]
+    pub cache: Option<PathBuf>,
+    /// Extra kernel command line for the USB image and boot.ipxe (e.g. ferry.server=... ferry.pin=...).
+    #[arg(long, default_value = "")]
+    pub cmdline: String,
+    /// Skip the USB image (faster, for PXE or direct kernel boot only).
+    #[arg(long)]
+    pub no_usb: bool,
+    /// Print what was built as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
