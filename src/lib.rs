@@ -10,6 +10,7 @@ pub mod cmdline;
 pub mod disk;
 pub mod image;
 pub mod imagebuild;
+pub mod init;
 pub mod proto;
 pub mod server;
 pub mod store;

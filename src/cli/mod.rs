@@ -6,6 +6,8 @@ mod image;
 mod inspect;
 mod job;
 pub mod progress;
+
+pub use inspect::render as render_disks;
 mod send;
 mod serve;
 

@@ -1,0 +1,103 @@
+//! What the technician reads: plain lines that hold up on an 80x25 VGA console and a serial
+//! console alike (no cursor tricks, so a serial log reads cleanly), and a verdict in words.
+
+use serde::{Deserialize, Serialize};
+
+/// The end of the work, as the screen and the supervisor see it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Verdict {
+    pub ok: bool,
+    /// `MIGRATED` or `FAILED`.
+    pub headline: String,
+    /// What happened, one line each.
+    pub lines: Vec<String>,
+    /// What the technician should do now (FAILED only).
+    #[serde(default)]
+    pub advice: Vec<String>,
+}
+
+/// Where the worker leaves its verdict for the supervisor.
+pub const VERDICT_PATH: &str = "/run/ferry/verdict.json";
+
+const WIDTH: usize = 78;
+
+/// The verdict framed for the screen.
+pub fn render_verdict(v: &Verdict) -> String {
+    let bar = if v.ok { "=" } else { "!" }.repeat(WIDTH);
+    let spaced: String = v.headline.chars().map(|c| format!("{c} ")).collect::<String>().trim_end().to_string();
+    let mut out = format!("\n{bar}\n\n{:^WIDTH$}\n\n", spaced);
+    for l in &v.lines {
+        for piece in wrap(l, WIDTH - 2) {
+            out += &format!("  {piece}\n");
+        }
+    }
+    if !v.advice.is_empty() {
+        out += "\n  What to do:\n";
+        for a in &v.advice {
+            for (i, piece) in wrap(a, WIDTH - 6).into_iter().enumerate() {
+                out += &format!("  {} {piece}\n", if i == 0 { " -" } else { "  " });
+            }
+        }
+    }
+    out += &format!("\n{bar}\n");
+    out
+}
+
+/// Splits a line into pieces of at most `width` characters, at spaces where possible.
+pub fn wrap(line: &str, width: usize) -> Vec<String> {
+    let mut out = vec![];
+    let mut cur = String::new();
+    for word in line.split(' ') {
+        let mut word = word.to_string();
+        while word.chars().count() > width {
+            if !cur.is_empty() {
+                out.push(std::mem::take(&mut cur));
+            }
+            let head: String = word.chars().take(width).collect();
+            word = word.chars().skip(width).collect();
+            out.push(head);
+        }
+        if !cur.is_empty() && cur.chars().count() + 1 + word.chars().count() > width {
+            out.push(std::mem::take(&mut cur));
+        }
+        if !cur.is_empty() {
+            cur.push(' ');
+        }
+        cur += &word;
+    }
+    if !cur.is_empty() || out.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verdict_fits_80_columns() {
+        let v = Verdict {
+            ok: false,
+            headline: "FAILED".into(),
+            lines: vec![format!("disk 0 /dev/vda blake3 {}", "ab".repeat(32)), "x".repeat(200)],
+            advice: vec!["Check the cable and that the receiver at https://10.0.0.5:8443 is running, then reboot this machine from the stick.".into()],
+        };
+        let s = render_verdict(&v);
+        assert!(s.contains("F A I L E D"));
+        assert!(s.contains("What to do"));
+        for l in s.lines() {
+            assert!(l.chars().count() <= 80, "{l:?} is {} wide", l.chars().count());
+        }
+        // The full hash survives wrapping.
+        let joined: String = s.lines().map(str::trim).collect();
+        assert!(joined.contains(&"ab".repeat(32)));
+    }
+
+    #[test]
+    fn wrap_keeps_words() {
+        assert_eq!(wrap("a bb ccc", 4), ["a bb", "ccc"]);
+        assert_eq!(wrap("", 4), [""]);
+        assert_eq!(wrap("abcdefgh", 3), ["abc", "def", "gh"]);
+    }
+}

@@ -1,0 +1,53 @@
+//! Logging from the live image: records go to /dev/kmsg (so they land in the kernel log with
+//! everything else) and to the console.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::sync::Mutex;
+
+struct KmsgLogger {
+    kmsg: Option<Mutex<std::fs::File>>,
+    level: log::LevelFilter,
+}
+
+impl log::Log for KmsgLogger {
+    fn enabled(&self, m: &log::Metadata) -> bool {
+        m.level() <= self.level
+    }
+
+    fn log(&self, r: &log::Record) {
+        if !self.enabled(r.metadata()) {
+            return;
+        }
+        let prio = match r.level() {
+            log::Level::Error => 3,
+            log::Level::Warn => 4,
+            log::Level::Info => 6,
+            _ => 7,
+        };
+        let mut msg = format!("{}", r.args());
+        // The kernel truncates long kmsg records; keep whole characters.
+        while msg.len() > 900 {
+            msg.pop();
+        }
+        if let Some(k) = &self.kmsg {
+            let mut k = k.lock().unwrap_or_else(|p| p.into_inner());
+            let _ = writeln!(k, "<{prio}>ferry[{}]: {msg}", std::process::id());
+        }
+        if r.level() <= log::Level::Warn {
+            eprintln!("ferry: {}: {msg}", r.level().as_str().to_lowercase());
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+/// Installs the logger (once per process).
+pub fn init(verbose: bool) {
+    let _ = std::fs::write("/proc/sys/kernel/printk_devkmsg", "on\n");
+    let kmsg = OpenOptions::new().write(true).open("/dev/kmsg").ok().map(Mutex::new);
+    let level = if verbose { log::LevelFilter::Debug } else { log::LevelFilter::Info };
+    if log::set_boxed_logger(Box::new(KmsgLogger { kmsg, level })).is_ok() {
+        log::set_max_level(level);
+    }
+}

@@ -1,0 +1,10 @@
+//! The live image: ferry as PID 1 (a supervisor that never exits) and its worker.
+
+pub mod cmdline;
+pub mod console;
+pub mod coverage;
+pub mod kmsg;
+pub mod modules;
+pub mod net;
+pub mod pid1;
+pub mod worker;

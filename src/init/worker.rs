@@ -1,0 +1,354 @@
+//! The live image's work, in a child of PID 1: drivers, disks, network, then the migration.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use nix::mount::{mount, umount, MsFlags};
+
+use super::cmdline::{LiveConfig, Role};
+use super::console::{render_verdict, Verdict, VERDICT_PATH};
+use super::coverage::{self, Coverage};
+use super::modules::{Loader, ModuleIndex, UeventListener};
+use super::net;
+use crate::agent::send::{send, SendOptions, SendProgress};
+use crate::agent::{Client, Endpoint, Refused};
+use crate::disk::{self, sysfs, DiskReader, TableKind};
+use crate::image::hasher;
+use crate::util::{human_bytes, human_duration};
+
+/// A failure with the words the technician needs.
+struct Failed {
+    lines: Vec<String>,
+    advice: Vec<String>,
+}
+
+impl Failed {
+    fn new(line: impl Into<String>, advice: impl Into<String>) -> Self {
+        Self { lines: vec![line.into()], advice: vec![advice.into()] }
+    }
+}
+
+/// Runs the worker; returns the process exit code after writing the verdict.
+pub fn run() -> i32 {
+    super::kmsg::init(false);
+    std::panic::set_hook(Box::new(|info| {
+        let v = Verdict {
+            ok: false,
+            headline: "FAILED".into(),
+            lines: vec![format!("ferry hit an internal error: {info}")],
+            advice: vec!["Nothing was reported as migrated. Photograph this screen for the operator.".into()],
+        };
+        write_verdict(&v);
+    }));
+    let cmdline = fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    let mut cfg = LiveConfig::from_cmdline(&cmdline);
+    println!("\nferry {} live image", env!("CARGO_PKG_VERSION"));
+    let verdict = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt.block_on(work(&mut cfg, &cmdline)),
+        Err(e) => Err(Failed::new(format!("cannot start: {e}"), "Reboot and try again.")),
+    };
+    let v = match verdict {
+        Ok(v) => v,
+        Err(f) => Verdict { ok: false, headline: "FAILED".into(), lines: f.lines, advice: f.advice },
+    };
+    write_verdict(&v);
+    if v.ok {
+        0
+    } else {
+        1
+    }
+}
+
+fn write_verdict(v: &Verdict) {
+    print!("{}", render_verdict(v));
+    let _ = fs::create_dir_all("/run/ferry");
+    if let Ok(b) = serde_json::to_vec(v) {
+        let _ = fs::write(VERDICT_PATH, b);
+    }
+}
+
+async fn work(cfg: &mut LiveConfig, cmdline: &str) -> Result<Verdict, Failed> {
+    let started = Instant::now();
+    // 1. Drivers.
+    let loader = load_drivers();
+    println!("drivers: {} modules loaded", loader.loaded.len());
+
+    // 2. The boot stick (never a source disk) and its ferry.toml.
+    let all_disks = sysfs::enumerate(Path::new("/sys/block")).unwrap_or_default();
+    let boot_disk = find_boot_medium(&all_disks);
+    if let Some((disk, part)) = &boot_disk {
+        println!("boot medium: /dev/{disk} (not migrated)");
+        if let Some(text) = read_ferry_toml(part) {
+            if let Err(e) = cfg.merge_toml(&text, cmdline) {
+                cfg.errors.push(e);
+            }
+        }
+    }
+    for k in &cfg.unknown {
+        println!("warning: unknown kernel command line key {k} (ignored)");
+    }
+    if !cfg.errors.is_empty() {
+        return Err(Failed {
+            lines: cfg.errors.clone(),
+            advice: vec!["Fix the boot entry's kernel command line (or ferry.toml on the stick) and boot again.".into()],
+        });
+    }
+    if cfg.role == Role::Target {
+        return Err(Failed::new(
+            "ferry.role=target is not supported by this image yet",
+            "Boot this machine with ferry.role=source, or use an image that supports the target role.",
+        ));
+    }
+    let missing = cfg.missing_for_source();
+    if !missing.is_empty() {
+        return Err(Failed::new(
+            format!("the configuration lacks {}", missing.join(", ")),
+            "Add them to the kernel command line (the receiver prints a ready line) or to ferry.toml on the stick.",
+        ));
+    }
+
+    // 3. Machine identity and disks.
+    let machine = crate::agent::identity::machine_identity();
+    println!(
+        "machine: {} {} serial {} uuid {}",
+        machine.vendor.as_deref().unwrap_or("?"),
+        machine.product.as_deref().unwrap_or("?"),
+        machine.serial.as_deref().unwrap_or("?"),
+        machine.product_uuid.as_deref().unwrap_or("?")
+    );
+    let sources: Vec<sysfs::SysDisk> = all_disks
+        .iter()
+        .filter(|d| boot_disk.as_ref().is_none_or(|(b, _)| b != &d.name))
+        .filter(|d| cfg.disks.is_empty() || cfg.disks.contains(&d.name))
+        .cloned()
+        .collect();
+    let cov = coverage::check(Path::new("/sys"), &coverage::disk_device_paths(Path::new("/sys")));
+    report_coverage(&cov);
+
+    // 4. Network (needed to report even a failure).
+    println!("network: {} ...", if matches!(cfg.ip, super::cmdline::IpConfig::Dhcp) { "DHCP" } else { "static" });
+    let configured = net::bring_up(&cfg.ip, cfg.bootif.as_deref(), Duration::from_secs(45)).await.map_err(|e| {
+        Failed::new(
+            format!("no network: {e:#}"),
+            "Check the cable and the switch port (VLAN), then reboot from the stick. The disks were not touched.",
+        )
+    })?;
+    println!(
+        "network: {} {}/{} via {} ({})",
+        configured.link,
+        configured.address,
+        configured.prefix,
+        configured.gateway.map(|g| g.to_string()).unwrap_or_else(|| "-".into()),
+        configured.how
+    );
+    let client = Client::new(&Endpoint {
+        server: cfg.server.clone().unwrap_or_default(),
+        token: cfg.token.clone().unwrap_or_default(),
+        pin: cfg.pin.clone(),
+        plain_http: cfg.plain_http,
+        retry_for: Duration::from_secs(300),
+    })
+    .map_err(|e| Failed::new(format!("{e:#}"), "Fix ferry.server / ferry.pin and boot again."))?;
+    let job = cfg.job.clone().unwrap_or_default();
+
+    if !cov.storage_ok() {
+        let ids: Vec<String> =
+            cov.unbound_storage.iter().map(|d| format!("{} (class {}) at {}", d.id, d.class, d.address)).collect();
+        let reason = format!("no driver in this image for storage controller {}", ids.join(", "));
+        report_failure(&client, &job, "missing_driver", &reason).await;
+        return Err(Failed::new(
+            reason,
+            "Do not migrate this machine with this image: give the PCI ids to the operator so a driver can be added.",
+        ));
+    }
+    if sources.is_empty() {
+        let reason = "no disk found to migrate".to_string();
+        report_failure(&client, &job, "no_disks", &reason).await;
+        return Err(Failed::new(reason, "Check the disks are attached and visible in the firmware setup."));
+    }
+
+    // 5. Read-only at the kernel level before anything reads a source disk.
+    let mut paths: Vec<PathBuf> = vec![];
+    for d in &sources {
+        let p = Path::new("/dev").join(&d.name);
+        disk::lock::lock_read_only(&p).map_err(|e| {
+            Failed::new(
+                format!("could not set {} read-only: {e:#}", p.display()),
+                "Reboot and try again; report this to the operator if it repeats.",
+            )
+        })?;
+        paths.push(p);
+    }
+    print_disk_table(&paths);
+
+    // 6. The migration.
+    let opts = SendOptions { threads: hasher::default_threads(), ..Default::default() };
+    let mut last_line = Instant::now() - Duration::from_secs(60);
+    let t0 = Instant::now();
+    let mut on_progress = move |p: &SendProgress| {
+        if last_line.elapsed() >= Duration::from_secs(5) || p.bytes_done == p.size {
+            last_line = Instant::now();
+            let rate = p.bytes_done as f64 / t0.elapsed().as_secs_f64().max(0.001);
+            let eta = if rate > 0.0 { ((p.size - p.bytes_done) as f64 / rate) as u64 } else { 0 };
+            println!(
+                "disk {} {}: {} of {} ({}%), {}/s, ETA {}, sent {}",
+                p.index,
+                p.path,
+                human_bytes(p.bytes_done),
+                human_bytes(p.size),
+                (p.bytes_done * 100).checked_div(p.size).unwrap_or(100),
+                human_bytes(rate as u64),
+                human_duration(eta),
+                human_bytes(p.sent_bytes)
+            );
+        }
+    };
+    match send(&client, &job, &paths, &opts, &mut on_progress).await {
+        Ok(summaries) => {
+            let mut lines = vec![format!(
+                "job {job}: {} disk(s) copied and verified in {}",
+                summaries.len(),
+                human_duration(started.elapsed().as_secs())
+            )];
+            for s in &summaries {
+                lines.push(format!("disk {} {} {}: blake3 {}", s.index, s.path, human_bytes(s.size), s.blake3));
+            }
+            Ok(Verdict { ok: true, headline: "MIGRATED".into(), lines, advice: vec![] })
+        }
+        Err(e) => {
+            let advice = advice_for(&e, cfg);
+            Err(Failed { lines: vec![format!("{e:#}")], advice: vec![advice] })
+        }
+    }
+}
+
+fn advice_for(e: &anyhow::Error, cfg: &LiveConfig) -> String {
+    if let Some(r) = e.downcast_ref::<Refused>() {
+        return match (r.status, r.code.as_str()) {
+            (401 | 403, _) => "The receiver does not accept this job token: check ferry.job and ferry.token with the operator.".into(),
+            (404, _) => "The receiver has no such job: check ferry.job with the operator.".into(),
+            (_, "job_cancelled") => "The operator cancelled this job. Ask before migrating this machine.".into(),
+            (_, "job_in_error") | (_, "store_full") => "The job needs the operator: ask them to fix it and restart the job, then reboot from the stick. Chunks already sent are kept.".into(),
+            _ => "Give this screen to the operator.".into(),
+        };
+    }
+    format!(
+        "Check that the receiver at {} is running and reachable, then reboot from the stick: chunks already sent are never sent again.",
+        cfg.server.as_deref().unwrap_or("?")
+    )
+}
+
+async fn report_failure(client: &Client, job: &str, code: &str, reason: &str) {
+    let f = crate::proto::Failure { code: code.into(), reason: reason.into() };
+    let path = format!("/jobs/{job}/fail");
+    let call = client.call::<serde_json::Value>(reqwest::Method::POST, &path, |r| r.json(&f));
+    let _ = tokio::time::timeout(Duration::from_secs(20), call).await;
+}
+
+fn load_drivers() -> Loader {
+    let release = nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default();
+    let dir = Path::new("/lib/modules").join(&release);
+    let index = ModuleIndex::load(&dir).unwrap_or_else(|e| {
+        log::warn!("no module index in {}: {e}", dir.display());
+        ModuleIndex::default()
+    });
+    let mut loader = Loader::new(index);
+    // Listen before coldplug so nothing announced in between is missed.
+    let uevents = UeventListener::open().map_err(|e| log::warn!("uevent socket: {e}")).ok();
+    for m in fs::read_to_string("/etc/ferry/modules-load").unwrap_or_default().lines() {
+        let m = m.trim();
+        if !m.is_empty() && !m.starts_with('#') {
+            loader.load(m);
+        }
+    }
+    // Settle: repeat until no module loads, no disk and no link appears for a while.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut quiet_rounds = 0;
+    let mut seen = snapshot();
+    while Instant::now() < deadline && quiet_rounds < 3 {
+        let mut loaded = loader.coldplug(Path::new("/sys/devices"));
+        if let Some(u) = &uevents {
+            loaded += loader.load_for_aliases(&u.drain_modaliases());
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        let now = snapshot();
+        if loaded == 0 && now == seen {
+            quiet_rounds += 1;
+        } else {
+            quiet_rounds = 0;
+        }
+        seen = now;
+    }
+    loader
+}
+
+/// Disks and links present now.
+fn snapshot() -> (Vec<String>, Vec<String>) {
+    let names = |d: &str| -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(d)
+            .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .unwrap_or_default();
+        v.sort();
+        v
+    };
+    (names("/sys/block"), names("/sys/class/net"))
+}
+
+/// The disk holding a GPT partition named `ferry-boot`, and that partition's device.
+fn find_boot_medium(disks: &[sysfs::SysDisk]) -> Option<(String, PathBuf)> {
+    for d in disks {
+        let path = Path::new("/dev").join(&d.name);
+        let Ok(reader) = DiskReader::open(&path, None) else { continue };
+        let Ok(table) = disk::read_partition_table(&reader) else { continue };
+        if table.kind != TableKind::Gpt {
+            continue;
+        }
+        if let Some(p) = table.partitions.iter().find(|p| p.name.as_deref() == Some("ferry-boot")) {
+            let part = d
+                .partitions
+                .iter()
+                .find(|name| {
+                    fs::read_to_string(Path::new("/sys/block").join(&d.name).join(name).join("partition"))
+                        .map(|s| s.trim() == p.number.to_string())
+                        .unwrap_or(false)
+                })
+                .map(|name| Path::new("/dev").join(name))
+                .unwrap_or_else(|| Path::new("/dev").join(format!("{}{}", d.name, p.number)));
+            return Some((d.name.clone(), part));
+        }
+    }
+    None
+}
+
+/// Reads `ferry.toml` from the boot stick's FAT partition, mounted read-only for a moment.
+fn read_ferry_toml(part: &Path) -> Option<String> {
+    let mnt = Path::new("/run/ferry/boot");
+    fs::create_dir_all(mnt).ok()?;
+    if let Err(e) = mount(Some(part), mnt, Some("vfat"), MsFlags::MS_RDONLY | MsFlags::MS_NOEXEC, None::<&str>) {
+        log::warn!("mounting the boot medium {}: {e}", part.display());
+        return None;
+    }
+    let text = fs::read_to_string(mnt.join("ferry.toml")).ok();
+    let _ = umount(mnt);
+    text
+}
+
+fn report_coverage(c: &Coverage) {
+    for d in &c.unbound_storage {
+        println!("DRIVER MISSING: storage controller {} class {} at {}", d.id, d.class, d.address);
+    }
+    for d in &c.unbound_network {
+        println!("driver missing: network controller {} class {} at {}", d.id, d.class, d.address);
+    }
+    for d in &c.storage_without_disks {
+        println!("note: storage controller {} ({}) shows no disk", d.id, d.driver.as_deref().unwrap_or("?"));
+    }
+}
+
+fn print_disk_table(paths: &[PathBuf]) {
+    let reports: Vec<_> =
+        paths.iter().filter_map(|p| disk::inspect_path(p, None).map_err(|e| log::warn!("{e:#}")).ok()).collect();
+    println!("\ndisks to migrate (read-only at the kernel level):");
+    print!("{}", crate::cli::render_disks(&reports));
+}
