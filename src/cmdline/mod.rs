@@ -80,6 +80,14 @@ pub struct ServeArgs {
     /// Host or IP that sources should use, for the printed kernel command line and certificate.
     #[arg(long)]
     pub advertise: Option<String>,
+    /// Serve the live image built by `ferry image build` from this directory under /boot/
+    /// (boot.ipxe, vmlinuz, initrd.img) so that iPXE can chain-load it over HTTP.
+    #[arg(long)]
+    pub boot_dir: Option<PathBuf>,
+    /// Also serve /boot/ over plain HTTP here (iPXE cannot check the receiver's certificate;
+    /// PXE is unauthenticated anyway). Only the boot files are served on this address.
+    #[arg(long, requires = "boot_dir")]
+    pub boot_listen: Option<std::net::SocketAddr>,
 }
 
 /// How an admin command reaches the receiver.

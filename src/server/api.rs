@@ -69,7 +69,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             post(complete_disk).layer(DefaultBodyLimit::max(MANIFEST_BODY_LIMIT)),
         )
         .layer(DefaultBodyLimit::max(CONTROL_BODY_LIMIT));
-    Router::new().nest(API_PREFIX, api).with_state(state)
+    Router::new().nest(API_PREFIX, api).route("/boot/{file}", get(boot_file)).with_state(state)
 }
 
 // ---- authentication ----
@@ -524,4 +524,30 @@ fn verify_manifest(st: &AppState, m: &Manifest) -> Result<(), (&'static str, Str
         return Err(("zero_mismatch", format!("chunk {i} is marked all-zero but its id is not the id of zeros")));
     }
     Ok(())
+}
+
+/// Only the boot files, for the plain-HTTP boot listener.
+pub fn boot_router(state: Arc<AppState>) -> Router {
+    Router::new().route("/boot/{file}", get(boot_file)).with_state(state)
+}
+
+/// The files of the live image that iPXE fetches; nothing else under the boot directory is served.
+const BOOT_FILES: &[(&str, &str)] = &[
+    ("boot.ipxe", "text/plain; charset=utf-8"),
+    ("vmlinuz", "application/octet-stream"),
+    ("initrd.img", "application/octet-stream"),
+];
+
+async fn boot_file(State(st): State<Arc<AppState>>, Path(file): Path<String>) -> Response {
+    let Some((name, ctype)) = BOOT_FILES.iter().find(|(n, _)| *n == file) else {
+        return ApiErr(StatusCode::NOT_FOUND, "not_found", format!("no boot file {file:?}")).into_response();
+    };
+    let Some(dir) = &st.boot_dir else {
+        return ApiErr(StatusCode::NOT_FOUND, "no_boot_dir", "this receiver was started without --boot-dir".into())
+            .into_response();
+    };
+    match tokio::fs::read(dir.join(name)).await {
+        Ok(bytes) => ([(axum::http::header::CONTENT_TYPE, *ctype)], bytes).into_response(),
+        Err(e) => ApiErr(StatusCode::NOT_FOUND, "not_found", format!("{name}: {e}")).into_response(),
+    }
 }

@@ -36,6 +36,10 @@ pub struct ServeConfig {
     /// Address sources should use in the printed kernel command line (the listen address when
     /// it is not a wildcard).
     pub advertise: Option<String>,
+    /// Directory of a built live image to serve under `/boot/`.
+    pub boot_dir: Option<PathBuf>,
+    /// Plain-HTTP address serving only `/boot/`.
+    pub boot_listen: Option<SocketAddr>,
 }
 
 /// Shared by every request.
@@ -44,6 +48,7 @@ pub struct AppState {
     pub store: Arc<dyn ChunkStore>,
     pub dir: PathBuf,
     pub admin_token: String,
+    pub boot_dir: Option<PathBuf>,
 }
 
 /// Writes a file only its owner can read (tokens, keys).
@@ -81,17 +86,30 @@ pub fn open_state(dir: &Path) -> Result<AppState> {
     let db = db::Db::open(&dir.join("jobs.sqlite"))?;
     let store = LocalStore::open(dir).with_context(|| format!("opening the chunk store in {}", dir.display()))?;
     fs::create_dir_all(dir.join("manifests"))?;
-    Ok(AppState { db, store: Arc::new(store), dir: dir.to_owned(), admin_token })
+    Ok(AppState { db, store: Arc::new(store), dir: dir.to_owned(), admin_token, boot_dir: None })
 }
 
 /// Runs the receiver until the process is stopped.
 pub async fn serve(cfg: ServeConfig) -> Result<()> {
-    let state = Arc::new(open_state(&cfg.store)?);
+    let mut state = open_state(&cfg.store)?;
+    state.boot_dir = cfg.boot_dir.clone();
+    let state = Arc::new(state);
     let listener =
         tokio::net::TcpListener::bind(cfg.listen).await.with_context(|| format!("listening on {}", cfg.listen))?;
     let local = listener.local_addr()?;
     let host = cfg.advertise.clone().unwrap_or_else(|| local.ip().to_string());
     let app = api::router(state.clone());
+    if let Some(addr) = cfg.boot_listen {
+        let boot =
+            tokio::net::TcpListener::bind(addr).await.with_context(|| format!("listening on {addr} for boot files"))?;
+        println!("boot files:   http://{}/boot/boot.ipxe", boot.local_addr()?);
+        let router = api::boot_router(state.clone());
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(boot, router).await {
+                log::error!("boot file server stopped: {e}");
+            }
+        });
+    }
     let (url, pin) = if cfg.plain_http {
         (format!("http://{host}:{}", local.port()), None)
     } else {
