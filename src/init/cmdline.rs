@@ -51,6 +51,8 @@ pub struct LiveConfig {
     pub disks: Vec<String>,
     /// Seconds the verdict stays before the on-finish action.
     pub countdown: u64,
+    /// Seconds to keep retrying an unreachable receiver before the verdict is FAILED.
+    pub retry: u64,
     pub plain_http: bool,
     pub ip: IpConfig,
     /// MAC of the PXE boot NIC (from `BOOTIF=01-aa-bb-cc-dd-ee-ff`).
@@ -101,7 +103,7 @@ fn parse_bool(v: Option<&str>) -> Result<bool, String> {
 impl LiveConfig {
     /// Parses a kernel command line.
     pub fn from_cmdline(line: &str) -> Self {
-        let mut cfg = LiveConfig { countdown: 10, ..Default::default() };
+        let mut cfg = LiveConfig { countdown: 10, retry: 300, ..Default::default() };
         for (k, v) in tokenize(line) {
             cfg.apply(&k, v.as_deref());
         }
@@ -142,6 +144,10 @@ impl LiveConfig {
                 None => {
                     self.errors.push(format!("ferry.countdown={} must be a number of seconds", value.unwrap_or("")))
                 }
+            },
+            "ferry.retry" => match value.and_then(|v| v.parse().ok()) {
+                Some(n) => self.retry = n,
+                None => self.errors.push(format!("ferry.retry={} must be a number of seconds", value.unwrap_or(""))),
             },
             "ferry.plain_http" => match parse_bool(value) {
                 Ok(b) => self.plain_http = b,
@@ -274,7 +280,7 @@ mod tests {
     #[test]
     fn a_full_command_line() {
         let c = LiveConfig::from_cmdline(
-            r#"BOOT_IMAGE=/vmlinuz console=ttyS0 ferry.server=https://10.0.2.2:8443 ferry.job=3fa9c01b7d2e ferry.token=tok ferry.pin=ab ferry.on_finish=poweroff ferry.disks=/dev/vda,nvme0n1 ferry.countdown=0 ip=dhcp BOOTIF=01-52-54-00-12-34-56 ferry.colour=red"#,
+            r#"BOOT_IMAGE=/vmlinuz console=ttyS0 ferry.server=https://10.0.2.2:8443 ferry.job=3fa9c01b7d2e ferry.token=tok ferry.pin=ab ferry.on_finish=poweroff ferry.disks=/dev/vda,nvme0n1 ferry.countdown=0 ferry.retry=20 ip=dhcp BOOTIF=01-52-54-00-12-34-56 ferry.colour=red"#,
         );
         assert_eq!(c.server.as_deref(), Some("https://10.0.2.2:8443"));
         assert_eq!(c.job.as_deref(), Some("3fa9c01b7d2e"));
@@ -283,6 +289,7 @@ mod tests {
         assert_eq!(c.on_finish, OnFinish::Poweroff);
         assert_eq!(c.disks, ["vda", "nvme0n1"]);
         assert_eq!(c.countdown, 0);
+        assert_eq!(c.retry, 20);
         assert_eq!(c.ip, IpConfig::Dhcp);
         assert_eq!(c.bootif.as_deref(), Some("52:54:00:12:34:56"));
         assert_eq!(c.unknown, ["ferry.colour"]);

@@ -147,7 +147,7 @@ async fn work(cfg: &mut LiveConfig, cmdline: &str) -> Result<Verdict, Failed> {
         token: cfg.token.clone().unwrap_or_default(),
         pin: cfg.pin.clone(),
         plain_http: cfg.plain_http,
-        retry_for: Duration::from_secs(300),
+        retry_for: Duration::from_secs(cfg.retry),
     })
     .map_err(|e| Failed::new(format!("{e:#}"), "Fix ferry.server / ferry.pin and boot again."))?;
     let job = cfg.job.clone().unwrap_or_default();
