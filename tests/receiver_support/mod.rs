@@ -28,8 +28,12 @@ impl Receiver {
     }
 
     pub fn start_on(store: &Path, plain: bool, port: u16) -> Self {
+        Self::start_with(store, plain, port, &[])
+    }
+
+    pub fn start_with(store: &Path, plain: bool, port: u16, extra: &[&str]) -> Self {
         let mut cmd = Command::new(FERRY);
-        cmd.args(["serve", "--store"]).arg(store).args(["--listen", &format!("127.0.0.1:{port}")]);
+        cmd.args(["serve", "--store"]).arg(store).args(["--listen", &format!("127.0.0.1:{port}")]).args(extra);
         if plain {
             cmd.arg("--plain-http");
         }
@@ -37,6 +41,7 @@ impl Receiver {
         let stdout = child.stdout.take().unwrap();
         let mut lines = BufReader::new(stdout).lines();
         let first = lines.next().expect("serve printed nothing").unwrap();
+        let first = if first.starts_with("boot files") { lines.next().unwrap().unwrap() } else { first };
         let url = first.rsplit(' ').next().unwrap().to_string();
         assert!(first.contains("listening on"), "unexpected first line: {first}");
         // Keep draining stdout so the server never blocks on a full pipe.

@@ -1,0 +1,242 @@
+//! The live image booted for real in QEMU: direct kernel boot, PXE through iPXE, a UEFI USB
+//! stick, and the failure paths. Each run ends with the guest's verdict on its serial console
+//! and the receiver's job state; exported disks are compared with `b3sum`.
+
+mod receiver_support;
+mod vm_support;
+
+use std::path::Path;
+use std::time::Duration;
+
+use receiver_support::*;
+use vm_support::*;
+
+const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
+
+fn export_b3sum(r: &Receiver, job: &str, disk: u64, dir: &Path) -> String {
+    let out = dir.join(format!("export-{job}-{disk}.img"));
+    let ex = ferry(&[
+        "export",
+        "--store",
+        r.store.to_str().unwrap(),
+        "--job",
+        job,
+        "--disk",
+        &disk.to_string(),
+        "--to",
+        out.to_str().unwrap(),
+    ]);
+    assert!(ex.status.success(), "export: {}", String::from_utf8_lossy(&ex.stderr));
+    let sum = b3sum(&out);
+    let _ = std::fs::remove_file(out);
+    sum
+}
+
+#[test]
+fn direct_boot_migrates_three_disks_and_never_writes_them() {
+    if !vm_ready() {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let (gpt, gpt4k, mbr) = (t.path().join("gpt.img"), t.path().join("gpt4k.img"), t.path().join("mbr.img"));
+    gpt_disk(&gpt, 48, 1);
+    gpt_4k_disk(&gpt4k, 32, 2);
+    mbr_disk(&mbr, 24, 3);
+    let before = [b3sum(&gpt), b3sum(&gpt4k), b3sum(&mbr)];
+
+    let r = Receiver::start(&t.path().join("store"), false);
+    let (job, token) = r.create_job("vm-direct");
+    let pin = r.pin().unwrap();
+    let log = t.path().join("serial.log");
+    let mut vm = Vm::direct(&log, &source_cmdline(&guest_url(r.port, true), &job, &token, Some(&pin)));
+    vm.disk(Disk::Virtio { file: &gpt, serial: "SRC-GPT", sector: 512 }, 0)
+        .disk(Disk::Virtio { file: &gpt4k, serial: "SRC-4K", sector: 4096 }, 1)
+        .disk(Disk::Nvme { file: &mbr, serial: "SRC-NVME" }, 2);
+    let (serial, took) = vm.run(BOOT_TIMEOUT);
+    eprintln!("direct boot with three disks: {took:?}");
+    assert!(serial.contains("M I G R A T E D"), "no MIGRATED verdict:\n{serial}");
+    assert!(serial.contains("Powering off now"), "no clean power-off:\n{serial}");
+    assert!(serial.contains("read-only at the kernel level"));
+
+    let j = r.job(&job);
+    assert_eq!(j["state"], "Finished", "{j:#}");
+    let disks = j["disks"].as_array().unwrap();
+    assert_eq!(disks.len(), 3);
+    let by_path =
+        |p: &str| disks.iter().find(|d| d["identity"]["path"] == p).unwrap_or_else(|| panic!("no {p} in {j:#}"));
+    let expect =
+        [("/dev/vda", &gpt, "gpt", 512), ("/dev/vdb", &gpt4k, "gpt", 4096), ("/dev/nvme0n1", &mbr, "mbr", 512)];
+    for (path, src, kind, sector) in expect {
+        let d = by_path(path);
+        assert_eq!(d["partition_table"]["kind"], kind, "{path}");
+        assert_eq!(d["identity"]["logical_sector_size"], sector, "{path}");
+        assert_eq!(d["blake3"].as_str().unwrap(), b3sum(src), "{path}");
+        assert_eq!(export_b3sum(&r, &job, d["index"].as_u64().unwrap(), t.path()), b3sum(src), "{path} export");
+    }
+    assert_eq!(by_path("/dev/vda")["identity"]["serial"], "SRC-GPT");
+    assert_eq!(by_path("/dev/vdb")["partition_table"]["partitions"][0]["name"], "data4k");
+    assert_eq!([b3sum(&gpt), b3sum(&gpt4k), b3sum(&mbr)], before, "a source disk changed");
+}
+
+#[test]
+fn pxe_boot_chain_loads_from_the_receiver_and_migrates() {
+    if !vm_ready() {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src.img");
+    gpt_disk(&src, 32, 9);
+    let boot_port = free_port();
+    let store = t.path().join("store");
+    let r = Receiver::start_with(
+        &store,
+        false,
+        free_port(),
+        &["--boot-dir", image_dir().to_str().unwrap(), "--boot-listen", &format!("127.0.0.1:{boot_port}")],
+    );
+    let (job, token) = r.create_job("vm-pxe");
+    let pin = r.pin().unwrap();
+    // The TFTP side only points iPXE at the receiver; kernel and initrd come over HTTP.
+    let tftp = t.path().join("tftp");
+    std::fs::create_dir(&tftp).unwrap();
+    let http = format!("http://10.0.2.2:{boot_port}/boot");
+    let cmdline = source_cmdline(&guest_url(r.port, true), &job, &token, Some(&pin));
+    std::fs::write(
+        tftp.join("boot.ipxe"),
+        format!("#!ipxe\nkernel {http}/vmlinuz initrd=initrd.img console=ttyS0 panic=-1 quiet ip=dhcp {cmdline}\ninitrd {http}/initrd.img\nboot\n"),
+    )
+    .unwrap();
+    let log = t.path().join("serial.log");
+    let mut vm = Vm::base(&log);
+    vm.arg("-boot").arg("n");
+    vm.arg("-netdev").arg(&format!("user,id=n0,tftp={},bootfile=boot.ipxe", tftp.display()));
+    vm.arg("-device").arg("virtio-net-pci,netdev=n0,bootindex=1");
+    vm.disk(Disk::Virtio { file: &src, serial: "PXE-SRC", sector: 512 }, 0);
+    let (serial, took) = vm.run(BOOT_TIMEOUT);
+    eprintln!("PXE boot: {took:?}");
+    assert!(serial.contains("M I G R A T E D"), "no MIGRATED verdict:\n{serial}");
+    assert_eq!(r.job(&job)["state"], "Finished");
+    assert_eq!(export_b3sum(&r, &job, 0, t.path()), b3sum(&src));
+}
+
+#[test]
+fn uefi_usb_stick_reads_ferry_toml_and_migrates() {
+    if !vm_ready() {
+        return;
+    }
+    let usb_image = image_dir().join("ferry-usb.img");
+    let code = Path::new("/usr/share/OVMF/OVMF_CODE_4M.fd");
+    assert!(usb_image.exists() && code.exists(), "needs {} and OVMF", usb_image.display());
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src.img");
+    gpt_disk(&src, 32, 5);
+    let r = Receiver::start(&t.path().join("store"), false);
+    let (job, token) = r.create_job("vm-usb");
+    let pin = r.pin().unwrap();
+    // The technician edits ferry.toml on the stick's FAT partition; do the same with mtools.
+    let usb = t.path().join("usb.img");
+    std::fs::copy(&usb_image, &usb).unwrap();
+    let toml = t.path().join("ferry.toml");
+    std::fs::write(
+        &toml,
+        format!("server = \"{}\"\npin = \"{pin}\"\njob = \"{job}\"\ntoken = \"{token}\"\non_finish = \"poweroff\"\ncountdown = 0\n", guest_url(r.port, true)),
+    )
+    .unwrap();
+    let offset = esp_offset(&usb);
+    run_ok(
+        std::process::Command::new("mcopy")
+            .args(["-o", "-i", &format!("{}@@{offset}", usb.display())])
+            .arg(&toml)
+            .arg("::ferry.toml"),
+    );
+    let vars = t.path().join("vars.fd");
+    std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars).unwrap();
+    let log = t.path().join("serial.log");
+    let mut vm = Vm::base(&log);
+    vm.arg("-machine").arg("q35");
+    vm.arg("-drive").arg(&format!("if=pflash,format=raw,unit=0,readonly=on,file={}", code.display()));
+    vm.arg("-drive").arg(&format!("if=pflash,format=raw,unit=1,file={}", vars.display()));
+    vm.arg("-netdev").arg("user,id=n0").arg("-device").arg("virtio-net-pci,netdev=n0,romfile=");
+    vm.disk(Disk::UsbStick { file: &usb }, 0);
+    vm.disk(Disk::Virtio { file: &src, serial: "USB-SRC", sector: 512 }, 1);
+    let (serial, took) = vm.run(BOOT_TIMEOUT);
+    eprintln!("UEFI USB boot: {took:?}");
+    assert!(serial.contains("M I G R A T E D"), "no MIGRATED verdict:\n{serial}");
+    assert!(serial.contains("(not migrated)"), "the stick itself must be left out:\n{serial}");
+    let j = r.job(&job);
+    assert_eq!(j["state"], "Finished");
+    assert_eq!(j["disks"].as_array().unwrap().len(), 1, "only the source disk, not the stick");
+    assert_eq!(export_b3sum(&r, &job, 0, t.path()), b3sum(&src));
+}
+
+/// Byte offset of the first partition (the ESP) of a GPT image, from sgdisk.
+fn esp_offset(img: &Path) -> u64 {
+    let out = std::process::Command::new("sgdisk").arg("-i").arg("1").arg(img).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let first: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("First sector: "))
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no first sector in {text}"));
+    first * 512
+}
+
+fn failing_boot(
+    append_extra: &str,
+    disks: &[Disk<'_>],
+    t: &Path,
+    r: Option<&Receiver>,
+    job: &str,
+    token: &str,
+    port: u16,
+) -> String {
+    let pin = r.and_then(|r| r.pin()).unwrap_or_else(|| "0".repeat(64));
+    let log = t.join("serial.log");
+    let mut vm = Vm::direct(
+        &log,
+        &format!("{} ferry.retry=5 {append_extra}", source_cmdline(&guest_url(port, true), job, token, Some(&pin))),
+    );
+    for (i, d) in disks.iter().enumerate() {
+        vm.disk(*d, i);
+    }
+    let (serial, _) = vm.run(BOOT_TIMEOUT);
+    assert!(serial.contains("F A I L E D"), "no FAILED verdict:\n{serial}");
+    assert!(serial.contains("Powering off now"), "the on-finish policy was not applied:\n{serial}");
+    serial
+}
+
+#[test]
+fn failures_end_in_a_failed_verdict_and_the_on_finish_action() {
+    if !vm_ready() {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src.img");
+    gpt_disk(&src, 16, 4);
+    let disk = [Disk::Virtio { file: &src, serial: "F1", sector: 512 }];
+
+    // A wrong token: the receiver refuses, the screen says what to check.
+    let r = Receiver::start(&t.path().join("store"), false);
+    let (job, _) = r.create_job("vm-wrong-token");
+    let serial = failing_boot("", &disk, t.path(), Some(&r), &job, &"f".repeat(64), r.port);
+    assert!(serial.contains("does not accept this job token"), "{serial}");
+    assert_eq!(r.job(&job)["state"], "Waiting");
+
+    // No receiver at all: retried, then FAILED saying where it looked.
+    let dead = free_port();
+    let serial = failing_boot("", &disk, t.path(), None, "nojob", "tok", dead);
+    assert!(serial.contains(&format!("10.0.2.2:{dead}")), "{serial}");
+
+    // A storage controller the image has no driver for: FAILED with its PCI ids, reported.
+    let (job, token) = r.create_job("vm-no-driver");
+    let scsi = t.path().join("scsi.img");
+    gpt_disk(&scsi, 16, 6);
+    let disks = [Disk::Virtio { file: &src, serial: "F2", sector: 512 }, Disk::Lsi { file: &scsi }];
+    let serial = failing_boot("", &disks, t.path(), Some(&r), &job, &token, r.port);
+    assert!(serial.contains("1000:0012"), "the LSI 53C895A's PCI id must be shown:\n{serial}");
+    let j = r.job(&job);
+    assert_eq!(j["state"], "InError", "{j:#}");
+    assert_eq!(j["error_code"], "source_missing_driver");
+    assert!(j["error_reason"].as_str().unwrap().contains("1000:0012"));
+}

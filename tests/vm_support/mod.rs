@@ -1,0 +1,229 @@
+//! Booting the real live image in QEMU (TCG: KVM guests do not run on these machines) with disks
+//! made here, against a real receiver on the host's loopback (the guest reaches it as 10.0.2.2).
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The directory `ferry image build` wrote (`FERRY_IMAGE_DIR`, default `out/image`).
+pub fn image_dir() -> PathBuf {
+    std::env::var_os("FERRY_IMAGE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("out/image"))
+}
+
+/// Whether VM tests can run. With `FERRY_VM_TESTS=1` (scripts/test sets it) a missing image or
+/// QEMU is a failure, not a skip.
+pub fn vm_ready() -> bool {
+    let dir = image_dir();
+    let ok = dir.join("vmlinuz").exists()
+        && dir.join("initrd.img").exists()
+        && Command::new("qemu-system-x86_64")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+    if !ok {
+        assert!(
+            std::env::var("FERRY_VM_TESTS").as_deref() != Ok("1"),
+            "FERRY_VM_TESTS=1 but there is no image in {} or no qemu-system-x86_64",
+            dir.display()
+        );
+        eprintln!("SKIPPED: no live image in {} (run image-build/build.sh) or no QEMU", dir.display());
+    }
+    ok
+}
+
+/// A disk attached to the VM.
+#[derive(Clone, Copy)]
+pub enum Disk<'a> {
+    Virtio {
+        file: &'a Path,
+        serial: &'a str,
+        sector: u32,
+    },
+    Nvme {
+        file: &'a Path,
+        serial: &'a str,
+    },
+    /// Behind an LSI 53C895A SCSI controller (a controller the image has no driver for).
+    Lsi {
+        file: &'a Path,
+    },
+    UsbStick {
+        file: &'a Path,
+    },
+}
+
+pub struct Vm {
+    pub args: Vec<String>,
+    pub serial_log: PathBuf,
+}
+
+impl Vm {
+    /// A direct kernel boot of the built image.
+    pub fn direct(log: &Path, append: &str) -> Self {
+        let dir = image_dir();
+        let mut vm = Self::base(log);
+        vm.args.extend(
+            [
+                "-kernel",
+                &dir.join("vmlinuz").display().to_string(),
+                "-initrd",
+                &dir.join("initrd.img").display().to_string(),
+                "-append",
+                &format!("console=ttyS0 panic=-1 quiet {append}"),
+            ]
+            .map(String::from),
+        );
+        vm.args.extend(["-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0,romfile="].map(String::from));
+        vm
+    }
+
+    /// An empty machine, for PXE and USB boots that bring their own boot path.
+    pub fn base(log: &Path) -> Self {
+        let args = [
+            "-accel",
+            "tcg",
+            "-m",
+            "1024",
+            "-smp",
+            "2",
+            "-display",
+            "none",
+            "-monitor",
+            "none",
+            "-no-reboot",
+            "-serial",
+            &format!("file:{}", log.display()),
+        ]
+        .map(String::from)
+        .to_vec();
+        Self { args, serial_log: log.to_owned() }
+    }
+
+    pub fn arg(&mut self, a: &str) -> &mut Self {
+        self.args.push(a.to_string());
+        self
+    }
+
+    pub fn disk(&mut self, d: Disk<'_>, n: usize) -> &mut Self {
+        let id = format!("d{n}");
+        let drive = |file: &Path| format!("file={},format=raw,if=none,id={id}", file.display());
+        match d {
+            Disk::Virtio { file, serial, sector } => {
+                self.args.extend(["-drive".into(), drive(file)]);
+                self.args.extend([
+                    "-device".into(),
+                    format!("virtio-blk-pci,drive={id},serial={serial},logical_block_size={sector},physical_block_size={sector}"),
+                ]);
+            }
+            Disk::Nvme { file, serial } => {
+                self.args.extend(["-drive".into(), drive(file)]);
+                self.args.extend(["-device".into(), format!("nvme,drive={id},serial={serial}")]);
+            }
+            Disk::Lsi { file } => {
+                self.args.extend(["-drive".into(), drive(file)]);
+                self.args.extend(["-device".into(), "lsi53c895a,id=scsi0".into()]);
+                self.args.extend(["-device".into(), format!("scsi-hd,drive={id},bus=scsi0.0")]);
+            }
+            Disk::UsbStick { file } => {
+                self.args.extend(["-drive".into(), drive(file)]);
+                self.args.extend(["-device".into(), "qemu-xhci,id=xhci".into()]);
+                self.args.extend(["-device".into(), format!("usb-storage,bus=xhci.0,drive={id},bootindex=1")]);
+            }
+        }
+        self
+    }
+
+    /// Runs QEMU until the guest powers off or reboots (QEMU exits) or `timeout` passes; returns
+    /// the serial log and how long it took.
+    pub fn run(&self, timeout: Duration) -> (String, Duration) {
+        let started = Instant::now();
+        let mut child = Command::new("qemu-system-x86_64")
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("qemu-system-x86_64 starts");
+        let mut timed_out = false;
+        loop {
+            if child.try_wait().unwrap().is_some() {
+                break;
+            }
+            if started.elapsed() > timeout {
+                let _ = child.kill();
+                let _ = child.wait();
+                timed_out = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let log = std::fs::read_to_string(&self.serial_log).unwrap_or_default();
+        // A kernel panic with panic=-1 and -no-reboot also ends QEMU with status 0: the log, not
+        // the exit code, says what happened.
+        assert!(!log.contains("Kernel panic"), "the guest kernel panicked:\n{log}");
+        assert!(!timed_out, "the VM did not finish within {timeout:?}; serial log:\n{log}");
+        (log, started.elapsed())
+    }
+}
+
+/// The guest's view of a receiver on host port `port`.
+pub fn guest_url(port: u16, https: bool) -> String {
+    format!("{}://10.0.2.2:{port}", if https { "https" } else { "http" })
+}
+
+/// Kernel command line keys for a source migration.
+pub fn source_cmdline(url: &str, job: &str, token: &str, pin: Option<&str>) -> String {
+    let mut s =
+        format!("ferry.server={url} ferry.job={job} ferry.token={token} ferry.on_finish=poweroff ferry.countdown=0");
+    match pin {
+        Some(p) => s += &format!(" ferry.pin={p}"),
+        None => s += " ferry.plain_http=1",
+    }
+    s
+}
+
+pub fn run_ok(cmd: &mut Command) {
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A GPT disk image with 512-byte sectors, an EFI System and a Linux partition holding data.
+pub fn gpt_disk(path: &Path, mib: u64, seed: u64) {
+    std::fs::File::create(path).unwrap().set_len(mib << 20).unwrap();
+    run_ok(
+        Command::new("sgdisk").args(["-n1:1M:+8M", "-t1:ef00", "-c1:esp", "-n2:0:0", "-t2:8300", "-c2:root"]).arg(path),
+    );
+    super::receiver_support::write_at(path, 2 << 20, &super::receiver_support::pseudo_random(3 << 20, seed));
+    super::receiver_support::write_at(path, 20 << 20, &super::receiver_support::pseudo_random(5 << 20, seed + 1));
+}
+
+/// A GPT disk image with 4096-byte logical sectors (made through a 4Kn loop device).
+pub fn gpt_4k_disk(path: &Path, mib: u64, seed: u64) {
+    std::fs::File::create(path).unwrap().set_len(mib << 20).unwrap();
+    let out = Command::new("losetup").args(["-f", "--show", "--sector-size", "4096"]).arg(path).output().unwrap();
+    assert!(out.status.success(), "losetup: {}", String::from_utf8_lossy(&out.stderr));
+    let dev = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let made = Command::new("sgdisk")
+        .args(["-n1:0:+8M", "-t1:8300", "-c1:data4k", "-n2:0:0", "-t2:8300"])
+        .arg(&dev)
+        .output()
+        .unwrap();
+    let _ = Command::new("losetup").args(["-d", &dev]).status();
+    assert!(made.status.success(), "sgdisk on {dev}: {}", String::from_utf8_lossy(&made.stderr));
+    super::receiver_support::write_at(path, 1 << 20, &super::receiver_support::pseudo_random(2 << 20, seed));
+}
+
+/// An MBR disk image with two primary partitions (made with sfdisk) holding data.
+pub fn mbr_disk(path: &Path, mib: u64, seed: u64) {
+    use std::io::Write;
+    std::fs::File::create(path).unwrap().set_len(mib << 20).unwrap();
+    let mut child =
+        Command::new("sfdisk").arg("--quiet").arg(path).stdin(Stdio::piped()).stdout(Stdio::null()).spawn().unwrap();
+    child.stdin.take().unwrap().write_all(b"label: dos\n,8M,83,*\n,,83\n").unwrap();
+    assert!(child.wait().unwrap().success());
+    super::receiver_support::write_at(path, 1 << 20, &super::receiver_support::pseudo_random(3 << 20, seed));
+}
