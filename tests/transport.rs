@@ -381,3 +381,49 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     let Ok(rd) = std::fs::read_dir(dir) else { return vec![] };
     rd.filter_map(Result::ok).flat_map(|e| if e.path().is_dir() { walk(&e.path()) } else { vec![e.path()] }).collect()
 }
+
+#[test]
+fn job_creation_with_a_client_token_is_idempotent_and_jobs_can_be_cancelled() {
+    let t = tempfile::tempdir().unwrap();
+    let r = Receiver::start(&t.path().join("store"), false);
+    let store = r.store.to_str().unwrap().to_string();
+    let create = || {
+        let out = ferry(&[
+            "job",
+            "create",
+            "--store",
+            &store,
+            "--name",
+            "wave1-db01",
+            "--client-token",
+            "wave1/db01",
+            "--json",
+        ]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let (a, b) = (create(), create());
+    assert_eq!(a["id"], b["id"], "the same client token must give the same job");
+    assert_eq!(a["token"], b["token"]);
+    let list = ferry(&["job", "list", "--store", &store, "--json"]);
+    let jobs: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    assert_eq!(jobs.as_array().unwrap().len(), 1);
+
+    let id = a["id"].as_str().unwrap();
+    let out = ferry(&["job", "cancel", "--store", &store, id, "--json"]);
+    assert!(out.status.success());
+    assert_eq!(r.job(id)["state"], "Cancelled");
+    // A cancelled job refuses its agent, with words that say so.
+    let img = t.path().join("x.img");
+    random_image(&img, MIB, 1);
+    let out = r.send(id, a["token"].as_str().unwrap(), &[&img], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cancelled"), "{}", String::from_utf8_lossy(&out.stderr));
+    // Unknown jobs and bad admin tokens get clear errors and exit 1.
+    let out = ferry(&["job", "show", "--store", &store, "nosuchjob"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no job nosuchjob"));
+    let out = ferry(&["job", "list", "--server", &r.url, "--pin", &r.pin().unwrap(), "--admin-token", &"0".repeat(64)]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("may not manage jobs"));
+}
