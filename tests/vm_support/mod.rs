@@ -13,26 +13,17 @@ pub fn image_dir() -> PathBuf {
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("out/image"))
 }
 
-/// Whether VM tests can run. With `FERRY_VM_TESTS=1` (scripts/test sets it) a missing image or
-/// QEMU is a failure, not a skip.
-pub fn vm_ready() -> bool {
+/// Checks that the image and QEMU are there; VM tests are run on purpose (`--ignored`), so a
+/// missing piece is a failure that says what to do.
+pub fn vm_ready() {
     let dir = image_dir();
-    let ok = dir.join("vmlinuz").exists()
-        && dir.join("initrd.img").exists()
-        && Command::new("qemu-system-x86_64")
-            .arg("--version")
-            .stdout(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-    if !ok {
-        assert!(
-            std::env::var("FERRY_VM_TESTS").as_deref() != Ok("1"),
-            "FERRY_VM_TESTS=1 but there is no image in {} or no qemu-system-x86_64",
-            dir.display()
-        );
-        eprintln!("SKIPPED: no live image in {} (run image-build/build.sh) or no QEMU", dir.display());
-    }
-    ok
+    assert!(
+        dir.join("vmlinuz").exists() && dir.join("initrd.img").exists(),
+        "no live image in {}: run image-build/build.sh (scripts/test does)",
+        dir.display()
+    );
+    let qemu = Command::new("qemu-system-x86_64").arg("--version").stdout(Stdio::null()).status();
+    assert!(qemu.is_ok_and(|s| s.success()), "qemu-system-x86_64 is missing: apt-get install qemu-system-x86");
 }
 
 /// A disk attached to the VM.
