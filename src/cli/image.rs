@@ -3,18 +3,27 @@
 use anyhow::Result;
 
 use crate::cmdline::ImageBuildArgs;
+use crate::util::human_bytes;
 
 pub fn run(a: ImageBuildArgs) -> Result<i32> {
     let out = crate::imagebuild::build(&a)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
-        println!("kernel {}: {}", out.kernel_version, out.kernel.display());
-        println!("initrd: {}", out.initrd.display());
-        println!("iPXE:   {}", out.ipxe.display());
+        println!("kernel {}: {} ({})", out.kernel_version, out.kernel.display(), human_bytes(out.kernel_bytes));
+        println!("initrd: {} ({}, {} modules)", out.initrd.display(), human_bytes(out.initrd_bytes), out.modules);
+        println!("iPXE:   {} (serve it with vmlinuz and initrd.img next to it)", out.ipxe.display());
         if let Some(usb) = &out.usb {
-            println!("USB:    {} (write with bmaptool copy or dd)", usb.display());
+            println!(
+                "USB:    {} ({}; write with bmaptool copy or dd)",
+                usb.display(),
+                human_bytes(out.usb_bytes.unwrap_or(0))
+            );
         }
+        if !out.missing_modules.is_empty() {
+            println!("missing modules (not in this kernel): {}", out.missing_modules.join(" "));
+        }
+        println!("built in {:.1} s", out.seconds);
     }
     Ok(0)
 }

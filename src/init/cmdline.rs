@@ -10,7 +10,7 @@ use std::net::Ipv4Addr;
 use serde::Deserialize;
 
 /// What to do when the work is over.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OnFinish {
     #[default]
@@ -258,9 +258,11 @@ pub fn parse_bootif(v: &str) -> Option<String> {
 mod tests {
     use super::*;
 
+    type Words<'a> = &'a [(&'a str, Option<&'a str>)];
+
     #[test]
     fn tokenizer_table() {
-        let table: &[(&str, &[(&str, Option<&str>)])] = &[
+        let table: &[(&str, Words)] = &[
             ("", &[]),
             ("quiet", &[("quiet", None)]),
             ("a=1  b=2", &[("a", Some("1")), ("b", Some("2"))]),

@@ -14,6 +14,12 @@ pub struct Verdict {
     /// What the technician should do now (FAILED only).
     #[serde(default)]
     pub advice: Vec<String>,
+    /// The on-finish action and countdown in force (the kernel command line merged with
+    /// ferry.toml), for the supervisor, which only sees the command line itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_finish: Option<super::cmdline::OnFinish>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub countdown: Option<u64>,
 }
 
 /// Where the worker leaves its verdict for the supervisor.
@@ -82,6 +88,8 @@ mod tests {
             headline: "FAILED".into(),
             lines: vec![format!("disk 0 /dev/vda blake3 {}", "ab".repeat(32)), "x".repeat(200)],
             advice: vec!["Check the cable and that the receiver at https://10.0.0.5:8443 is running, then reboot this machine from the stick.".into()],
+            on_finish: None,
+            countdown: None,
         };
         let s = render_verdict(&v);
         assert!(s.contains("F A I L E D"));

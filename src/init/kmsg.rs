@@ -31,8 +31,10 @@ impl log::Log for KmsgLogger {
             msg.pop();
         }
         if let Some(k) = &self.kmsg {
+            // One write per record: /dev/kmsg turns every write into its own log line.
+            let line = format!("<{prio}>ferry[{}]: {msg}\n", std::process::id());
             let mut k = k.lock().unwrap_or_else(|p| p.into_inner());
-            let _ = writeln!(k, "<{prio}>ferry[{}]: {msg}", std::process::id());
+            let _ = k.write_all(line.as_bytes());
         }
         if r.level() <= log::Level::Warn {
             eprintln!("ferry: {}: {msg}", r.level().as_str().to_lowercase());

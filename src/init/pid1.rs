@@ -136,13 +136,15 @@ pub fn supervise() -> ! {
                 headline: "FAILED".into(),
                 lines: vec![why],
                 advice: vec!["Nothing was reported as migrated. Photograph this screen for the operator and reboot to try again.".into()],
+                on_finish: None,
+                countdown: None,
             };
             print!("{}", render_verdict(&v));
             v
         }
     };
     log::info!("verdict: {} ({})", verdict.headline, verdict.lines.first().cloned().unwrap_or_default());
-    finish(cfg.on_finish, cfg.countdown, verdict.ok)
+    finish(verdict.on_finish.unwrap_or(cfg.on_finish), verdict.countdown.unwrap_or(cfg.countdown), verdict.ok)
 }
 
 fn spawn_worker() -> std::io::Result<Pid> {

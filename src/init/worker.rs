@@ -38,6 +38,8 @@ pub fn run() -> i32 {
             headline: "FAILED".into(),
             lines: vec![format!("ferry hit an internal error: {info}")],
             advice: vec!["Nothing was reported as migrated. Photograph this screen for the operator.".into()],
+            on_finish: None,
+            countdown: None,
         };
         write_verdict(&v);
     }));
@@ -48,10 +50,19 @@ pub fn run() -> i32 {
         Ok(rt) => rt.block_on(work(&mut cfg, &cmdline)),
         Err(e) => Err(Failed::new(format!("cannot start: {e}"), "Reboot and try again.")),
     };
-    let v = match verdict {
+    let mut v = match verdict {
         Ok(v) => v,
-        Err(f) => Verdict { ok: false, headline: "FAILED".into(), lines: f.lines, advice: f.advice },
+        Err(f) => Verdict {
+            ok: false,
+            headline: "FAILED".into(),
+            lines: f.lines,
+            advice: f.advice,
+            on_finish: None,
+            countdown: None,
+        },
     };
+    v.on_finish = Some(cfg.on_finish);
+    v.countdown = Some(cfg.countdown);
     write_verdict(&v);
     if v.ok {
         0
@@ -214,7 +225,14 @@ async fn work(cfg: &mut LiveConfig, cmdline: &str) -> Result<Verdict, Failed> {
             for s in &summaries {
                 lines.push(format!("disk {} {} {}: blake3 {}", s.index, s.path, human_bytes(s.size), s.blake3));
             }
-            Ok(Verdict { ok: true, headline: "MIGRATED".into(), lines, advice: vec![] })
+            Ok(Verdict {
+                ok: true,
+                headline: "MIGRATED".into(),
+                lines,
+                advice: vec![],
+                on_finish: None,
+                countdown: None,
+            })
         }
         Err(e) => {
             let advice = advice_for(&e, cfg);
