@@ -39,7 +39,7 @@ impl Default for SendOptions {
     fn default() -> Self {
         Self {
             threads: hasher::default_threads(),
-            in_flight: 4,
+            in_flight: 8,
             compress: None,
             bandwidth_limit: None,
             chunk_size: None,
@@ -86,7 +86,26 @@ pub async fn send(
     }
     let readers: Vec<Arc<DiskReader>> =
         disks.iter().map(|p| DiskReader::open(p, None).map(Arc::new)).collect::<Result<_>>()?;
-    let result = send_opened(client, job, &readers, opts, on_progress).await;
+    let mut result = send_opened(client, job, &readers, opts, on_progress).await;
+    // Uploads in flight race: the one that hit the real problem (a full store, say) may lose
+    // to one refused because the job had already turned InError. Say the job's own reason.
+    if let Err(e) = &result {
+        if e.downcast_ref::<super::client::Refused>().is_some_and(|r| r.code == "job_in_error") {
+            let path = format!("/jobs/{job}");
+            if let Ok(Ok(j)) =
+                tokio::time::timeout(Duration::from_secs(10), client.call::<Job>(Method::GET, &path, |r| r)).await
+            {
+                if let (Some(code), Some(reason)) = (j.error_code, j.error_reason) {
+                    let refused = super::client::Refused {
+                        status: 409,
+                        code,
+                        message: format!("job {job} is InError: {reason}"),
+                    };
+                    result = Err(anyhow::Error::new(refused));
+                }
+            }
+        }
+    }
     if let Err(e) = &result {
         // Tell the receiver why, unless it is the receiver that refused or cannot be reached.
         if e.downcast_ref::<super::client::Refused>().is_none() {

@@ -196,7 +196,7 @@ pub struct SendArgs {
     #[arg(long)]
     pub threads: Option<usize>,
     /// Chunk uploads in flight.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 8)]
     pub in_flight: usize,
     /// Compress chunks with zstd (default: the job's setting).
     #[arg(long)]

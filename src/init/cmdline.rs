@@ -161,6 +161,8 @@ impl LiveConfig {
                 Some(mac) => self.bootif = Some(mac),
                 None => self.errors.push(format!("BOOTIF={} is not 01-aa-bb-cc-dd-ee-ff", value.unwrap_or(""))),
             },
+            // Read directly by the logger, before anything else is parsed.
+            "ferry.debug" => {}
             k if k.starts_with("ferry.") => self.unknown.push(k.to_string()),
             _ => {}
         }

@@ -77,6 +77,45 @@ pub fn wrap(line: &str, width: usize) -> Vec<String> {
     out
 }
 
+/// The consoles the kernel writes to (`console=` on the command line; /dev/console is only the
+/// last of them). A technician may watch the VGA screen while IPMI records the serial port, so
+/// every line goes to every one of them.
+fn active_consoles() -> Vec<std::fs::File> {
+    let names = std::fs::read_to_string("/sys/class/tty/console/active").unwrap_or_default();
+    names
+        .split_whitespace()
+        .filter_map(|n| std::fs::OpenOptions::new().write(true).open(format!("/dev/{n}")).ok())
+        .collect()
+}
+
+static CONSOLES: std::sync::OnceLock<std::sync::Mutex<Vec<std::fs::File>>> = std::sync::OnceLock::new();
+
+/// Writes `text` to every active console, or to stdout when there is none (tests, a host).
+pub fn say(text: &str) {
+    use std::io::Write;
+    let consoles = CONSOLES.get_or_init(|| std::sync::Mutex::new(vec![]));
+    let mut consoles = consoles.lock().unwrap_or_else(|p| p.into_inner());
+    if consoles.is_empty() {
+        // Early in boot /sys may not be mounted yet: look again next time.
+        *consoles = active_consoles();
+    }
+    // Serial lines want CR LF; the tty layer adds the CR for us.
+    if consoles.is_empty() {
+        print!("{text}");
+        let _ = std::io::stdout().flush();
+        return;
+    }
+    for c in consoles.iter_mut() {
+        let _ = c.write_all(text.as_bytes());
+    }
+}
+
+/// `println!` for the technician's screens.
+#[macro_export]
+macro_rules! say {
+    ($($arg:tt)*) => { $crate::init::console::say(&format!("{}\n", format!($($arg)*))) };
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

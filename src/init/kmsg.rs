@@ -36,8 +36,8 @@ impl log::Log for KmsgLogger {
             let mut k = k.lock().unwrap_or_else(|p| p.into_inner());
             let _ = k.write_all(line.as_bytes());
         }
-        if r.level() <= log::Level::Warn {
-            eprintln!("ferry: {}: {msg}", r.level().as_str().to_lowercase());
+        if r.level() <= log::Level::Warn || self.level == log::LevelFilter::Debug {
+            crate::init::console::say(&format!("ferry: {}: {msg}\n", r.level().as_str().to_lowercase()));
         }
     }
 

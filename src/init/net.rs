@@ -68,6 +68,7 @@ pub async fn bring_up(ip: &IpConfig, bootif: Option<&str>, timeout: Duration) ->
     if let Some(mac) = bootif {
         all.sort_by_key(|l| l.mac != mac);
     }
+    log::debug!("links: {}", names(&all));
     for l in &all {
         let msg = rtnetlink::LinkUnspec::new_with_index(l.index).up().build();
         if let Err(e) = handle.link().set(msg).execute().await {
@@ -78,6 +79,7 @@ pub async fn bring_up(ip: &IpConfig, bootif: Option<&str>, timeout: Duration) ->
     if let Some(lo) = lo {
         let _ = handle.link().set(rtnetlink::LinkUnspec::new_with_index(lo).up().build()).execute().await;
     }
+    log::debug!("links are up");
     let deadline = Instant::now() + timeout;
     match ip {
         IpConfig::Static { client, gateway, prefix, hostname, iface } => {
@@ -105,6 +107,10 @@ pub async fn bring_up(ip: &IpConfig, bootif: Option<&str>, timeout: Duration) ->
         }
         IpConfig::Dhcp => {
             wait_for_carrier(&all, deadline).await;
+            log::debug!(
+                "carrier: {:?}",
+                all.iter().map(|l| (l.name.as_str(), has_carrier(&l.name))).collect::<Vec<_>>()
+            );
             let with_carrier: Vec<&Link> = all.iter().filter(|l| has_carrier(&l.name)).collect();
             if with_carrier.is_empty() {
                 bail!("no link has carrier (tried {}): check the cable and the switch port", names(&all));
@@ -171,6 +177,7 @@ async fn dhcp(link: &Link) -> Result<mozim::DhcpV4Lease> {
     cfg.set_iface_mac(&link.mac).map_err(|e| anyhow::anyhow!("{e}"))?;
     cfg.set_timeout_sec(60);
     let mut client = mozim::DhcpV4Client::init(cfg, None).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    log::debug!("DHCP client started on {}", link.name);
     loop {
         match client.run().await {
             Ok(mozim::DhcpV4State::Done(lease)) => return Ok(*lease),

@@ -78,7 +78,7 @@ fn mount_all() {
         if let Err(e) = mount(Some(m.source), m.target, Some(m.fstype), m.flags, m.data) {
             // EBUSY: already mounted (the kernel mounts devtmpfs itself with DEVTMPFS_MOUNT).
             if e != nix::errno::Errno::EBUSY {
-                eprintln!("ferry: mounting {} failed: {e}", m.target);
+                crate::say!("ferry: mounting {} failed: {e}", m.target);
             }
         }
     }
@@ -100,7 +100,7 @@ fn console_stdio() {
 /// Runs as PID 1. Never returns.
 pub fn supervise() -> ! {
     std::panic::set_hook(Box::new(|info| {
-        eprintln!("\nferry: internal error in the supervisor: {info}\nThe machine stays here; power it off by hand.");
+        crate::say!("\nferry: internal error in the supervisor: {info}\nThe machine stays here; power it off by hand.");
         loop {
             std::thread::sleep(Duration::from_secs(3600));
         }
@@ -139,7 +139,7 @@ pub fn supervise() -> ! {
                 on_finish: None,
                 countdown: None,
             };
-            print!("{}", render_verdict(&v));
+            crate::init::console::say(&render_verdict(&v));
             v
         }
     };
@@ -190,7 +190,7 @@ fn finish(action: OnFinish, countdown: u64, ok: bool) -> ! {
     if action != OnFinish::Wait && countdown > 0 {
         for left in (1..=countdown).rev() {
             if left == countdown || left <= 3 || left % 10 == 0 {
-                println!("{what} in {left} s ...");
+                crate::say!("{what} in {left} s ...");
             }
             std::thread::sleep(Duration::from_secs(1));
         }
@@ -198,12 +198,12 @@ fn finish(action: OnFinish, countdown: u64, ok: bool) -> ! {
     nix::unistd::sync();
     match action {
         OnFinish::Reboot | OnFinish::Poweroff => {
-            println!("{what} now ({}).", if ok { "migration verified" } else { "migration FAILED" });
+            crate::say!("{what} now ({}).", if ok { "migration verified" } else { "migration FAILED" });
             let mode = if action == OnFinish::Reboot { RebootMode::RB_AUTOBOOT } else { RebootMode::RB_POWER_OFF };
             let Err(e) = reboot(mode);
-            eprintln!("ferry: {what} failed: {e}; staying here");
+            crate::say!("ferry: {what} failed: {e}; staying here");
         }
-        OnFinish::Wait => println!("Waiting here (ferry.on_finish=wait). Power off the machine when you are done."),
+        OnFinish::Wait => crate::say!("Waiting here (ferry.on_finish=wait). Power off the machine when you are done."),
     }
     loop {
         // Keep reaping so nothing lingers as a zombie; sleep when there is nothing to reap.

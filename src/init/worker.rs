@@ -31,7 +31,8 @@ impl Failed {
 
 /// Runs the worker; returns the process exit code after writing the verdict.
 pub fn run() -> i32 {
-    super::kmsg::init(false);
+    let cmdline_text = fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    super::kmsg::init(cmdline_text.split_whitespace().any(|w| w == "ferry.debug" || w == "ferry.debug=1"));
     std::panic::set_hook(Box::new(|info| {
         let v = Verdict {
             ok: false,
@@ -45,7 +46,7 @@ pub fn run() -> i32 {
     }));
     let cmdline = fs::read_to_string("/proc/cmdline").unwrap_or_default();
     let mut cfg = LiveConfig::from_cmdline(&cmdline);
-    println!("\nferry {} live image", env!("CARGO_PKG_VERSION"));
+    crate::say!("\nferry {} live image", env!("CARGO_PKG_VERSION"));
     let verdict = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt.block_on(work(&mut cfg, &cmdline)),
         Err(e) => Err(Failed::new(format!("cannot start: {e}"), "Reboot and try again.")),
@@ -72,7 +73,7 @@ pub fn run() -> i32 {
 }
 
 fn write_verdict(v: &Verdict) {
-    print!("{}", render_verdict(v));
+    crate::init::console::say(&render_verdict(v));
     let _ = fs::create_dir_all("/run/ferry");
     if let Ok(b) = serde_json::to_vec(v) {
         let _ = fs::write(VERDICT_PATH, b);
@@ -83,13 +84,13 @@ async fn work(cfg: &mut LiveConfig, cmdline: &str) -> Result<Verdict, Failed> {
     let started = Instant::now();
     // 1. Drivers.
     let loader = load_drivers();
-    println!("drivers: {} modules loaded", loader.loaded.len());
+    crate::say!("drivers: {} modules loaded", loader.loaded.len());
 
     // 2. The boot stick (never a source disk) and its ferry.toml.
     let all_disks = sysfs::enumerate(Path::new("/sys/block")).unwrap_or_default();
     let boot_disk = find_boot_medium(&all_disks);
     if let Some((disk, part)) = &boot_disk {
-        println!("boot medium: /dev/{disk} (not migrated)");
+        crate::say!("boot medium: /dev/{disk} (not migrated)");
         if let Some(text) = read_ferry_toml(part) {
             if let Err(e) = cfg.merge_toml(&text, cmdline) {
                 cfg.errors.push(e);
@@ -97,7 +98,7 @@ async fn work(cfg: &mut LiveConfig, cmdline: &str) -> Result<Verdict, Failed> {
         }
     }
     for k in &cfg.unknown {
-        println!("warning: unknown kernel command line key {k} (ignored)");
+        crate::say!("warning: unknown kernel command line key {k} (ignored)");
     }
     if !cfg.errors.is_empty() {
         return Err(Failed {
@@ -121,7 +122,7 @@ async fn work(cfg: &mut LiveConfig, cmdline: &str) -> Result<Verdict, Failed> {
 
     // 3. Machine identity and disks.
     let machine = crate::agent::identity::machine_identity();
-    println!(
+    crate::say!(
         "machine: {} {} serial {} uuid {}",
         machine.vendor.as_deref().unwrap_or("?"),
         machine.product.as_deref().unwrap_or("?"),
@@ -137,15 +138,18 @@ async fn work(cfg: &mut LiveConfig, cmdline: &str) -> Result<Verdict, Failed> {
     let cov = coverage::check(Path::new("/sys"), &coverage::disk_device_paths(Path::new("/sys")));
     report_coverage(&cov);
 
+    if !kernel_rng_ready() {
+        crate::say!("waiting for the kernel's random number generator (needed for TLS) ...");
+    }
     // 4. Network (needed to report even a failure).
-    println!("network: {} ...", if matches!(cfg.ip, super::cmdline::IpConfig::Dhcp) { "DHCP" } else { "static" });
+    crate::say!("network: {} ...", if matches!(cfg.ip, super::cmdline::IpConfig::Dhcp) { "DHCP" } else { "static" });
     let configured = net::bring_up(&cfg.ip, cfg.bootif.as_deref(), Duration::from_secs(45)).await.map_err(|e| {
         Failed::new(
             format!("no network: {e:#}"),
             "Check the cable and the switch port (VLAN), then reboot from the stick. The disks were not touched.",
         )
     })?;
-    println!(
+    crate::say!(
         "network: {} {}/{} via {} ({})",
         configured.link,
         configured.address,
@@ -202,7 +206,7 @@ async fn work(cfg: &mut LiveConfig, cmdline: &str) -> Result<Verdict, Failed> {
             last_line = Instant::now();
             let rate = p.bytes_done as f64 / t0.elapsed().as_secs_f64().max(0.001);
             let eta = if rate > 0.0 { ((p.size - p.bytes_done) as f64 / rate) as u64 } else { 0 };
-            println!(
+            crate::say!(
                 "disk {} {}: {} of {} ({}%), {}/s, ETA {}, sent {}",
                 p.index,
                 p.path,
@@ -354,19 +358,28 @@ fn read_ferry_toml(part: &Path) -> Option<String> {
 
 fn report_coverage(c: &Coverage) {
     for d in &c.unbound_storage {
-        println!("DRIVER MISSING: storage controller {} class {} at {}", d.id, d.class, d.address);
+        crate::say!("DRIVER MISSING: storage controller {} class {} at {}", d.id, d.class, d.address);
     }
     for d in &c.unbound_network {
-        println!("driver missing: network controller {} class {} at {}", d.id, d.class, d.address);
+        crate::say!("driver missing: network controller {} class {} at {}", d.id, d.class, d.address);
     }
     for d in &c.storage_without_disks {
-        println!("note: storage controller {} ({}) shows no disk", d.id, d.driver.as_deref().unwrap_or("?"));
+        crate::say!("note: storage controller {} ({}) shows no disk", d.id, d.driver.as_deref().unwrap_or("?"));
     }
 }
 
 fn print_disk_table(paths: &[PathBuf]) {
     let reports: Vec<_> =
         paths.iter().filter_map(|p| disk::inspect_path(p, None).map_err(|e| log::warn!("{e:#}")).ok()).collect();
-    println!("\ndisks to migrate (read-only at the kernel level):");
-    print!("{}", crate::cli::render_disks(&reports));
+    crate::say!("\ndisks to migrate (read-only at the kernel level):");
+    crate::init::console::say(&crate::cli::render_disks(&reports));
+}
+
+/// Whether getrandom() would answer now; on machines without a hardware RNG the kernel may
+/// need a while after boot, and TLS waits for it.
+fn kernel_rng_ready() -> bool {
+    let mut b = [0u8; 1];
+    // SAFETY: b is a valid 1-byte buffer; GRND_NONBLOCK makes the call return at once.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), 1, libc::GRND_NONBLOCK) };
+    n == 1
 }

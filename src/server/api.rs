@@ -499,6 +499,7 @@ fn write_durably(tmp: &std::path::Path, dest: &std::path::Path, body: &[u8]) -> 
 /// stated whole-disk hash, every data chunk is in the store, and every chunk marked zero really
 /// has the id of zeros at its offset (otherwise an export would write zeros where data was).
 fn verify_manifest(st: &AppState, m: &Manifest) -> Result<(), (&'static str, String)> {
+    st.store.sync().map_err(|e| ("store_error", format!("making the store durable: {e}")))?;
     m.validate().map_err(|e| ("manifest_invalid", format!("disk manifest rejected: {e}")))?;
     for (i, c) in m.chunks.iter().enumerate() {
         if c.zero {

@@ -56,13 +56,15 @@ impl ChunkStore for LocalStore {
         let result = (|| {
             let mut f = File::create(&tmp)?;
             f.write_all(data)?;
-            f.sync_all()?;
+            // The bytes are on disk before the chunk gets its name, so a crash can never leave
+            // a chunk file holding other bytes than its id says. The rename itself becomes
+            // durable at the next `sync` (a lost rename only means the chunk is sent again);
+            // syncing the directory for every chunk would stall every upload on the disk.
+            f.sync_data()?;
             drop(f);
             let parent = dest.parent().expect("chunk paths have a parent");
             fs::create_dir_all(parent)?;
-            fs::rename(&tmp, &dest)?;
-            // The rename is durable once the directory is.
-            File::open(parent)?.sync_all()
+            fs::rename(&tmp, &dest)
         })();
         if result.is_err() {
             let _ = fs::remove_file(&tmp);
@@ -72,6 +74,12 @@ impl ChunkStore for LocalStore {
 
     fn get(&self, id: &Digest) -> io::Result<Vec<u8>> {
         fs::read(self.path_of(id))
+    }
+
+    fn sync(&self) -> io::Result<()> {
+        // syncfs: one call makes every rename (and any data) on the store's filesystem durable.
+        let dir = File::open(&self.chunks)?;
+        nix::unistd::syncfs(&dir).map_err(io::Error::from)
     }
 }
 

@@ -23,4 +23,7 @@ pub trait ChunkStore: Send + Sync + 'static {
     fn put(&self, id: &Digest, data: &[u8]) -> io::Result<bool>;
     /// The bytes kept under `id`.
     fn get(&self, id: &Digest) -> io::Result<Vec<u8>>;
+    /// Makes every `put` so far durable. The receiver calls it before it reports a disk
+    /// verified, so a power cut can never leave a verified disk with a missing chunk.
+    fn sync(&self) -> io::Result<()>;
 }

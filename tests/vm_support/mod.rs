@@ -77,6 +77,9 @@ impl Vm {
         let args = [
             "-accel",
             "tcg",
+            // RDRAND: the kernel's RNG is ready at once, as on real servers (TLS needs it).
+            "-cpu",
+            "max",
             "-m",
             "1024",
             "-smp",
