@@ -135,7 +135,7 @@ pub enum JobCommand {
         #[arg(long, value_parser = parse_size)]
         bandwidth_limit: Option<u64>,
         /// Chunk size for this job's disks.
-        #[arg(long, value_parser = parse_size)]
+        #[arg(long, value_parser = parse_chunk_size)]
         chunk_size: Option<u64>,
         /// Makes creation idempotent: the same client token returns the same job.
         #[arg(long)]
@@ -205,7 +205,7 @@ pub struct SendArgs {
     #[arg(long, value_parser = parse_size)]
     pub bandwidth_limit: Option<u64>,
     /// Chunk size (default: the job's setting, else 4M).
-    #[arg(long, value_parser = parse_size)]
+    #[arg(long, value_parser = parse_chunk_size)]
     pub chunk_size: Option<u64>,
     /// Keep retrying an unreachable receiver this many seconds before giving up.
     #[arg(long, default_value_t = 600)]
@@ -248,7 +248,7 @@ pub struct InspectArgs {
     /// Disks or image files; none means every disk of this machine.
     pub paths: Vec<PathBuf>,
     /// Sector size to read image files with (512 or 4096); detected when omitted.
-    #[arg(long)]
+    #[arg(long, value_parser = parse_sector_size)]
     pub sector_size: Option<u32>,
     /// Print JSON for scripts.
     #[arg(long)]
@@ -260,13 +260,13 @@ pub struct HashArgs {
     /// A disk or image file.
     pub path: PathBuf,
     /// Chunk size: a power of two from 64K to 64M (suffixes K, M).
-    #[arg(long, default_value = "4M", value_parser = parse_size)]
+    #[arg(long, default_value = "4M", value_parser = parse_chunk_size)]
     pub chunk_size: u64,
     /// Hashing threads (default: one per core).
     #[arg(long)]
     pub threads: Option<usize>,
     /// Sector size to read an image file's partition table with (512 or 4096).
-    #[arg(long)]
+    #[arg(long, value_parser = parse_sector_size)]
     pub sector_size: Option<u32>,
     /// Set the kernel read-only flag (BLKROSET) on the device and its partitions first.
     #[arg(long)]
@@ -274,6 +274,22 @@ pub struct HashArgs {
     /// Print the manifest as JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+/// A chunk size: a size that is a power of two from 64K to 64M.
+pub fn parse_chunk_size(s: &str) -> Result<u64, String> {
+    let n = parse_size(s)?;
+    crate::image::treehash::validate_chunk_size(n)?;
+    Ok(n)
+}
+
+/// A logical sector size an image can be read with.
+pub fn parse_sector_size(s: &str) -> Result<u32, String> {
+    match s.trim() {
+        "512" => Ok(512),
+        "4096" | "4K" | "4k" => Ok(4096),
+        other => Err(format!("sector size {other:?} must be 512 or 4096")),
+    }
 }
 
 /// Parses `4194304`, `4M`, `64K`, `1G` (binary units).

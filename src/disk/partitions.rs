@@ -136,13 +136,22 @@ fn other_sector_size(ss: u32) -> Option<u32> {
     }
 }
 
+/// True when a GPT header signature sits at LBA 1 or at the last LBA of a disk with `ss`-byte
+/// sectors (a primary header, or the backup of a table whose primary is gone).
 fn other_size_has_gpt(disk: &DiskReader, ss: u32) -> io::Result<bool> {
-    let mut sig = [0u8; 8];
-    if disk.size() < u64::from(ss) + 8 {
+    let ss = u64::from(ss);
+    let lbas = disk.size() / ss;
+    if lbas < 2 {
         return Ok(false);
     }
-    read_at(disk, &mut sig, u64::from(ss))?;
-    Ok(&sig == b"EFI PART")
+    for lba in [1, lbas - 1] {
+        let mut sig = [0u8; 8];
+        read_at(disk, &mut sig, lba * ss)?;
+        if &sig == b"EFI PART" {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 fn read_at(disk: &DiskReader, buf: &mut [u8], offset: u64) -> io::Result<()> {

@@ -136,21 +136,30 @@ fn advise_sequential(file: &File) {
     }
 }
 
-/// 4096 when a GPT signature sits at byte 4096 and not at 512; 512 otherwise.
+/// The sector size a GPT in an image file was written with: where its primary header sits (LBA 1:
+/// byte 512 or 4096) or, when the primary is gone, where its backup sits (the last LBA of either
+/// size). 512 when no GPT signature is at any of those places.
 fn detect_sector_size(file: &File, size: u64) -> io::Result<u32> {
     let mut sig = [0u8; 8];
-    let at = |off: u64, sig: &mut [u8; 8]| -> io::Result<bool> {
+    let mut at = |off: u64| -> io::Result<bool> {
         if size < off + 8 {
             return Ok(false);
         }
-        file.read_exact_at(sig, off)?;
-        Ok(sig == b"EFI PART")
+        file.read_exact_at(&mut sig, off)?;
+        Ok(&sig == b"EFI PART")
     };
-    if at(512, &mut sig)? {
+    if at(512)? {
         return Ok(512);
     }
-    if at(4096, &mut sig)? {
+    if at(4096)? {
         return Ok(4096);
+    }
+    // No primary header: look for a backup header at the last LBA.
+    for ss in [512u64, 4096] {
+        let lbas = size / ss;
+        if lbas >= 2 && at((lbas - 1) * ss)? {
+            return Ok(ss as u32);
+        }
     }
     Ok(512)
 }
