@@ -24,6 +24,23 @@ pub fn human_duration(secs: u64) -> String {
     }
 }
 
+/// Seconds since the Unix epoch as `2026-11-28 17:02:11Z` (UTC; no time zone database needed).
+pub fn utc_time(epoch: u64) -> String {
+    let days = (epoch / 86400) as i64;
+    let secs = epoch % 86400;
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}Z", secs / 3600, secs % 3600 / 60, secs % 60)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -37,5 +54,8 @@ mod tests {
         assert_eq!(human_duration(5), "5s");
         assert_eq!(human_duration(725), "12m05s");
         assert_eq!(human_duration(10920), "3h02m");
+        assert_eq!(utc_time(0), "1970-01-01 00:00:00Z");
+        assert_eq!(utc_time(951_782_400), "2000-02-29 00:00:00Z");
+        assert_eq!(utc_time(1_795_889_008), "2026-11-28 18:03:28Z"); // as `date -u -d @1795889008` prints
     }
 }

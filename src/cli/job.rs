@@ -155,6 +155,11 @@ fn print_job(j: &Job) {
         );
     }
     for e in &j.history {
-        println!("  {} {}{}", e.at, e.state.as_str(), e.reason.as_ref().map(|r| format!(": {r}")).unwrap_or_default());
+        println!(
+            "  {} {}{}",
+            crate::util::utc_time(e.at),
+            e.state.as_str(),
+            e.reason.as_ref().map(|r| format!(": {r}")).unwrap_or_default()
+        );
     }
 }

@@ -200,9 +200,11 @@ async fn work(cfg: &mut LiveConfig, cmdline: &str) -> Result<Verdict, Failed> {
     // 6. The migration.
     let opts = SendOptions { threads: hasher::default_threads(), ..Default::default() };
     let mut last_line = Instant::now() - Duration::from_secs(60);
+    let mut finished_disks = std::collections::BTreeSet::new();
     let t0 = Instant::now();
     let mut on_progress = move |p: &SendProgress| {
-        if last_line.elapsed() >= Duration::from_secs(5) || p.bytes_done == p.size {
+        let done = p.bytes_done == p.size;
+        if (last_line.elapsed() >= Duration::from_secs(5) && !done) || (done && finished_disks.insert(p.index)) {
             last_line = Instant::now();
             let rate = p.bytes_done as f64 / t0.elapsed().as_secs_f64().max(0.001);
             let eta = if rate > 0.0 { ((p.size - p.bytes_done) as f64 / rate) as u64 } else { 0 };
