@@ -73,6 +73,11 @@ fn direct_boot_migrates_three_disks_and_never_writes_them() {
         assert_eq!(export_b3sum(&r, &job, d["index"].as_u64().unwrap(), t.path()), b3sum(src), "{path} export");
     }
     assert_eq!(by_path("/dev/vda")["identity"]["serial"], "SRC-GPT");
+    // The driver-coverage inventory came with the registration: every storage controller bound.
+    let pci = j["inventory"]["pci"].as_array().expect("inventory.pci");
+    assert!(pci.iter().any(|d| d["id"] == "1b36:0010" && d["driver"] == "nvme"), "{pci:?}");
+    assert!(pci.iter().any(|d| d["id"] == "1af4:1001" && d["driver"] == "virtio-pci"), "{pci:?}");
+    assert_eq!(j["inventory"]["coverage"]["unbound_storage"].as_array().unwrap().len(), 0);
     assert_eq!(by_path("/dev/vdb")["partition_table"]["partitions"][0]["name"], "data4k");
     assert_eq!([b3sum(&gpt), b3sum(&gpt4k), b3sum(&mbr)], before, "a source disk changed");
 }

@@ -33,6 +33,8 @@ pub struct SendOptions {
     pub compress: Option<bool>,
     pub bandwidth_limit: Option<u64>,
     pub chunk_size: Option<u64>,
+    /// Hardware inventory to register with (the live image's driver coverage).
+    pub inventory: Option<serde_json::Value>,
 }
 
 impl Default for SendOptions {
@@ -43,6 +45,7 @@ impl Default for SendOptions {
             compress: None,
             bandwidth_limit: None,
             chunk_size: None,
+            inventory: None,
         }
     }
 }
@@ -128,7 +131,11 @@ async fn send_opened(
     opts: &SendOptions,
     on_progress: &mut (dyn FnMut(&SendProgress) + Send),
 ) -> Result<Vec<DiskSummary>> {
-    let reg = Register { machine: machine_identity(), disks: readers.iter().map(|r| disk::identify(r)).collect() };
+    let reg = Register {
+        machine: machine_identity(),
+        disks: readers.iter().map(|r| disk::identify(r)).collect(),
+        inventory: opts.inventory.clone(),
+    };
     let registered: Registered = client
         .call(Method::POST, &format!("/jobs/{job}/register"), |r| r.json(&reg))
         .await

@@ -27,6 +27,7 @@ pub fn run(a: SendArgs) -> Result<i32> {
         compress: a.compress.then_some(true),
         bandwidth_limit: a.bandwidth_limit,
         chunk_size: a.chunk_size,
+        inventory: None,
     };
     let mut bars: HashMap<u32, Progress> = HashMap::new();
     let mut on_progress = |p: &crate::agent::send::SendProgress| {

@@ -198,7 +198,8 @@ async fn work(cfg: &mut LiveConfig, cmdline: &str) -> Result<Verdict, Failed> {
     print_disk_table(&paths);
 
     // 6. The migration.
-    let opts = SendOptions { threads: hasher::default_threads(), ..Default::default() };
+    let inventory = serde_json::json!({ "coverage": cov, "pci": coverage::pci_devices(Path::new("/sys")) });
+    let opts = SendOptions { threads: hasher::default_threads(), inventory: Some(inventory), ..Default::default() };
     let mut last_line = Instant::now() - Duration::from_secs(60);
     let mut finished_disks = std::collections::BTreeSet::new();
     let t0 = Instant::now();

@@ -149,6 +149,9 @@ pub struct Job {
     pub disks: Vec<DiskStatus>,
     #[serde(default)]
     pub history: Vec<JobEvent>,
+    /// The source's hardware inventory (driver coverage), as it registered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inventory: Option<serde_json::Value>,
 }
 
 /// What identifies a machine: DMI and MAC addresses.
@@ -173,6 +176,9 @@ pub struct MachineIdentity {
 pub struct Register {
     pub machine: MachineIdentity,
     pub disks: Vec<DiskIdentity>,
+    /// What the live image found: PCI controllers without a driver, controllers without disks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inventory: Option<serde_json::Value>,
 }
 
 /// The answer to a registration: what the agent should do.

@@ -260,7 +260,7 @@ async fn register(
     if req.disks.is_empty() {
         return Err(bad("no_disks", "a source must send at least one disk"));
     }
-    st.db.set_machine(&job, &req.machine, req.disks.len())?;
+    st.db.set_machine(&job, &req.machine, req.inventory.as_ref(), req.disks.len())?;
     if job_state != JobState::Running {
         st.db.set_state(&job, JobState::Running, None, None)?;
     }

@@ -32,6 +32,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     token TEXT NOT NULL,
     client_token TEXT UNIQUE,
     machine TEXT,
+    inventory TEXT,
     disk_count INTEGER,
     created_at INTEGER NOT NULL,
     updated_at INTEGER NOT NULL
@@ -110,7 +111,8 @@ impl Db {
         let conn = self.conn();
         let row = conn
             .query_row(
-                "SELECT id, name, target, state, error_code, error_reason, options, token, machine, created_at, updated_at
+                "SELECT id, name, target, state, error_code, error_reason, options, token, machine, created_at, updated_at,
+                        inventory
                  FROM jobs WHERE id = ?1",
                 [id],
                 |r| {
@@ -126,12 +128,25 @@ impl Db {
                         r.get::<_, Option<String>>(8)?,
                         r.get::<_, u64>(9)?,
                         r.get::<_, u64>(10)?,
+                        r.get::<_, Option<String>>(11)?,
                     ))
                 },
             )
             .optional()?;
-        let Some((id, name, target, state, error_code, error_reason, options, token, machine, created_at, updated_at)) =
-            row
+        let Some((
+            id,
+            name,
+            target,
+            state,
+            error_code,
+            error_reason,
+            options,
+            token,
+            machine,
+            created_at,
+            updated_at,
+            inventory,
+        )) = row
         else {
             return Ok(None);
         };
@@ -194,6 +209,7 @@ impl Db {
             machine: machine.and_then(|m| serde_json::from_str::<MachineIdentity>(&m).ok()),
             disks,
             history,
+            inventory: inventory.and_then(|i| serde_json::from_str(&i).ok()),
         }))
     }
 
@@ -231,10 +247,16 @@ impl Db {
         Ok(())
     }
 
-    pub fn set_machine(&self, id: &str, machine: &MachineIdentity, disk_count: usize) -> Result<()> {
+    pub fn set_machine(
+        &self,
+        id: &str,
+        machine: &MachineIdentity,
+        inventory: Option<&serde_json::Value>,
+        disk_count: usize,
+    ) -> Result<()> {
         self.conn().execute(
-            "UPDATE jobs SET machine = ?2, disk_count = ?3, updated_at = ?4 WHERE id = ?1",
-            params![id, json(machine), disk_count as i64, now()],
+            "UPDATE jobs SET machine = ?2, disk_count = ?3, updated_at = ?4, inventory = ?5 WHERE id = ?1",
+            params![id, json(machine), disk_count as i64, now(), inventory.map(json)],
         )?;
         Ok(())
     }
