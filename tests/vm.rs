@@ -240,4 +240,19 @@ fn failures_end_in_a_failed_verdict_and_the_on_finish_action() {
     assert_eq!(j["state"], "InError", "{j:#}");
     assert_eq!(j["error_code"], "source_missing_driver");
     assert!(j["error_reason"].as_str().unwrap().contains("1000:0012"));
+
+    // A read error at 6 MiB into the second disk: FAILED naming the disk and the offset, and
+    // the job says the same; nothing is reported as migrated.
+    let (job, token) = r.create_job("vm-io-error");
+    let bad = t.path().join("bad.img");
+    gpt_disk(&bad, 16, 7);
+    let cfg = t.path().join("blkdebug.conf");
+    blkdebug_config(&cfg, 6 * 2048);
+    let disks =
+        [Disk::Virtio { file: &src, serial: "F3", sector: 512 }, Disk::FailingVirtio { file: &bad, config: &cfg }];
+    let serial = failing_boot("", &disks, t.path(), Some(&r), &job, &token, r.port);
+    assert!(serial.contains("/dev/vdb: I/O error reading at byte offset"), "{serial}");
+    let j = r.job(&job);
+    assert_eq!(j["state"], "InError", "{j:#}");
+    assert!(j["error_reason"].as_str().unwrap().contains("I/O error reading at byte offset"), "{j:#}");
 }

@@ -45,6 +45,20 @@ pub enum Disk<'a> {
     UsbStick {
         file: &'a Path,
     },
+    /// A virtio disk whose reads fail with EIO at one sector (QEMU's blkdebug error injection).
+    FailingVirtio {
+        file: &'a Path,
+        config: &'a Path,
+    },
+}
+
+/// Writes a blkdebug configuration that fails every read touching 512-byte sector `sector`.
+pub fn blkdebug_config(path: &Path, sector: u64) {
+    std::fs::write(
+        path,
+        format!("[inject-error]\nevent = \"read_aio\"\nerrno = \"5\"\nsector = \"{sector}\"\nonce = \"off\"\n"),
+    )
+    .unwrap();
 }
 
 pub struct Vm {
@@ -121,6 +135,17 @@ impl Vm {
                 self.args.extend(["-drive".into(), drive(file)]);
                 self.args.extend(["-device".into(), "lsi53c895a,id=scsi0".into()]);
                 self.args.extend(["-device".into(), format!("scsi-hd,drive={id},bus=scsi0.0")]);
+            }
+            Disk::FailingVirtio { file, config } => {
+                self.args.extend([
+                    "-drive".into(),
+                    format!(
+                        "if=none,id={id},format=raw,file.driver=blkdebug,file.config={},file.image.driver=file,file.image.filename={}",
+                        config.display(),
+                        file.display()
+                    ),
+                ]);
+                self.args.extend(["-device".into(), format!("virtio-blk-pci,drive={id},serial=EIO")]);
             }
             Disk::UsbStick { file } => {
                 self.args.extend(["-drive".into(), drive(file)]);
