@@ -15,12 +15,8 @@ pub const MODULES_LIST: &str = include_str!("../../initrd/modules.list");
 /// The modules init loads at boot before coldplug.
 pub const MODULES_LOAD_LIST: &str = include_str!("../../initrd/modules-load.list");
 
-/// A module's name as the kernel knows it: file stem, `-` as `_`.
-pub fn module_name(path_or_name: &str) -> String {
-    let file = path_or_name.rsplit('/').next().unwrap_or(path_or_name);
-    let stem = file.split(".ko").next().unwrap_or(file);
-    stem.replace('-', "_")
-}
+// Module names and alias patterns follow the same rules at build time as at boot time.
+pub use crate::init::modules::{glob_match, module_name};
 
 /// Names from a list file: one a line, `#` starts a comment.
 pub fn parse_list(text: &str) -> Vec<String> {
@@ -228,88 +224,6 @@ pub fn read_module(path: &Path) -> Result<Vec<u8>> {
         }
     }
     fs::read(path).with_context(|| format!("reading {name}"))
-}
-
-/// fnmatch-style matching as modules.alias uses: `*`, `?`, `[...]` (with `!`/`^` and ranges).
-pub fn glob_match(pat: &str, s: &str) -> bool {
-    let p: Vec<char> = pat.chars().collect();
-    let s: Vec<char> = s.chars().collect();
-    let (mut pi, mut si) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while si < s.len() {
-        if pi < p.len() {
-            match p[pi] {
-                '*' => {
-                    star = Some((pi, si));
-                    pi += 1;
-                    continue;
-                }
-                '?' => {
-                    pi += 1;
-                    si += 1;
-                    continue;
-                }
-                '[' => {
-                    if let Some((ok, next)) = class_match(&p, pi, s[si]) {
-                        if ok {
-                            pi = next;
-                            si += 1;
-                            continue;
-                        }
-                    } else if s[si] == '[' {
-                        pi += 1;
-                        si += 1;
-                        continue;
-                    }
-                }
-                c if c == s[si] => {
-                    pi += 1;
-                    si += 1;
-                    continue;
-                }
-                _ => {}
-            }
-        }
-        match star {
-            Some((sp, ss)) => {
-                pi = sp + 1;
-                si = ss + 1;
-                star = Some((sp, ss + 1));
-            }
-            None => return false,
-        }
-    }
-    p[pi..].iter().all(|c| *c == '*')
-}
-
-/// Matches `c` against the set starting at `p[i] == '['`; returns (matched, index after `]`),
-/// or None when the set is not closed (then `[` is literal).
-fn class_match(p: &[char], i: usize, c: char) -> Option<(bool, usize)> {
-    let mut j = i + 1;
-    let negate = j < p.len() && (p[j] == '!' || p[j] == '^');
-    if negate {
-        j += 1;
-    }
-    let mut matched = false;
-    let mut first = true;
-    while j < p.len() && (first || p[j] != ']') {
-        first = false;
-        if j + 2 < p.len() && p[j + 1] == '-' && p[j + 2] != ']' {
-            if p[j] <= c && c <= p[j + 2] {
-                matched = true;
-            }
-            j += 3;
-        } else {
-            if p[j] == c {
-                matched = true;
-            }
-            j += 1;
-        }
-    }
-    if j >= p.len() {
-        return None;
-    }
-    Some((matched != negate, j + 1))
 }
 
 /// What was put in the image.
