@@ -234,3 +234,64 @@ fn hash_of_a_4k_sector_loop_device_equals_b3sum() {
     dev.detach();
     assert_eq!(b3sum(&img), want, "the device and its backing file hold the same bytes");
 }
+
+#[test]
+fn lock_sets_the_kernel_read_only_flag_on_the_disk_and_its_partitions() {
+    let t = tempfile::tempdir().unwrap();
+    let img = t.path().join("lock.img");
+    make_file(&img, 16 << 20);
+    run("sgdisk", &["-n1:1M:+4M", "-n2:0:0", s(&img)]);
+    write_at(&img, 2 << 20, &pseudo_random(1 << 20, 9));
+    // Without --lock nothing changes the flag; a regular file cannot be locked at all.
+    let out = ferry(&["hash", "--lock", s(&img)]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("only block devices"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let attach = std::process::Command::new("losetup").args(["-f", "--show", "-P", s(&img)]).output().unwrap();
+    if !attach.status.success() {
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED lock test: losetup -P failed: {}",
+            String::from_utf8_lossy(&attach.stderr)
+        );
+        return;
+    }
+    let dev = String::from_utf8_lossy(&attach.stdout).trim().to_string();
+    struct Detach(String);
+    impl Drop for Detach {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("blockdev").args(["--setrw", &self.0]).status();
+            for p in ["p1", "p2"] {
+                let _ = std::process::Command::new("blockdev").args(["--setrw", &format!("{}{p}", self.0)]).status();
+            }
+            let _ = std::process::Command::new("losetup").args(["-d", &self.0]).status();
+        }
+    }
+    let _guard = Detach(dev.clone());
+    let getro = |d: &str| run("blockdev", &["--getro", d]).trim().to_string();
+    let unlocked = ferry_json(&["hash", "--json", "--chunk-size", "64K", &dev]);
+    assert_eq!(getro(&dev), "0", "hashing without --lock must leave the flag alone");
+
+    let locked = ferry_json(&["hash", "--lock", "--json", "--chunk-size", "64K", &dev]);
+    assert_eq!(locked["blake3"], unlocked["blake3"]);
+    assert_eq!(locked["blake3"].as_str().unwrap(), b3sum(Path::new(&dev)));
+    assert_eq!(getro(&dev), "1", "the disk is read-only at the kernel level");
+    for p in ["p1", "p2"] {
+        let part = format!("{dev}{p}");
+        if Path::new(&part).exists() {
+            assert_eq!(getro(&part), "1", "{part} is read-only too");
+        }
+    }
+    // The kernel now refuses writes to the device.
+    let dd = std::process::Command::new("dd")
+        .args(["if=/dev/zero", &format!("of={dev}"), "bs=4096", "count=1", "oflag=direct", "conv=notrunc"])
+        .output()
+        .unwrap();
+    assert!(!dd.status.success(), "a write to a locked disk must fail");
+    assert_eq!(b3sum(&img), locked["blake3"].as_str().unwrap(), "the image is unchanged");
+}
