@@ -213,9 +213,10 @@ fn finish(action: OnFinish, countdown: u64, ok: bool) -> ! {
     }
 }
 
-/// Whether this process should act as the live image's init.
+/// Whether this process should act as the live image's init: PID 1 started with no arguments,
+/// as the kernel starts /init. `ferry serve ...` as a container's PID 1 stays a normal command.
 pub fn is_init() -> bool {
-    std::process::id() == 1
+    std::process::id() == 1 && std::env::args_os().len() <= 1
 }
 
 /// Whether this process is the worker the supervisor started.
