@@ -213,10 +213,13 @@ fn finish(action: OnFinish, countdown: u64, ok: bool) -> ! {
     }
 }
 
-/// Whether this process should act as the live image's init: PID 1 started with no arguments,
-/// as the kernel starts /init. `ferry serve ...` as a container's PID 1 stays a normal command.
+/// Whether this process should act as the live image's init: PID 1 started as `/init` (the
+/// kernel also passes unknown bare command-line words as arguments) or with no arguments.
+/// `ferry serve ...` as a container's PID 1 stays a normal command.
 pub fn is_init() -> bool {
-    std::process::id() == 1 && std::env::args_os().len() <= 1
+    let mut args = std::env::args_os();
+    let argv0 = args.next();
+    std::process::id() == 1 && (argv0.as_deref() == Some(std::ffi::OsStr::new("/init")) || args.next().is_none())
 }
 
 /// Whether this process is the worker the supervisor started.
