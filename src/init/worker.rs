@@ -86,8 +86,20 @@ async fn work(cfg: &mut LiveConfig, cmdline: &str) -> Result<Verdict, Failed> {
     let loader = load_drivers();
     crate::say!("drivers: {} modules loaded", loader.loaded.len());
 
-    // 2. The boot stick (never a source disk) and its ferry.toml.
+    // 2. Every disk read-only at the kernel level before anything reads a byte of it (the boot
+    // stick too: ferry only ever mounts it read-only).
     let all_disks = sysfs::enumerate(Path::new("/sys/block")).unwrap_or_default();
+    for d in &all_disks {
+        let p = Path::new("/dev").join(&d.name);
+        disk::lock::lock_read_only(&p).map_err(|e| {
+            Failed::new(
+                format!("could not set {} read-only: {e:#}", p.display()),
+                "Reboot and try again; report this to the operator if it repeats. Nothing was read.",
+            )
+        })?;
+    }
+
+    // 3. The boot stick (never a source disk) and its ferry.toml.
     let boot_disk = find_boot_medium(&all_disks);
     if let Some((disk, part)) = &boot_disk {
         crate::say!("boot medium: /dev/{disk} (not migrated)");
@@ -183,18 +195,8 @@ async fn work(cfg: &mut LiveConfig, cmdline: &str) -> Result<Verdict, Failed> {
         return Err(Failed::new(reason, "Check the disks are attached and visible in the firmware setup."));
     }
 
-    // 5. Read-only at the kernel level before anything reads a source disk.
-    let mut paths: Vec<PathBuf> = vec![];
-    for d in &sources {
-        let p = Path::new("/dev").join(&d.name);
-        disk::lock::lock_read_only(&p).map_err(|e| {
-            Failed::new(
-                format!("could not set {} read-only: {e:#}", p.display()),
-                "Reboot and try again; report this to the operator if it repeats.",
-            )
-        })?;
-        paths.push(p);
-    }
+    // The source disks, already read-only since step 2.
+    let paths: Vec<PathBuf> = sources.iter().map(|d| Path::new("/dev").join(&d.name)).collect();
     print_disk_table(&paths);
 
     // 6. The migration.
