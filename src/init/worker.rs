@@ -132,7 +132,7 @@ async fn work(cfg: &mut LiveConfig, cmdline: &str) -> Result<Verdict, Failed> {
         ));
     }
 
-    // 3. Machine identity and disks.
+    // 4. Machine identity and disks.
     let machine = crate::agent::identity::machine_identity();
     crate::say!(
         "machine: {} {} serial {} uuid {}",
@@ -153,7 +153,7 @@ async fn work(cfg: &mut LiveConfig, cmdline: &str) -> Result<Verdict, Failed> {
     if !kernel_rng_ready() {
         crate::say!("waiting for the kernel's random number generator (needed for TLS) ...");
     }
-    // 4. Network (needed to report even a failure).
+    // 5. Network (needed to report even a failure).
     crate::say!("network: {} ...", if matches!(cfg.ip, super::cmdline::IpConfig::Dhcp) { "DHCP" } else { "static" });
     let configured = net::bring_up(&cfg.ip, cfg.bootif.as_deref(), Duration::from_secs(45)).await.map_err(|e| {
         Failed::new(
