@@ -12,8 +12,13 @@ fn read(path: &Path) -> Option<String> {
 }
 
 /// Reads `/sys/class/dmi/id` and `/sys/class/net` (the product UUID and serial need root).
+/// `FERRY_SYS_ROOT` names another sysfs root: containers without DMI, and tests that play two
+/// machines on one host.
 pub fn machine_identity() -> MachineIdentity {
-    machine_identity_from(Path::new("/sys"))
+    match std::env::var_os("FERRY_SYS_ROOT") {
+        Some(root) => machine_identity_from(Path::new(&root)),
+        None => machine_identity_from(Path::new("/sys")),
+    }
 }
 
 pub fn machine_identity_from(sys: &Path) -> MachineIdentity {
@@ -64,5 +69,49 @@ mod tests {
         assert_eq!(m.product.as_deref(), Some("PowerEdge R640"));
         assert_eq!(m.serial, None);
         assert_eq!(m.macs, ["52:54:00:12:34:56"]);
+    }
+}
+
+/// Whether an identifier really identifies something. Firmware often fills DMI and disk fields
+/// with placeholders that many machines share; comparing those would call two different
+/// machines the same one (or fail to match a named target).
+pub fn meaningful(id: &str) -> bool {
+    let t = id.trim().to_ascii_lowercase();
+    const PLACEHOLDERS: &[&str] = &[
+        "not specified",
+        "not applicable",
+        "to be filled by o.e.m.",
+        "default string",
+        "system serial number",
+        "none",
+        "n/a",
+        "unknown",
+        "0123456789",
+        "03000200-0400-0500-0006-000700080009",
+    ];
+    !t.is_empty() && !t.chars().all(|c| c == '0' || c == '-' || c == 'f') && !PLACEHOLDERS.contains(&t.as_str())
+}
+
+#[cfg(test)]
+mod meaningful_tests {
+    use super::meaningful;
+
+    #[test]
+    fn placeholders_identify_nothing() {
+        for junk in [
+            "",
+            "  ",
+            "00000000-0000-0000-0000-000000000000",
+            "ffffffff-ffff-ffff-ffff-ffffffffffff",
+            "To Be Filled By O.E.M.",
+            "Not Specified",
+            "Default string",
+            "0",
+        ] {
+            assert!(!meaningful(junk), "{junk:?}");
+        }
+        for real in ["4c4c4544-0042-3510-8051-b4c04f4e4e32", "CZ2012345X", "QM00001", "0x5000c500a1b2c3d4"] {
+            assert!(meaningful(real), "{real:?}");
+        }
     }
 }

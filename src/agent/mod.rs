@@ -1,7 +1,9 @@
-//! The agents: the source side (`send`) and, later, the target side (`pull`).
+//! The agents: the source side (`send`) and the target side (`pull`: check, write, verify).
 
 pub mod client;
 pub mod identity;
 pub mod send;
 
 pub use client::{Client, Endpoint, Refused};
+pub mod pull;
+pub mod target_check;

@@ -6,8 +6,8 @@ use anyhow::{bail, Context, Result};
 use reqwest::Method;
 
 use crate::agent::{Client, Endpoint};
-use crate::cmdline::{AdminArgs, JobCommand, TargetArg};
-use crate::proto::{CreateJob, Job, JobOptions, TargetKind};
+use crate::cmdline::{AdminArgs, JobCommand, TargetArg, TargetSpecArgs};
+use crate::proto::{CreateJob, Job, JobOptions, TargetKind, TargetSpec};
 use crate::server::ReceiverInfo;
 use crate::util::{human_bytes, human_duration};
 
@@ -50,7 +50,16 @@ pub fn run(cmd: JobCommand) -> Result<i32> {
 
 async fn run_async(cmd: JobCommand) -> Result<i32> {
     match cmd {
-        JobCommand::Create { admin, name, target, compress, bandwidth_limit, chunk_size, client_token } => {
+        JobCommand::Create {
+            admin,
+            name,
+            target,
+            compress,
+            bandwidth_limit,
+            chunk_size,
+            client_token,
+            target_spec,
+        } => {
             let c = admin_client(&admin)?;
             let req = CreateJob {
                 name,
@@ -60,6 +69,7 @@ async fn run_async(cmd: JobCommand) -> Result<i32> {
                 },
                 options: JobOptions { compress, bandwidth_limit, chunk_size },
                 client_token,
+                target_spec: spec_of(&target_spec),
             };
             let job: Job = c.call(Method::POST, "/jobs", |r| r.json(&req)).await?;
             if admin.json {
@@ -68,6 +78,9 @@ async fn run_async(cmd: JobCommand) -> Result<i32> {
                 println!("job {} ({}) created: {}", job.id, job.name, job.state.as_str());
                 println!("id:    {}", job.id);
                 println!("token: {}", job.token.as_deref().unwrap_or("?"));
+                if let Some(t) = &job.target_token {
+                    println!("target token: {t}");
+                }
             }
         }
         JobCommand::List { admin } => {
@@ -106,6 +119,16 @@ async fn run_async(cmd: JobCommand) -> Result<i32> {
             let job: Job = c.call(Method::POST, &format!("/jobs/{id}/restart"), |r| r).await?;
             report(&admin, &job)?;
         }
+        JobCommand::Target { admin, id, target_spec } => {
+            let c = admin_client(&admin)?;
+            let spec = spec_of(&target_spec).unwrap_or_default();
+            let job: Job = c.call(Method::POST, &format!("/jobs/{id}/target"), |r| r.json(&spec)).await?;
+            if admin.json {
+                println!("{}", serde_json::to_string_pretty(&job)?);
+            } else {
+                print_job(&job);
+            }
+        }
         JobCommand::Cancel { admin, id } => {
             let c = admin_client(&admin)?;
             let job: Job = c.call(Method::POST, &format!("/jobs/{id}/cancel"), |r| r).await?;
@@ -113,6 +136,11 @@ async fn run_async(cmd: JobCommand) -> Result<i32> {
         }
     }
     Ok(0)
+}
+
+fn spec_of(a: &TargetSpecArgs) -> Option<TargetSpec> {
+    let spec = TargetSpec { machine: a.machine.clone(), disks: a.disks.clone(), allow_wipe: a.allow_wipe };
+    (spec != TargetSpec::default()).then_some(spec)
 }
 
 fn report(admin: &AdminArgs, job: &Job) -> Result<()> {
@@ -154,7 +182,50 @@ fn print_job(j: &Job) {
             }
         );
     }
-    for e in &j.history {
+    print_history(&j.history);
+    if let Some(spec) = &j.target_spec {
+        let names: Vec<&str> = spec.machine.iter().chain(&spec.disks).map(String::as_str).collect();
+        println!(
+            "target: {}; wipe {}",
+            if names.is_empty() { "not named".to_string() } else { names.join(", ") },
+            if spec.allow_wipe { "allowed" } else { "NOT allowed" }
+        );
+    }
+    if let Some(d) = &j.delivery {
+        println!("delivery: {}", d.state.as_str());
+        if let (Some(code), Some(reason)) = (&d.error_code, &d.error_reason) {
+            println!("error: {reason} [{code}]");
+        }
+        if let Some(m) = &d.machine {
+            println!(
+                "target machine: {} serial {} uuid {}",
+                m.product.as_deref().unwrap_or("?"),
+                m.serial.as_deref().unwrap_or("none"),
+                m.product_uuid.as_deref().unwrap_or("none")
+            );
+        }
+        for x in &d.disks {
+            println!(
+                "source disk {} -> {} ({}): {} written{}",
+                x.source_index,
+                x.target.path,
+                human_bytes(x.target.size),
+                human_bytes(x.bytes_written),
+                match &x.blake3 {
+                    Some(h) if x.verified => format!(", read back blake3 {h}"),
+                    _ => String::new(),
+                }
+            );
+            for c in &x.changed {
+                println!("  changed after verifying: {} bytes at {} ({})", c.length, c.offset, c.what);
+            }
+        }
+        print_history(&d.history);
+    }
+}
+
+fn print_history(history: &[crate::proto::JobEvent]) {
+    for e in history {
         println!(
             "  {} {}{}",
             crate::util::utc_time(e.at),

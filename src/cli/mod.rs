@@ -6,6 +6,7 @@ mod image;
 mod inspect;
 mod job;
 pub mod progress;
+mod pull;
 
 pub use inspect::render as render_disks;
 mod send;
@@ -36,6 +37,7 @@ pub fn run() -> i32 {
         Command::Serve(a) => serve::run(a),
         Command::Job(c) => job::run(c),
         Command::Send(a) => send::run(a),
+        Command::Pull(a) => pull::run(a),
         Command::Export(a) => export::run(a),
         Command::Image(crate::cmdline::ImageCommand::Build(a)) => image::run(a),
     };

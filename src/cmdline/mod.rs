@@ -28,6 +28,8 @@ pub enum Command {
     Job(JobCommand),
     /// Stream disks to a receiver for a job (the source agent).
     Send(SendArgs),
+    /// Write a finished job's disks onto this machine's disks (the target agent).
+    Pull(PullArgs),
     /// Write a received disk out of the store as a raw or qcow2 image.
     Export(ExportArgs),
     /// Build the live image: kernel, initramfs, iPXE script, USB image.
@@ -140,6 +142,16 @@ pub enum JobCommand {
         /// Makes creation idempotent: the same client token returns the same job.
         #[arg(long)]
         client_token: Option<String>,
+        #[command(flatten)]
+        target_spec: TargetSpecArgs,
+    },
+    /// Name an instance job's target machine and allow (or withdraw permission) to wipe it.
+    Target {
+        #[command(flatten)]
+        admin: AdminArgs,
+        id: String,
+        #[command(flatten)]
+        target_spec: TargetSpecArgs,
     },
     /// List jobs.
     List {
@@ -164,6 +176,20 @@ pub enum JobCommand {
         admin: AdminArgs,
         id: String,
     },
+}
+
+/// The target machine of an `instance` job.
+#[derive(Debug, Args, Clone, Default)]
+pub struct TargetSpecArgs {
+    /// The target's DMI product UUID or serial number (repeatable: any of them matches).
+    #[arg(long = "target-machine", value_name = "UUID|SERIAL")]
+    pub machine: Vec<String>,
+    /// A disk serial or WWN the target must have (repeatable: all must be present).
+    #[arg(long = "target-disk", value_name = "SERIAL|WWN")]
+    pub disks: Vec<String>,
+    /// Allow ferry to overwrite every disk of the named target. Without it a target writes nothing.
+    #[arg(long)]
+    pub allow_wipe: bool,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -250,6 +276,47 @@ pub struct InspectArgs {
     /// Sector size to read image files with (512 or 4096); detected when omitted.
     #[arg(long, value_parser = parse_sector_size)]
     pub sector_size: Option<u32>,
+    /// Print JSON for scripts.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PullArgs {
+    /// Receiver URL, e.g. https://10.0.0.5:8443.
+    #[arg(long)]
+    pub server: String,
+    /// Job id (a Finished job with target `instance`).
+    #[arg(long)]
+    pub job: String,
+    /// The job's target token (not the source's token).
+    #[arg(long, env = "FERRY_TOKEN", hide_env_values = true)]
+    pub token: String,
+    /// SHA-256 pin of the receiver's certificate.
+    #[arg(long)]
+    pub pin: Option<String>,
+    /// Talk plain HTTP to a receiver started with --plain-http.
+    #[arg(long)]
+    pub plain_http: bool,
+    /// Target disks or image files, in the order of the source's disks. EVERY BYTE ON THEM IS
+    /// OVERWRITTEN once every check holds.
+    #[arg(long = "to", required = true, num_args = 1..)]
+    pub to: Vec<PathBuf>,
+    /// Sector size of image-file targets (512 or 4096); block devices report their own.
+    #[arg(long, value_parser = parse_sector_size)]
+    pub sector_size: Option<u32>,
+    /// Chunk downloads in flight at once.
+    #[arg(long, default_value_t = 8)]
+    pub in_flight: usize,
+    /// Threads reading the disks back.
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Wait this many seconds for the source side to finish (0: refuse at once).
+    #[arg(long, default_value_t = 0)]
+    pub wait: u64,
+    /// Give up after this many seconds without reaching the receiver.
+    #[arg(long, default_value_t = 600)]
+    pub retry_for: u64,
     /// Print JSON for scripts.
     #[arg(long)]
     pub json: bool,

@@ -1,12 +1,14 @@
 //! Block devices and disk images: discovery, identity, ioctls, the read-only guard and
 //! partition tables.
 
+pub mod gpt_grow;
 pub mod ioctl;
 pub mod lock;
 pub mod partitions;
 pub mod source;
 pub mod sysfs;
 pub mod types;
+pub mod writer;
 
 use std::path::{Path, PathBuf};
 

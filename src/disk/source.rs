@@ -81,6 +81,16 @@ impl DiskReader {
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// The first `size` bytes only: a target disk larger than the source is read back over the
+    /// source's size, so its hash can be compared with the source's whole-disk hash.
+    pub fn limited_to(mut self, size: u64) -> Result<Self> {
+        if size > self.size {
+            bail!("{} is {} bytes; it cannot be read as {size} bytes", self.path.display(), self.size);
+        }
+        self.size = size;
+        Ok(self)
+    }
     pub fn file(&self) -> &File {
         &self.file
     }

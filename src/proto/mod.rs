@@ -12,6 +12,17 @@
 //! 4. `POST /jobs/{job}/disks/{n}/complete` with the full [`Manifest`]; the receiver checks the
 //!    ids merge to the whole-disk hash and that it holds every chunk.
 //! 5. `POST /jobs/{job}/finish`: the job becomes Finished only when every disk is verified.
+//!
+//! A target agent's conversation (job target `instance`, with the job's target token), once the
+//! job is Finished:
+//! 1. `POST /jobs/{job}/target/register` with the target's identity and disks; the receiver
+//!    checks the wipe permission and that this is the machine the job names, and answers with
+//!    the source disks ([`TargetPlan`]). The agent checks its disks (count, sizes, sector sizes,
+//!    not the source) and reports a refusal to `/target/fail`, or the mapping to `/target/begin`.
+//! 2. Per disk: `GET /jobs/{job}/disks/{n}/manifest`, then `GET …/chunks/{index}` for every
+//!    chunk that is not zero; the agent checks each chunk's id before writing it.
+//! 3. `POST /jobs/{job}/target/finish` with what it read back; the receiver compares it with
+//!    the source's whole-disk hashes.
 
 use serde::{Deserialize, Serialize};
 
@@ -88,6 +99,123 @@ pub struct CreateJob {
     /// Repeating a create with the same client token returns the job created the first time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_token: Option<String>,
+    /// For `instance` jobs: which machine may receive the disks, and whether it may be wiped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_spec: Option<TargetSpec>,
+}
+
+/// The target machine an `instance` job may write to, as the operator named it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TargetSpec {
+    /// DMI product UUIDs or serial numbers, any of which names the target machine.
+    #[serde(default)]
+    pub machine: Vec<String>,
+    /// Disk serials or WWNs; when given, every one must be present on the target.
+    #[serde(default)]
+    pub disks: Vec<String>,
+    /// The operator's explicit permission to overwrite the target's disks. Without it a
+    /// target writes nothing.
+    #[serde(default)]
+    pub allow_wipe: bool,
+}
+
+impl TargetSpec {
+    /// Whether the spec names the target at all (by machine or by disks).
+    pub fn names_a_target(&self) -> bool {
+        !self.machine.is_empty() || !self.disks.is_empty()
+    }
+}
+
+/// A byte range of a target disk that ferry changed after writing the source's bytes (the
+/// relocated backup GPT), so that anyone can tell the copy from the original.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangedRange {
+    pub offset: u64,
+    pub length: u64,
+    pub what: String,
+}
+
+/// One target disk of a delivery: which source disk it receives and how far it got.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliveredDisk {
+    pub source_index: u32,
+    pub target: DiskIdentity,
+    #[serde(default)]
+    pub bytes_written: u64,
+    /// BLAKE3 of the first source-size bytes read back from the target, once verified.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blake3: Option<String>,
+    #[serde(default)]
+    pub verified: bool,
+    #[serde(default)]
+    pub changed: Vec<ChangedRange>,
+}
+
+/// The target side of an `instance` job: its own state and history, apart from the source's.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delivery {
+    pub state: JobState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_code: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub machine: Option<MachineIdentity>,
+    /// The target's disks as it registered them.
+    #[serde(default)]
+    pub target_disks: Vec<DiskIdentity>,
+    /// Source disk → target disk, in source order, once writing began.
+    #[serde(default)]
+    pub disks: Vec<DeliveredDisk>,
+    #[serde(default)]
+    pub history: Vec<JobEvent>,
+}
+
+/// `POST /jobs/{job}/target/register` (target agent): who is asking to receive the disks.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TargetRegister {
+    pub machine: MachineIdentity,
+    pub disks: Vec<DiskIdentity>,
+}
+
+/// One source disk as a target needs to know it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct SourceDisk {
+    pub index: u32,
+    pub identity: DiskIdentity,
+    pub partition_table: PartitionTable,
+    pub size: u64,
+    pub chunk_size: u64,
+    pub blake3: String,
+}
+
+/// The answer to a target's registration: what it is to write.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TargetPlan {
+    pub job: String,
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_machine: Option<MachineIdentity>,
+    pub disks: Vec<SourceDisk>,
+}
+
+/// `POST /jobs/{job}/target/begin`: the mapping the target is about to write.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TargetBegin {
+    pub disks: Vec<DeliveredDisk>,
+}
+
+/// `POST /jobs/{job}/target/progress`: bytes written per source disk index.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TargetProgress {
+    pub source_index: u32,
+    pub bytes_written: u64,
+}
+
+/// `POST /jobs/{job}/target/finish`: what the target read back from each disk.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TargetDone {
+    pub disks: Vec<DeliveredDisk>,
 }
 
 /// One state change of a job.
@@ -152,6 +280,16 @@ pub struct Job {
     /// The source's hardware inventory (driver coverage), as it registered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inventory: Option<serde_json::Value>,
+    /// `instance` jobs: the target the operator named and allowed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_spec: Option<TargetSpec>,
+    /// `instance` jobs: the token the target machine boots with (admins only). It can read
+    /// the job's disks, never write them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_token: Option<String>,
+    /// `instance` jobs: the target side's state, once a target registered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivery: Option<Delivery>,
 }
 
 /// What identifies a machine: DMI and MAC addresses.

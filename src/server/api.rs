@@ -18,7 +18,7 @@ use crate::image::{hasher, Manifest};
 use crate::proto::*;
 
 /// An error answer: HTTP status, stable code, words.
-pub struct ApiErr(StatusCode, &'static str, String);
+pub struct ApiErr(pub StatusCode, pub &'static str, pub String);
 
 impl IntoResponse for ApiErr {
     fn into_response(self) -> Response {
@@ -33,13 +33,13 @@ impl From<anyhow::Error> for ApiErr {
     }
 }
 
-type ApiResult<T> = Result<T, ApiErr>;
+pub type ApiResult<T> = Result<T, ApiErr>;
 
-fn bad(code: &'static str, msg: impl Into<String>) -> ApiErr {
+pub fn bad(code: &'static str, msg: impl Into<String>) -> ApiErr {
     ApiErr(StatusCode::BAD_REQUEST, code, msg.into())
 }
 
-fn conflict(code: &'static str, msg: impl Into<String>) -> ApiErr {
+pub fn conflict(code: &'static str, msg: impl Into<String>) -> ApiErr {
     ApiErr(StatusCode::CONFLICT, code, msg.into())
 }
 
@@ -57,6 +57,14 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/jobs/{job}", get(show_job))
         .route("/jobs/{job}/restart", post(restart_job))
         .route("/jobs/{job}/cancel", post(cancel_job))
+        .route("/jobs/{job}/target", post(super::target_api::set_target))
+        .route("/jobs/{job}/target/register", post(super::target_api::register))
+        .route("/jobs/{job}/target/begin", post(super::target_api::begin))
+        .route("/jobs/{job}/target/progress", post(super::target_api::progress))
+        .route("/jobs/{job}/target/fail", post(super::target_api::fail))
+        .route("/jobs/{job}/target/finish", post(super::target_api::finish))
+        .route("/jobs/{job}/disks/{disk}/manifest", get(super::target_api::manifest))
+        .route("/jobs/{job}/disks/{disk}/chunks/{index}/data", get(super::target_api::chunk))
         .route("/jobs/{job}/register", post(register))
         .route("/jobs/{job}/fail", post(fail))
         .route("/jobs/{job}/finish", post(finish))
@@ -89,7 +97,7 @@ fn tokens_equal(a: &str, b: &str) -> bool {
     a.len() == b.len() && bool::from(a.as_bytes().ct_eq(b.as_bytes()))
 }
 
-fn require_admin(state: &AppState, headers: &HeaderMap) -> ApiResult<()> {
+pub fn require_admin(state: &AppState, headers: &HeaderMap) -> ApiResult<()> {
     if tokens_equal(bearer(headers)?, &state.admin_token) {
         Ok(())
     } else {
@@ -97,7 +105,7 @@ fn require_admin(state: &AppState, headers: &HeaderMap) -> ApiResult<()> {
     }
 }
 
-fn check_job_id(job: &str) -> ApiResult<()> {
+pub fn check_job_id(job: &str) -> ApiResult<()> {
     if valid_job_id(job) {
         Ok(())
     } else {
@@ -105,22 +113,26 @@ fn check_job_id(job: &str) -> ApiResult<()> {
     }
 }
 
-/// Who is calling about a job: the admin, or the agent holding that job's token.
-#[derive(PartialEq)]
-enum Caller {
+/// Who is calling about a job: the admin, the source agent holding that job's token, or the
+/// target machine holding its target token.
+#[derive(PartialEq, Debug)]
+pub enum Caller {
     Admin,
     Agent,
+    Target,
 }
 
-fn job_caller(state: &AppState, headers: &HeaderMap, job: &str) -> ApiResult<(Caller, JobState)> {
+pub fn job_caller(state: &AppState, headers: &HeaderMap, job: &str) -> ApiResult<(Caller, JobState)> {
     check_job_id(job)?;
     let token = bearer(headers)?;
-    let (job_token, job_state) = state
+    let (job_token, target_token, job_state) = state
         .db
-        .token_and_state(job)?
+        .tokens_and_state(job)?
         .ok_or_else(|| ApiErr(StatusCode::NOT_FOUND, "no_such_job", format!("there is no job {job}")))?;
     if tokens_equal(token, &job_token) {
         Ok((Caller::Agent, job_state))
+    } else if target_token.is_some_and(|t| tokens_equal(token, &t)) {
+        Ok((Caller::Target, job_state))
     } else if tokens_equal(token, &state.admin_token) {
         Ok((Caller::Admin, job_state))
     } else {
@@ -153,11 +165,11 @@ fn not_stopped(job: &str, s: JobState) -> ApiResult<()> {
     }
 }
 
-fn parse_json<T: serde::de::DeserializeOwned>(body: &Bytes) -> ApiResult<T> {
+pub fn parse_json<T: serde::de::DeserializeOwned>(body: &Bytes) -> ApiResult<T> {
     serde_json::from_slice(body).map_err(|e| bad("bad_json", format!("malformed request body: {e}")))
 }
 
-fn job_or_404(db: &Db, job: &str, with_token: bool) -> ApiResult<Job> {
+pub fn job_or_404(db: &Db, job: &str, with_token: bool) -> ApiResult<Job> {
     db.job(job, with_token)?
         .ok_or_else(|| ApiErr(StatusCode::NOT_FOUND, "no_such_job", format!("there is no job {job}")))
 }
@@ -184,7 +196,14 @@ async fn create_job(
     if req.client_token.as_ref().is_some_and(|t| t.len() > 200) {
         return Err(bad("bad_client_token", "a client token is at most 200 characters"));
     }
-    let job = st.db.create_job(&req, &random_hex(6), &random_hex(32))?;
+    if let Some(spec) = &req.target_spec {
+        if req.target != TargetKind::Instance {
+            return Err(bad("not_instance_job", "only a job with target 'instance' names a target machine"));
+        }
+        super::target_api::validate_spec(spec)?;
+    }
+    let target_token = (req.target == TargetKind::Instance).then(|| random_hex(32));
+    let job = st.db.create_job(&req, &random_hex(6), &random_hex(32), target_token.as_deref())?;
     log::info!("job {} ({}) created", job.id, job.name);
     Ok((StatusCode::CREATED, Json(job)))
 }
@@ -206,7 +225,12 @@ async fn show_job(
     Path(job): Path<String>,
 ) -> ApiResult<Json<Job>> {
     let (caller, _) = job_caller(&st, &headers, &job)?;
-    Ok(Json(job_or_404(&st.db, &job, caller == Caller::Admin)?))
+    let mut j = job_or_404(&st.db, &job, caller == Caller::Admin)?;
+    if caller != Caller::Admin {
+        // An agent learns its job's state, not how the operator named the target.
+        j.target_spec = None;
+    }
+    Ok(Json(j))
 }
 
 async fn restart_job(
@@ -486,7 +510,7 @@ async fn complete_disk(
     }
 }
 
-fn write_durably(tmp: &std::path::Path, dest: &std::path::Path, body: &[u8]) -> ApiResult<()> {
+pub fn write_durably(tmp: &std::path::Path, dest: &std::path::Path, body: &[u8]) -> ApiResult<()> {
     use std::io::Write;
     let mut f = std::fs::File::create(tmp).map_err(anyhow::Error::from)?;
     f.write_all(body).map_err(anyhow::Error::from)?;

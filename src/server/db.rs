@@ -9,7 +9,8 @@ use anyhow::{Context, Result};
 use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::proto::{
-    BeginDisk, CreateJob, DiskStatus, Job, JobEvent, JobOptions, JobState, MachineIdentity, TargetKind,
+    BeginDisk, CreateJob, Delivery, DiskStatus, Job, JobEvent, JobOptions, JobState, MachineIdentity, TargetKind,
+    TargetSpec,
 };
 
 pub struct Db {
@@ -62,6 +63,9 @@ CREATE TABLE IF NOT EXISTS disks (
 );
 ";
 
+/// Columns added after the first release, added to older databases on open.
+const ADDED_COLUMNS: &[(&str, &str)] = &[("target_token", "TEXT"), ("target_spec", "TEXT"), ("delivery", "TEXT")];
+
 fn json<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_string(v).expect("wire types always serialize")
 }
@@ -74,6 +78,16 @@ impl Db {
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA).context("creating the job tables")?;
+        let existing: Vec<String> = conn
+            .prepare("SELECT name FROM pragma_table_info('jobs')")?
+            .query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        for (column, ty) in ADDED_COLUMNS {
+            if !existing.iter().any(|c| c == column) {
+                conn.execute_batch(&format!("ALTER TABLE jobs ADD COLUMN {column} {ty}"))
+                    .with_context(|| format!("adding column {column} to the job table"))?;
+            }
+        }
         Ok(Self { conn: Mutex::new(conn) })
     }
 
@@ -82,7 +96,7 @@ impl Db {
     }
 
     /// Creates a job, or returns the one created earlier with the same client token.
-    pub fn create_job(&self, req: &CreateJob, id: &str, token: &str) -> Result<Job> {
+    pub fn create_job(&self, req: &CreateJob, id: &str, token: &str, target_token: Option<&str>) -> Result<Job> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         if let Some(ct) = &req.client_token {
@@ -96,9 +110,20 @@ impl Db {
         }
         let t = now();
         tx.execute(
-            "INSERT INTO jobs (id, name, target, state, options, token, client_token, created_at, updated_at)
-             VALUES (?1, ?2, ?3, 'Waiting', ?4, ?5, ?6, ?7, ?7)",
-            params![id, req.name, json(&req.target).trim_matches('"'), json(&req.options), token, req.client_token, t],
+            "INSERT INTO jobs (id, name, target, state, options, token, client_token, created_at, updated_at,
+                               target_token, target_spec)
+             VALUES (?1, ?2, ?3, 'Waiting', ?4, ?5, ?6, ?7, ?7, ?8, ?9)",
+            params![
+                id,
+                req.name,
+                json(&req.target).trim_matches('"'),
+                json(&req.options),
+                token,
+                req.client_token,
+                t,
+                target_token,
+                req.target_spec.as_ref().map(json)
+            ],
         )?;
         tx.execute("INSERT INTO job_events (job_id, at, state) VALUES (?1, ?2, 'Waiting')", params![id, t])?;
         tx.commit()?;
@@ -112,7 +137,7 @@ impl Db {
         let row = conn
             .query_row(
                 "SELECT id, name, target, state, error_code, error_reason, options, token, machine, created_at, updated_at,
-                        inventory
+                        inventory, target_token, target_spec, delivery
                  FROM jobs WHERE id = ?1",
                 [id],
                 |r| {
@@ -129,6 +154,9 @@ impl Db {
                         r.get::<_, u64>(9)?,
                         r.get::<_, u64>(10)?,
                         r.get::<_, Option<String>>(11)?,
+                        r.get::<_, Option<String>>(12)?,
+                        r.get::<_, Option<String>>(13)?,
+                        r.get::<_, Option<String>>(14)?,
                     ))
                 },
             )
@@ -146,6 +174,9 @@ impl Db {
             created_at,
             updated_at,
             inventory,
+            target_token,
+            target_spec,
+            delivery,
         )) = row
         else {
             return Ok(None);
@@ -210,6 +241,9 @@ impl Db {
             disks,
             history,
             inventory: inventory.and_then(|i| serde_json::from_str(&i).ok()),
+            target_spec: target_spec.and_then(|t| serde_json::from_str(&t).ok()),
+            target_token: if with_token { target_token } else { None },
+            delivery: delivery.and_then(|d| serde_json::from_str(&d).ok()),
         }))
     }
 
@@ -220,13 +254,40 @@ impl Db {
         Ok(ids)
     }
 
-    /// The agent token and state of a job.
-    pub fn token_and_state(&self, id: &str) -> Result<Option<(String, JobState)>> {
+    /// The agent token, target token (instance jobs) and state of a job.
+    pub fn tokens_and_state(&self, id: &str) -> Result<Option<(String, Option<String>, JobState)>> {
         let conn = self.conn();
-        let row: Option<(String, String)> = conn
-            .query_row("SELECT token, state FROM jobs WHERE id = ?1", [id], |r| Ok((r.get(0)?, r.get(1)?)))
+        let row: Option<(String, Option<String>, String)> = conn
+            .query_row("SELECT token, target_token, state FROM jobs WHERE id = ?1", [id], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
             .optional()?;
-        Ok(row.map(|(t, s)| (t, JobState::parse(&s).unwrap_or(JobState::InError))))
+        Ok(row.map(|(t, tt, s)| (t, tt, JobState::parse(&s).unwrap_or(JobState::InError))))
+    }
+
+    pub fn set_target_spec(&self, id: &str, spec: &TargetSpec) -> Result<()> {
+        self.conn().execute(
+            "UPDATE jobs SET target_spec = ?2, updated_at = ?3 WHERE id = ?1",
+            params![id, json(spec), now()],
+        )?;
+        Ok(())
+    }
+
+    /// Changes the delivery record of a job under the database lock (read, modify, write), so
+    /// concurrent target calls never lose each other's changes.
+    pub fn update_delivery<T>(&self, id: &str, change: impl FnOnce(&mut Option<Delivery>) -> T) -> Result<T> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let current: Option<String> =
+            tx.query_row("SELECT delivery FROM jobs WHERE id = ?1", [id], |r| r.get(0)).optional()?.flatten();
+        let mut delivery = current.and_then(|d| serde_json::from_str::<Delivery>(&d).ok());
+        let out = change(&mut delivery);
+        tx.execute(
+            "UPDATE jobs SET delivery = ?2, updated_at = ?3 WHERE id = ?1",
+            params![id, delivery.as_ref().map(json), now()],
+        )?;
+        tx.commit()?;
+        Ok(out)
     }
 
     /// Moves a job to `state`, recording the event; clears the error unless it is InError.

@@ -4,6 +4,7 @@
 
 mod api;
 pub mod db;
+mod target_api;
 pub mod tls;
 
 use std::fs;
@@ -49,6 +50,8 @@ pub struct AppState {
     pub dir: PathBuf,
     pub admin_token: String,
     pub boot_dir: Option<PathBuf>,
+    /// Verified manifests targets are reading, by (job, disk): parsed and checked once.
+    pub manifests: std::sync::Mutex<std::collections::HashMap<(String, u32), Arc<crate::image::Manifest>>>,
 }
 
 /// Writes a file only its owner can read (tokens, keys).
@@ -86,7 +89,14 @@ pub fn open_state(dir: &Path) -> Result<AppState> {
     let db = db::Db::open(&dir.join("jobs.sqlite"))?;
     let store = LocalStore::open(dir).with_context(|| format!("opening the chunk store in {}", dir.display()))?;
     fs::create_dir_all(dir.join("manifests"))?;
-    Ok(AppState { db, store: Arc::new(store), dir: dir.to_owned(), admin_token, boot_dir: None })
+    Ok(AppState {
+        db,
+        store: Arc::new(store),
+        dir: dir.to_owned(),
+        admin_token,
+        boot_dir: None,
+        manifests: Default::default(),
+    })
 }
 
 /// Runs the receiver until the process is stopped.

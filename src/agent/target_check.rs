@@ -1,0 +1,281 @@
+//! The target's own preconditions, checked before a single byte is written: enough disks, each
+//! large enough, the same logical sector size, and none of them a disk of the source. Each
+//! refusal has a stable code (shown on screen and recorded in the job) and words for people.
+
+use crate::agent::identity::meaningful;
+use crate::proto::{DiskIdentity, SourceDisk};
+use crate::util::human_bytes;
+
+/// A disk of the target machine, as the checks see it.
+#[derive(Clone, Debug)]
+pub struct TargetDisk {
+    pub identity: DiskIdentity,
+    /// The GPT disk GUID it carries now, if any.
+    pub gpt_disk_guid: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub code: &'static str,
+    pub reason: String,
+}
+
+fn refuse(code: &'static str, reason: String) -> Refusal {
+    Refusal { code, reason }
+}
+
+/// Source disk index → position in the target disk list.
+pub type Mapping = Vec<(u32, usize)>;
+
+fn same_id(a: Option<&str>, b: Option<&str>) -> bool {
+    matches!((a, b), (Some(a), Some(b)) if meaningful(a) && a.trim().eq_ignore_ascii_case(b.trim()))
+}
+
+/// Whether `t` is one of the source's disks: same serial, WWN or GPT disk GUID.
+fn is_source_disk(t: &TargetDisk, sources: &[SourceDisk]) -> Option<String> {
+    sources.iter().find_map(|s| {
+        let why = if same_id(t.identity.serial.as_deref(), s.identity.serial.as_deref()) {
+            "serial"
+        } else if same_id(t.identity.wwn.as_deref(), s.identity.wwn.as_deref()) {
+            "WWN"
+        } else if same_id(t.gpt_disk_guid.as_deref(), s.partition_table.disk_guid.as_deref()) {
+            "GPT disk GUID"
+        } else {
+            return None;
+        };
+        Some(format!("{} has the same {why} as source disk {} ({})", t.identity.path, s.index, s.identity.path))
+    })
+}
+
+/// Which target disk receives which source disk. With `explicit`, source disk `i` goes to
+/// target disk `i` (the operator listed them in order); otherwise each source disk, largest
+/// first, gets the smallest free target disk that fits it with the same sector size, the first
+/// in bus order among equals (so the mapping is stable from boot to boot).
+pub fn plan(sources: &[SourceDisk], targets: &[TargetDisk], explicit: bool) -> Result<Mapping, Refusal> {
+    if targets.len() < sources.len() {
+        return Err(refuse(
+            "too_few_disks",
+            format!("the source has {} disks, this machine has {}", sources.len(), targets.len()),
+        ));
+    }
+    for t in targets {
+        if let Some(why) = is_source_disk(t, sources) {
+            return Err(refuse("target_is_source", format!("{why}: ferry never writes to the source")));
+        }
+    }
+    let fits = |s: &SourceDisk, t: &TargetDisk| t.identity.size >= s.size;
+    let same_sectors =
+        |s: &SourceDisk, t: &TargetDisk| t.identity.logical_sector_size == s.identity.logical_sector_size;
+    let too_small = |s: &SourceDisk, t: &TargetDisk| {
+        refuse(
+            "disk_too_small",
+            format!(
+                "source disk {} is {} ({} bytes); {} is only {} ({} bytes)",
+                s.index,
+                human_bytes(s.size),
+                s.size,
+                t.identity.path,
+                human_bytes(t.identity.size),
+                t.identity.size
+            ),
+        )
+    };
+    let sector_mismatch = |s: &SourceDisk, t: &TargetDisk| {
+        refuse(
+            "sector_size_mismatch",
+            format!(
+                "source disk {} has {}-byte sectors, {} has {}-byte sectors: its partition table would not fit",
+                s.index, s.identity.logical_sector_size, t.identity.path, t.identity.logical_sector_size
+            ),
+        )
+    };
+    if explicit {
+        let mut mapping = vec![];
+        for (i, s) in sources.iter().enumerate() {
+            let t = &targets[i];
+            if !fits(s, t) {
+                return Err(too_small(s, t));
+            }
+            if !same_sectors(s, t) {
+                return Err(sector_mismatch(s, t));
+            }
+            mapping.push((s.index, i));
+        }
+        return Ok(mapping);
+    }
+    let mut order: Vec<&SourceDisk> = sources.iter().collect();
+    order.sort_by_key(|s| (std::cmp::Reverse(s.size), s.index));
+    let mut taken = vec![false; targets.len()];
+    let mut mapping = vec![];
+    for s in order {
+        let best = (0..targets.len())
+            .filter(|&i| !taken[i] && fits(s, &targets[i]) && same_sectors(s, &targets[i]))
+            .min_by_key(|&i| (targets[i].identity.size, i));
+        match best {
+            Some(i) => {
+                taken[i] = true;
+                mapping.push((s.index, i));
+            }
+            None => {
+                let free = (0..targets.len()).filter(|&i| !taken[i]);
+                if let Some(i) = free.clone().find(|&i| fits(s, &targets[i])) {
+                    return Err(sector_mismatch(s, &targets[i]));
+                }
+                let largest = free.max_by_key(|&i| targets[i].identity.size).expect("as many targets as sources");
+                return Err(too_small(s, &targets[largest]));
+            }
+        }
+    }
+    mapping.sort_unstable();
+    Ok(mapping)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::disk::{PartitionTable, TableKind};
+
+    fn id(path: &str, size: u64, ss: u32, serial: Option<&str>) -> DiskIdentity {
+        DiskIdentity {
+            path: path.into(),
+            kind: "block".into(),
+            size,
+            logical_sector_size: ss,
+            physical_sector_size: ss,
+            serial: serial.map(Into::into),
+            ..Default::default()
+        }
+    }
+    fn source(index: u32, size: u64, ss: u32, serial: Option<&str>, guid: Option<&str>) -> SourceDisk {
+        SourceDisk {
+            index,
+            identity: id(&format!("/dev/src{index}"), size, ss, serial),
+            partition_table: PartitionTable {
+                kind: TableKind::Gpt,
+                sector_size: ss,
+                disk_guid: guid.map(Into::into),
+                mbr_signature: None,
+                problems: vec![],
+                partitions: vec![],
+            },
+            size,
+            chunk_size: 4 << 20,
+            blake3: String::new(),
+        }
+    }
+    fn target(path: &str, size: u64, ss: u32, serial: Option<&str>, guid: Option<&str>) -> TargetDisk {
+        TargetDisk { identity: id(path, size, ss, serial), gpt_disk_guid: guid.map(Into::into) }
+    }
+
+    const G: u64 = 1 << 30;
+
+    /// (case, sources, targets, explicit, expected mapping or refusal code)
+    type Case = (&'static str, Vec<SourceDisk>, Vec<TargetDisk>, bool, Result<Mapping, &'static str>);
+
+    #[test]
+    fn table_of_cases() {
+        let guid = Some("0B4A6D3E-1C2F-4E5A-9B8C-7D6E5F4A3B2C");
+        let cases: Vec<Case> = vec![
+            (
+                "one to one",
+                vec![source(0, 10 * G, 512, None, guid)],
+                vec![target("a", 10 * G, 512, None, None)],
+                false,
+                Ok(vec![(0, 0)]),
+            ),
+            (
+                "larger target",
+                vec![source(0, 10 * G, 512, None, guid)],
+                vec![target("a", 20 * G, 512, None, None)],
+                false,
+                Ok(vec![(0, 0)]),
+            ),
+            (
+                "best fit, largest source first",
+                vec![source(0, 10 * G, 512, None, None), source(1, 50 * G, 512, None, None)],
+                vec![
+                    target("a", 100 * G, 512, None, None),
+                    target("b", 60 * G, 512, None, None),
+                    target("c", 10 * G, 512, None, None),
+                ],
+                false,
+                Ok(vec![(0, 2), (1, 1)]),
+            ),
+            (
+                "bus order among equals",
+                vec![source(0, 10 * G, 512, None, None)],
+                vec![target("a", 20 * G, 512, None, None), target("b", 20 * G, 512, None, None)],
+                false,
+                Ok(vec![(0, 0)]),
+            ),
+            (
+                "fewer disks",
+                vec![source(0, G, 512, None, None), source(1, G, 512, None, None)],
+                vec![target("a", 9 * G, 512, None, None)],
+                false,
+                Err("too_few_disks"),
+            ),
+            (
+                "smaller disk",
+                vec![source(0, 10 * G, 512, None, None)],
+                vec![target("a", 10 * G - 512, 512, None, None)],
+                false,
+                Err("disk_too_small"),
+            ),
+            (
+                "4Kn vs 512",
+                vec![source(0, 10 * G, 512, None, None)],
+                vec![target("a", 10 * G, 4096, None, None)],
+                false,
+                Err("sector_size_mismatch"),
+            ),
+            (
+                "same serial",
+                vec![source(0, G, 512, Some("QM0001"), None)],
+                vec![target("a", G, 512, Some("qm0001"), None)],
+                false,
+                Err("target_is_source"),
+            ),
+            (
+                "same GPT disk GUID",
+                vec![source(0, G, 512, None, guid)],
+                vec![target("a", G, 512, None, guid)],
+                false,
+                Err("target_is_source"),
+            ),
+            (
+                "placeholder serials are no identity",
+                vec![source(0, G, 512, Some("0000"), None)],
+                vec![target("a", G, 512, Some("0000"), None)],
+                false,
+                Ok(vec![(0, 0)]),
+            ),
+            (
+                "explicit order is kept",
+                vec![source(0, G, 512, None, None), source(1, G, 512, None, None)],
+                vec![target("a", 5 * G, 512, None, None), target("b", G, 512, None, None)],
+                true,
+                Ok(vec![(0, 0), (1, 1)]),
+            ),
+            (
+                "explicit order refuses a small disk",
+                vec![source(0, 2 * G, 512, None, None), source(1, G, 512, None, None)],
+                vec![target("a", G, 512, None, None), target("b", 5 * G, 512, None, None)],
+                true,
+                Err("disk_too_small"),
+            ),
+        ];
+        for (name, sources, targets, explicit, want) in cases {
+            let got = plan(&sources, &targets, explicit).map_err(|r| r.code);
+            assert_eq!(got, want, "{name}");
+        }
+    }
+
+    #[test]
+    fn refusals_say_what_and_how_big() {
+        let r = plan(&[source(3, 10 * G, 512, None, None)], &[target("/dev/vdb", 5 * G, 512, None, None)], false)
+            .unwrap_err();
+        assert!(r.reason.contains("source disk 3") && r.reason.contains("/dev/vdb"), "{}", r.reason);
+        assert!(r.reason.contains("10.0 GiB") && r.reason.contains("5.0 GiB"), "{}", r.reason);
+    }
+}
