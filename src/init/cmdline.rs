@@ -193,7 +193,7 @@ impl LiveConfig {
     }
 
     /// What is missing before a source can send, in words for the screen.
-    pub fn missing_for_source(&self) -> Vec<&'static str> {
+    pub fn missing_keys(&self) -> Vec<&'static str> {
         let mut m = vec![];
         if self.server.is_none() {
             m.push("ferry.server");
@@ -298,7 +298,7 @@ mod tests {
         assert_eq!(c.bootif.as_deref(), Some("52:54:00:12:34:56"));
         assert_eq!(c.unknown, ["ferry.colour"]);
         assert!(c.errors.is_empty(), "{:?}", c.errors);
-        assert!(c.missing_for_source().is_empty());
+        assert!(c.missing_keys().is_empty());
     }
 
     #[test]
@@ -306,8 +306,8 @@ mod tests {
         let c =
             LiveConfig::from_cmdline("ferry.role=both ferry.on_finish=explode ferry.countdown=soon ip=1.2.3 BOOTIF=xx");
         assert_eq!(c.errors.len(), 5, "{:?}", c.errors);
-        assert_eq!(c.missing_for_source(), ["ferry.server", "ferry.job", "ferry.token", "ferry.pin"]);
-        assert_eq!(LiveConfig::from_cmdline("ferry.plain_http=1").missing_for_source().len(), 3);
+        assert_eq!(c.missing_keys(), ["ferry.server", "ferry.job", "ferry.token", "ferry.pin"]);
+        assert_eq!(LiveConfig::from_cmdline("ferry.plain_http=1").missing_keys().len(), 3);
     }
 
     #[test]

@@ -7,4 +7,5 @@ pub mod kmsg;
 pub mod modules;
 pub mod net;
 pub mod pid1;
+mod target;
 pub mod worker;

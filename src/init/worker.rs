@@ -18,13 +18,13 @@ use crate::image::hasher;
 use crate::util::{human_bytes, human_duration};
 
 /// A failure with the words the technician needs.
-struct Failed {
-    lines: Vec<String>,
-    advice: Vec<String>,
+pub(super) struct Failed {
+    pub lines: Vec<String>,
+    pub advice: Vec<String>,
 }
 
 impl Failed {
-    fn new(line: impl Into<String>, advice: impl Into<String>) -> Self {
+    pub fn new(line: impl Into<String>, advice: impl Into<String>) -> Self {
         Self { lines: vec![line.into()], advice: vec![advice.into()] }
     }
 }
@@ -118,13 +118,7 @@ async fn work(cfg: &mut LiveConfig, cmdline: &str) -> Result<Verdict, Failed> {
             advice: vec!["Fix the boot entry's kernel command line (or ferry.toml on the stick) and boot again.".into()],
         });
     }
-    if cfg.role == Role::Target {
-        return Err(Failed::new(
-            "ferry.role=target is not supported by this image yet",
-            "Boot this machine with ferry.role=source, or use an image that supports the target role.",
-        ));
-    }
-    let missing = cfg.missing_for_source();
+    let missing = cfg.missing_keys();
     if !missing.is_empty() {
         return Err(Failed::new(
             format!("the configuration lacks {}", missing.join(", ")),
@@ -183,21 +177,24 @@ async fn work(cfg: &mut LiveConfig, cmdline: &str) -> Result<Verdict, Failed> {
         let ids: Vec<String> =
             cov.unbound_storage.iter().map(|d| format!("{} (class {}) at {}", d.id, d.class, d.address)).collect();
         let reason = format!("no driver in this image for storage controller {}", ids.join(", "));
-        report_failure(&client, &job, "missing_driver", &reason).await;
+        report_failure(&client, &job, cfg.role, "missing_driver", &reason).await;
         return Err(Failed::new(
             reason,
             "Do not migrate this machine with this image: give the PCI ids to the operator so a driver can be added.",
         ));
     }
     if sources.is_empty() {
-        let reason = "no disk found to migrate".to_string();
-        report_failure(&client, &job, "no_disks", &reason).await;
+        let reason = "no disk found (other than the boot medium)".to_string();
+        report_failure(&client, &job, cfg.role, "no_disks", &reason).await;
         return Err(Failed::new(reason, "Check the disks are attached and visible in the firmware setup."));
     }
 
-    // The source disks, already read-only since step 2.
     let paths: Vec<PathBuf> = sources.iter().map(|d| Path::new("/dev").join(&d.name)).collect();
-    print_disk_table(&paths);
+    if cfg.role == Role::Target {
+        return super::target::run(&client, &job, &paths, started).await;
+    }
+    // The source disks, already read-only since step 2.
+    print_disk_table(&paths, "disks to migrate (read-only at the kernel level):");
 
     // 6. The migration.
     let inventory = serde_json::json!({ "coverage": cov, "pci": coverage::pci_devices(Path::new("/sys")) });
@@ -266,9 +263,12 @@ fn advice_for(e: &anyhow::Error, cfg: &LiveConfig) -> String {
     )
 }
 
-async fn report_failure(client: &Client, job: &str, code: &str, reason: &str) {
+async fn report_failure(client: &Client, job: &str, role: Role, code: &str, reason: &str) {
     let f = crate::proto::Failure { code: code.into(), reason: reason.into() };
-    let path = format!("/jobs/{job}/fail");
+    let path = match role {
+        Role::Source => format!("/jobs/{job}/fail"),
+        Role::Target => format!("/jobs/{job}/target/fail"),
+    };
     let call = client.call::<serde_json::Value>(reqwest::Method::POST, &path, |r| r.json(&f));
     let _ = tokio::time::timeout(Duration::from_secs(20), call).await;
 }
@@ -373,10 +373,10 @@ fn report_coverage(c: &Coverage) {
     }
 }
 
-fn print_disk_table(paths: &[PathBuf]) {
+pub(super) fn print_disk_table(paths: &[PathBuf], title: &str) {
     let reports: Vec<_> =
         paths.iter().filter_map(|p| disk::inspect_path(p, None).map_err(|e| log::warn!("{e:#}")).ok()).collect();
-    crate::say!("\ndisks to migrate (read-only at the kernel level):");
+    crate::say!("\n{title}");
     crate::init::console::say(&crate::cli::render_disks(&reports));
 }
 
