@@ -256,3 +256,110 @@ fn failures_end_in_a_failed_verdict_and_the_on_finish_action() {
     assert_eq!(j["state"], "InError", "{j:#}");
     assert!(j["error_reason"].as_str().unwrap().contains("I/O error reading at byte offset"), "{j:#}");
 }
+
+/// Every sector (512 bytes) where two byte strings differ.
+fn differing_sectors(a: &[u8], b: &[u8]) -> Vec<usize> {
+    let mut v: Vec<usize> = a.iter().zip(b).enumerate().filter(|(_, (x, y))| x != y).map(|(i, _)| i / 512).collect();
+    v.dedup();
+    v
+}
+
+#[test]
+#[ignore = "boots QEMU (minutes under TCG); scripts/test runs these with --ignored"]
+fn target_role_writes_a_bootable_server_that_then_boots_from_its_disk() {
+    vm_ready();
+    let t = tempfile::tempdir().unwrap();
+    let marker = format!("ferry-migrated-{}", std::process::id());
+    let (boot, data) = (t.path().join("boot.img"), t.path().join("data.img"));
+    bootable_disk(&boot, &marker, 64);
+    gpt_disk(&data, 32, 21);
+    let source_sums = [b3sum(&boot), b3sum(&data)];
+
+    let r = Receiver::start(&t.path().join("store"), false);
+    let pin = r.pin().unwrap();
+    let url = guest_url(r.port, true);
+    let (job, token, target_token) =
+        r.create_instance_job("vm-target", &["--target-machine", "TGT-VM-1", "--allow-wipe"]);
+
+    // The source machine migrates to the receiver.
+    let mut vm = Vm::direct(&t.path().join("source.log"), &source_cmdline(&url, &job, &token, Some(&pin)));
+    vm.serial_number("SRC-VM-1")
+        .disk(Disk::Virtio { file: &boot, serial: "SRC-BOOT", sector: 512 }, 0)
+        .disk(Disk::Virtio { file: &data, serial: "SRC-DATA", sector: 512 }, 1);
+    let (serial, took) = vm.run(BOOT_TIMEOUT);
+    eprintln!("source boot: {took:?}");
+    assert!(serial.contains("M I G R A T E D"), "source: no MIGRATED verdict:\n{serial}");
+    assert_eq!(r.job(&job)["state"], "Finished");
+
+    // The target: a larger used disk and a blank one of the data disk's size.
+    let (big, small) = (t.path().join("target-big.img"), t.path().join("target-small.img"));
+    std::fs::write(&big, vec![0xa5u8; 96 << 20]).unwrap();
+    std::fs::File::create(&small).unwrap().set_len(32 << 20).unwrap();
+    let target_vm = |log: &str, slow: bool| {
+        let mut vm = Vm::direct(&t.path().join(log), &target_cmdline(&url, &job, &target_token, &pin));
+        vm.serial_number("TGT-VM-1");
+        if slow {
+            vm.disk(Disk::SlowVirtio { file: &big, serial: "TGT-BIG", bps: 6 << 20 }, 0);
+        } else {
+            vm.disk(Disk::Virtio { file: &big, serial: "TGT-BIG", sector: 512 }, 0);
+        }
+        vm.disk(Disk::Virtio { file: &small, serial: "TGT-SMALL", sector: 512 }, 1);
+        vm
+    };
+    let uefi_boot = |log: &str| {
+        let mut vm = Vm::uefi(&t.path().join(log), &t.path().join(format!("{log}.vars")));
+        vm.disk(Disk::Virtio { file: &big, serial: "TGT-BIG", sector: 512 }, 0);
+        vm.disk(Disk::Virtio { file: &small, serial: "TGT-SMALL", sector: 512 }, 1);
+        vm.run_until(Duration::from_secs(240), |log| log.contains("FERRY-BOOT-") || log.contains("Shell>"))
+    };
+
+    // 1. Interrupted: power is cut while the big disk is half written (its writes are slowed).
+    let mut child = target_vm("target-cut.log", true).spawn();
+    let file = std::fs::File::open(&big).unwrap();
+    let half_written = wait_until(BOOT_TIMEOUT, || {
+        use std::os::unix::fs::FileExt;
+        let mut b = [0u8; 16];
+        file.read_exact_at(&mut b, 40 << 20).unwrap();
+        b != [0xa5; 16]
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        half_written,
+        "the target never wrote:\n{}",
+        std::fs::read_to_string(t.path().join("target-cut.log")).unwrap()
+    );
+    assert_ne!(r.job(&job)["delivery"]["state"], "Finished", "the cut came too late to prove anything");
+    let serial = uefi_boot("cut-boot.log");
+    assert!(!serial.contains("FERRY-BOOT-MARKER"), "a half-written disk booted:\n{serial}");
+
+    // 2. Booted again, the target writes everything and verifies it.
+    let (serial, took) = target_vm("target.log", false).run(BOOT_TIMEOUT);
+    eprintln!("target boot: {took:?}");
+    assert!(serial.contains("M I G R A T E D"), "target: no MIGRATED verdict:\n{serial}");
+    assert!(serial.contains("WILL BE OVERWRITTEN"), "the screen must say which disks are overwritten:\n{serial}");
+    let j = r.job(&job);
+    let d = &j["delivery"];
+    assert_eq!(d["state"], "Finished", "{j:#}");
+    assert_eq!(d["machine"]["serial"], "TGT-VM-1");
+    let by_source = |i: u64| d["disks"].as_array().unwrap().iter().find(|x| x["source_index"] == i).unwrap().clone();
+    let boot_index = j["disks"].as_array().unwrap().iter().find(|x| x["identity"]["serial"] == "SRC-BOOT").unwrap()
+        ["index"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(by_source(boot_index)["target"]["serial"], "TGT-BIG", "largest source to the only disk that fits");
+    assert_eq!(by_source(1 - boot_index)["target"]["serial"], "TGT-SMALL");
+
+    // What the target holds: the data disk bit for bit; the boot disk up to its size except the
+    // protective MBR's size and the primary GPT header, and a GPT sgdisk finds no fault with.
+    assert!(files_equal(&small, &data), "the same-size disk differs from the source");
+    let (src, dst) = (std::fs::read(&boot).unwrap(), std::fs::read(&big).unwrap());
+    assert_eq!(differing_sectors(&src, &dst[..src.len()]), [0, 1]);
+    let v = std::process::Command::new("sgdisk").arg("-v").arg(&big).output().unwrap();
+    assert!(String::from_utf8_lossy(&v.stdout).contains("No problems found"), "{}", String::from_utf8_lossy(&v.stdout));
+    assert_eq!([b3sum(&boot), b3sum(&data)], source_sums, "a source disk changed");
+
+    // 3. The target starts the migrated system from its own disk.
+    let serial = uefi_boot("migrated-boot.log");
+    assert!(serial.contains(&format!("FERRY-BOOT-MARKER: {marker}")), "the migrated disk did not boot:\n{serial}");
+}

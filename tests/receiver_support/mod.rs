@@ -72,6 +72,18 @@ impl Receiver {
         (v["id"].as_str().unwrap().to_string(), v["token"].as_str().unwrap().to_string())
     }
 
+    /// `ferry job create --target instance` with `spec` flags; returns (id, token, target token).
+    pub fn create_instance_job(&self, name: &str, spec: &[&str]) -> (String, String, String) {
+        let store = self.store.to_str().unwrap();
+        let mut args = vec!["job", "create", "--store", store, "--name", name, "--target", "instance", "--json"];
+        args.extend_from_slice(spec);
+        let out = ferry(&args);
+        assert!(out.status.success(), "job create failed: {}", String::from_utf8_lossy(&out.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let field = |k: &str| v[k].as_str().unwrap_or_else(|| panic!("no {k} in {v}")).to_string();
+        (field("id"), field("token"), field("target_token"))
+    }
+
     pub fn job(&self, id: &str) -> serde_json::Value {
         let out = ferry(&["job", "show", "--store", self.store.to_str().unwrap(), id, "--json"]);
         assert!(out.status.success(), "job show failed: {}", String::from_utf8_lossy(&out.stderr));

@@ -45,6 +45,13 @@ pub enum Disk<'a> {
     UsbStick {
         file: &'a Path,
     },
+    /// A virtio disk whose writes QEMU throttles to `bps` bytes per second (a slow disk, so a
+    /// test can interrupt a write half-way).
+    SlowVirtio {
+        file: &'a Path,
+        serial: &'a str,
+        bps: u64,
+    },
     /// A virtio disk whose reads fail with EIO at one sector (QEMU's blkdebug error injection).
     FailingVirtio {
         file: &'a Path,
@@ -111,6 +118,23 @@ impl Vm {
         Self { args, serial_log: log.to_owned() }
     }
 
+    /// A UEFI machine (OVMF, q35) with its own copy of the firmware variables in `vars`.
+    pub fn uefi(log: &Path, vars: &Path) -> Self {
+        let code = Path::new("/usr/share/OVMF/OVMF_CODE_4M.fd");
+        assert!(code.exists(), "OVMF is missing: apt-get install ovmf");
+        std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", vars).unwrap();
+        let mut vm = Self::base(log);
+        vm.arg("-machine").arg("q35").arg("-nic").arg("none");
+        vm.arg("-drive").arg(&format!("if=pflash,format=raw,unit=0,readonly=on,file={}", code.display()));
+        vm.arg("-drive").arg(&format!("if=pflash,format=raw,unit=1,file={}", vars.display()));
+        vm
+    }
+
+    /// Sets the machine's DMI (SMBIOS type 1) serial number.
+    pub fn serial_number(&mut self, serial: &str) -> &mut Self {
+        self.arg("-smbios").arg(&format!("type=1,serial={serial}"))
+    }
+
     pub fn arg(&mut self, a: &str) -> &mut Self {
         self.args.push(a.to_string());
         self
@@ -126,6 +150,10 @@ impl Vm {
                     "-device".into(),
                     format!("virtio-blk-pci,drive={id},serial={serial},logical_block_size={sector},physical_block_size={sector}"),
                 ]);
+            }
+            Disk::SlowVirtio { file, serial, bps } => {
+                self.args.extend(["-drive".into(), format!("{},throttling.bps-write={bps}", drive(file))]);
+                self.args.extend(["-device".into(), format!("virtio-blk-pci,drive={id},serial={serial}")]);
             }
             Disk::Nvme { file, serial } => {
                 self.args.extend(["-drive".into(), drive(file)]);
@@ -187,6 +215,49 @@ impl Vm {
         assert!(!timed_out, "the VM did not finish within {timeout:?}; serial log:\n{log}");
         (log, started.elapsed())
     }
+}
+
+impl Vm {
+    /// Starts QEMU and returns the running process (for tests that stop it themselves).
+    pub fn spawn(&self) -> std::process::Child {
+        Command::new("qemu-system-x86_64")
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("qemu-system-x86_64 starts")
+    }
+
+    /// Runs QEMU until the guest ends, `stop` says so of the serial log, or `limit` passes;
+    /// returns the serial log: for a boot that is expected to go nowhere.
+    pub fn run_until(&self, limit: Duration, stop: impl Fn(&str) -> bool) -> String {
+        let mut child = self.spawn();
+        let started = Instant::now();
+        while started.elapsed() < limit && child.try_wait().unwrap().is_none() {
+            if stop(&std::fs::read_to_string(&self.serial_log).unwrap_or_default()) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        std::fs::read_to_string(&self.serial_log).unwrap_or_default()
+    }
+}
+
+/// A bootable source disk (GPT, ESP with a UKI of the Debian kernel, ext4 root) whose tiny init
+/// prints `FERRY-BOOT-MARKER: <marker>` read from the root filesystem, then powers off.
+pub fn bootable_disk(path: &Path, marker: &str, mib: u64) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/make-bootable-disk");
+    run_ok(Command::new(script).arg(path).arg(marker).arg(mib.to_string()));
+}
+
+/// Kernel command line keys for a target that receives job `job`.
+pub fn target_cmdline(url: &str, job: &str, target_token: &str, pin: &str) -> String {
+    format!(
+        "ferry.role=target ferry.server={url} ferry.job={job} ferry.token={target_token} ferry.pin={pin} ferry.on_finish=poweroff ferry.countdown=0"
+    )
 }
 
 /// The guest's view of a receiver on host port `port`.
