@@ -247,8 +247,19 @@ async fn write_disk(
         }
     }
     drop(writes);
-    // The partition table goes in last, then the held-back last sector.
+    // The partition table goes in last, then the held-back last sector. Each step is flushed to
+    // the medium before the next: the kernel writes dirty pages back in any order (low sectors
+    // first, typically), so without the flush a power cut could leave the table on the disk and
+    // the data behind it still in memory.
+    let w = ctx.writer.clone();
+    tokio::task::spawn_blocking(move || w.sync_and_drop_cache())
+        .await?
+        .map_err(|e| failure("write_failed", format!("{e:#}")))?;
     let len = ctx.clone().fetch_and_write(0).await?;
+    let w = ctx.writer.clone();
+    tokio::task::spawn_blocking(move || w.sync_and_drop_cache())
+        .await?
+        .map_err(|e| failure("write_failed", format!("{e:#}")))?;
     let total = written.fetch_add(len, Ordering::Relaxed) + len;
     let last = held_back.lock().unwrap_or_else(|p| p.into_inner()).take();
     let w = ctx.writer.clone();
