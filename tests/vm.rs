@@ -363,3 +363,47 @@ fn target_role_writes_a_bootable_server_that_then_boots_from_its_disk() {
     let serial = uefi_boot("migrated-boot.log");
     assert!(serial.contains(&format!("FERRY-BOOT-MARKER: {marker}")), "the migrated disk did not boot:\n{serial}");
 }
+
+#[test]
+#[ignore = "boots QEMU (minutes under TCG); scripts/test runs these with --ignored"]
+fn target_role_refusals_on_screen_write_nothing() {
+    vm_ready();
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src.img");
+    gpt_disk(&src, 32, 31);
+    let r = Receiver::start(&t.path().join("store"), false);
+    let pin = r.pin().unwrap();
+    let url = guest_url(r.port, true);
+    // The job names the target, but the operator has not allowed wiping it yet.
+    let (job, token, target_token) = r.create_instance_job("vm-refusals", &["--target-machine", "TGT-VM-2"]);
+    let out = std::process::Command::new(FERRY)
+        .args(r.send_args(&job, &token))
+        .arg(&src)
+        .env("FERRY_SYS_ROOT", t.path().join("no-dmi"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let (plain, four_k) = (t.path().join("plain.img"), t.path().join("4k.img"));
+    std::fs::write(&plain, vec![0x5au8; 48 << 20]).unwrap();
+    std::fs::write(&four_k, vec![0x5au8; 48 << 20]).unwrap();
+    let before = [b3sum(&plain), b3sum(&four_k)];
+    let boot = |log: &str, disk: Disk| {
+        let mut vm = Vm::direct(&t.path().join(log), &target_cmdline(&url, &job, &target_token, &pin));
+        vm.serial_number("TGT-VM-2").disk(disk, 0);
+        vm.run(BOOT_TIMEOUT).0
+    };
+
+    let serial = boot("no-wipe.log", Disk::Virtio { file: &plain, serial: "T-PLAIN", sector: 512 });
+    assert!(serial.contains("F A I L E D") && serial.contains("[wipe_not_allowed]"), "{serial}");
+    assert!(serial.contains("serial TGT-VM-2"), "the screen shows the identity to give the operator:\n{serial}");
+    assert_eq!(r.job(&job)["delivery"]["error_code"], "wipe_not_allowed");
+
+    let store = r.store.to_str().unwrap();
+    let set = ferry(&["job", "target", "--store", store, &job, "--target-machine", "TGT-VM-2", "--allow-wipe"]);
+    assert!(set.status.success(), "{}", String::from_utf8_lossy(&set.stderr));
+    let serial = boot("4k.log", Disk::Virtio { file: &four_k, serial: "T-4K", sector: 4096 });
+    assert!(serial.contains("[sector_size_mismatch]") && serial.contains("4096-byte sectors"), "{serial}");
+    assert_eq!(r.job(&job)["delivery"]["error_code"], "sector_size_mismatch");
+    assert_eq!([b3sum(&plain), b3sum(&four_k)], before, "a refusing target wrote to a disk");
+}

@@ -91,16 +91,22 @@ async fn run_async(cmd: JobCommand) -> Result<i32> {
             } else if jobs.is_empty() {
                 println!("No jobs.");
             } else {
-                println!("{:<14} {:<10} {:<24} {:>6} {:>22}", "ID", "STATE", "NAME", "DISKS", "PROGRESS");
+                println!("{:<14} {:<10} {:<24} {:>6} {:>22}  TARGET", "ID", "STATE", "NAME", "DISKS", "PROGRESS");
                 for j in &jobs {
                     let (done, total) = j.disks.iter().fold((0, 0), |(d, t), x| (d + x.bytes_done, t + x.size));
+                    let target = match (&j.target, &j.delivery) {
+                        (TargetKind::Image, _) => "images".to_string(),
+                        (TargetKind::Instance, None) => "instance (not registered)".to_string(),
+                        (TargetKind::Instance, Some(d)) => format!("instance {}", d.state.as_str()),
+                    };
                     println!(
-                        "{:<14} {:<10} {:<24} {:>6} {:>22}",
+                        "{:<14} {:<10} {:<24} {:>6} {:>22}  {}",
                         j.id,
                         j.state.as_str(),
                         j.name,
                         j.disks.len(),
-                        format!("{} / {}", human_bytes(done), human_bytes(total))
+                        format!("{} / {}", human_bytes(done), human_bytes(total)),
+                        target
                     );
                 }
             }
