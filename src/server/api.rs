@@ -77,7 +77,12 @@ pub fn router(state: Arc<AppState>) -> Router {
             post(complete_disk).layer(DefaultBodyLimit::max(MANIFEST_BODY_LIMIT)),
         )
         .layer(DefaultBodyLimit::max(CONTROL_BODY_LIMIT));
-    Router::new().nest(API_PREFIX, api).route("/boot/{file}", get(boot_file)).with_state(state)
+    Router::new()
+        .nest(API_PREFIX, api)
+        .route("/boot/{file}", get(boot_file))
+        .route("/metrics", get(super::metrics::metrics))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), super::metrics::track))
+        .with_state(state)
 }
 
 // ---- authentication ----
@@ -401,6 +406,21 @@ async fn put_chunk(
     Path((job, disk, index)): Path<(String, u32, u64)>,
     body: Bytes,
 ) -> ApiResult<StatusCode> {
+    let result = put_chunk_checked(st.clone(), headers, job, disk, index, body).await;
+    if let Err(e) = &result {
+        st.metrics.reject(e.1);
+    }
+    result
+}
+
+async fn put_chunk_checked(
+    st: Arc<AppState>,
+    headers: HeaderMap,
+    job: String,
+    disk: u32,
+    index: u64,
+    body: Bytes,
+) -> ApiResult<StatusCode> {
     running_agent(&st, &headers, &job)?;
     let (size, chunk_size) = geometry(&st, &job, disk)?;
     if index >= treehash::chunk_count(size, chunk_size) {
@@ -456,6 +476,10 @@ async fn put_chunk(
     match stored {
         Ok(new) => {
             st.db.add_received(&job, disk, expected_len as u64)?;
+            use std::sync::atomic::Ordering::Relaxed;
+            st.metrics.chunk_bytes_received.fetch_add(expected_len as u64, Relaxed);
+            st.metrics.chunks_received.fetch_add(1, Relaxed);
+            st.metrics.chunks_stored.fetch_add(new as u64, Relaxed);
             log::debug!("job {job} disk {disk} chunk {index}: {wire_len} bytes on the wire, new={new}");
             Ok(if new { StatusCode::CREATED } else { StatusCode::OK })
         }

@@ -247,6 +247,14 @@ impl Db {
         }))
     }
 
+    /// How many jobs are in each state.
+    pub fn jobs_by_state(&self) -> Result<std::collections::BTreeMap<String, u64>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT state, COUNT(*) FROM jobs GROUP BY state")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, u64>(1)?)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
     pub fn job_ids(&self) -> Result<Vec<String>> {
         let conn = self.conn();
         let mut stmt = conn.prepare("SELECT id FROM jobs ORDER BY created_at, id")?;

@@ -4,6 +4,7 @@
 
 mod api;
 pub mod db;
+mod metrics;
 mod target_api;
 pub mod tls;
 
@@ -52,6 +53,7 @@ pub struct AppState {
     pub boot_dir: Option<PathBuf>,
     /// Verified manifests targets are reading, by (job, disk): parsed and checked once.
     pub manifests: std::sync::Mutex<std::collections::HashMap<(String, u32), Arc<crate::image::Manifest>>>,
+    pub metrics: metrics::Metrics,
 }
 
 /// Writes a file only its owner can read (tokens, keys).
@@ -96,6 +98,7 @@ pub fn open_state(dir: &Path) -> Result<AppState> {
         admin_token,
         boot_dir: None,
         manifests: Default::default(),
+        metrics: Default::default(),
     })
 }
 

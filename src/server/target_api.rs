@@ -396,5 +396,6 @@ pub async fn chunk(
     })
     .await
     .map_err(|e| anyhow::anyhow!("chunk task failed: {e}"))??;
+    st.metrics.chunk_bytes_served.fetch_add(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
     Ok(([(CHUNK_ID_HEADER, hex::encode(id))], bytes))
 }
