@@ -84,7 +84,7 @@ fn direct_boot_migrates_three_disks_and_never_writes_them() {
 
 #[test]
 #[ignore = "boots QEMU (minutes under TCG); scripts/test runs these with --ignored"]
-fn pxe_boot_chain_loads_from_the_receiver_and_migrates() {
+fn pxe_boot_menu_chain_loads_from_the_receiver_and_migrates() {
     vm_ready();
     let t = tempfile::tempdir().unwrap();
     let src = t.path().join("src.img");
@@ -95,20 +95,30 @@ fn pxe_boot_chain_loads_from_the_receiver_and_migrates() {
         &store,
         false,
         free_port(),
-        &["--boot-dir", image_dir().to_str().unwrap(), "--boot-listen", &format!("127.0.0.1:{boot_port}")],
+        &[
+            "--boot-dir",
+            image_dir().to_str().unwrap(),
+            "--boot-listen",
+            &format!("127.0.0.1:{boot_port}"),
+            "--advertise",
+            "10.0.2.2",
+        ],
     );
     let (job, token) = r.create_job("vm-pxe");
-    let pin = r.pin().unwrap();
-    // The TFTP side only points iPXE at the receiver; kernel and initrd come over HTTP.
+    // The TFTP side only chains iPXE into the receiver's boot menu (which bakes in the URL and
+    // pin); the menu's default item after its timeout is the source role. Kernel and initrd
+    // come over HTTP.
     let tftp = t.path().join("tftp");
     std::fs::create_dir(&tftp).unwrap();
-    let http = format!("http://10.0.2.2:{boot_port}/boot");
-    let cmdline = source_cmdline(&guest_url(r.port, true), &job, &token, Some(&pin));
-    std::fs::write(
-        tftp.join("boot.ipxe"),
-        format!("#!ipxe\nkernel {http}/vmlinuz initrd=initrd.img console=ttyS0 panic=-1 quiet ip=dhcp {cmdline}\ninitrd {http}/initrd.img\nboot\n"),
-    )
-    .unwrap();
+    let menu = format!("http://10.0.2.2:{boot_port}/boot/menu.ipxe?job={job}&token={token}");
+    std::fs::write(tftp.join("boot.ipxe"), format!("#!ipxe\nchain {menu}\n")).unwrap();
+    let text = std::process::Command::new("curl")
+        .args(["-sf", &format!("http://127.0.0.1:{boot_port}/boot/menu.ipxe?job={job}&token={token}")])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains(&format!("set ferry_server https://10.0.2.2:{}", r.port)), "{text}");
+    assert!(text.contains(&format!("ferry.pin={}", r.pin().unwrap())), "{text}");
     let log = t.path().join("serial.log");
     let mut vm = Vm::base(&log);
     vm.arg("-boot").arg("n");

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
@@ -587,7 +587,19 @@ const BOOT_FILES: &[(&str, &str)] = &[
     ("initrd.img", "application/octet-stream"),
 ];
 
-async fn boot_file(State(st): State<Arc<AppState>>, Path(file): Path<String>) -> Response {
+async fn boot_file(
+    State(st): State<Arc<AppState>>,
+    Path(file): Path<String>,
+    Query(query): Query<std::collections::HashMap<String, String>>,
+) -> Response {
+    if file == "menu.ipxe" && st.boot_dir.is_some() {
+        let Some(info) = st.info.get() else {
+            return ApiErr(StatusCode::SERVICE_UNAVAILABLE, "starting", "the receiver is starting".into())
+                .into_response();
+        };
+        let text = super::boot_menu::menu(info.url_for_sources(), info.pin.as_deref(), &query);
+        return ([(axum::http::header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response();
+    }
     let Some((name, ctype)) = BOOT_FILES.iter().find(|(n, _)| *n == file) else {
         return ApiErr(StatusCode::NOT_FOUND, "not_found", format!("no boot file {file:?}")).into_response();
     };

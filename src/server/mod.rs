@@ -3,6 +3,7 @@
 //! (HTTP/2 or HTTP/1.1) or, when asked, plain HTTP.
 
 mod api;
+mod boot_menu;
 pub mod db;
 mod metrics;
 mod target_api;
@@ -28,6 +29,16 @@ pub struct ReceiverInfo {
     /// SHA-256 of the certificate (absent with plain HTTP).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pin: Option<String>,
+    /// The URL sources and targets use (`--advertise`), when it differs from `url`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_url: Option<String>,
+}
+
+impl ReceiverInfo {
+    /// What machines booting the live image should use.
+    pub fn url_for_sources(&self) -> &str {
+        self.source_url.as_deref().unwrap_or(&self.url)
+    }
 }
 
 /// What `ferry serve` needs.
@@ -54,6 +65,8 @@ pub struct AppState {
     /// Verified manifests targets are reading, by (job, disk): parsed and checked once.
     pub manifests: std::sync::Mutex<std::collections::HashMap<(String, u32), Arc<crate::image::Manifest>>>,
     pub metrics: metrics::Metrics,
+    /// How sources reach this receiver (URL and pin), once it listens: baked into the PXE menu.
+    pub info: std::sync::OnceLock<ReceiverInfo>,
 }
 
 /// Writes a file only its owner can read (tokens, keys).
@@ -99,6 +112,7 @@ pub fn open_state(dir: &Path) -> Result<AppState> {
         boot_dir: None,
         manifests: Default::default(),
         metrics: Default::default(),
+        info: Default::default(),
     })
 }
 
@@ -110,7 +124,13 @@ pub async fn serve(cfg: ServeConfig) -> Result<()> {
     let listener =
         tokio::net::TcpListener::bind(cfg.listen).await.with_context(|| format!("listening on {}", cfg.listen))?;
     let local = listener.local_addr()?;
-    let host = cfg.advertise.clone().unwrap_or_else(|| local.ip().to_string());
+    // Tools on this machine use the listen address (loopback for a wildcard listener); sources
+    // use the advertised host.
+    let local_host = if local.ip().is_unspecified() { "127.0.0.1".to_string() } else { local.ip().to_string() };
+    let host = cfg.advertise.clone().unwrap_or_else(|| local_host.clone());
+    if cfg.advertise.is_none() && local.ip().is_unspecified() {
+        println!("note: listening on every address; pass --advertise IP so that sources get a reachable URL");
+    }
     let app = api::router(state.clone());
     if let Some(addr) = cfg.boot_listen {
         let boot =
@@ -123,15 +143,22 @@ pub async fn serve(cfg: ServeConfig) -> Result<()> {
             }
         });
     }
-    let (url, pin) = if cfg.plain_http {
-        (format!("http://{host}:{}", local.port()), None)
+    let scheme = if cfg.plain_http { "http" } else { "https" };
+    let pin = if cfg.plain_http {
+        None
     } else {
-        let id = tls::ensure_identity(&cfg.store.join("tls"), std::slice::from_ref(&host))?;
-        (format!("https://{host}:{}", local.port()), Some(id.pin))
+        Some(tls::ensure_identity(&cfg.store.join("tls"), std::slice::from_ref(&host))?.pin)
     };
-    let info = ReceiverInfo { url: url.clone(), pin: pin.clone() };
+    let local_url = format!("{scheme}://{local_host}:{}", local.port());
+    let url = format!("{scheme}://{host}:{}", local.port());
+    let info =
+        ReceiverInfo { url: local_url.clone(), pin: pin.clone(), source_url: (url != local_url).then(|| url.clone()) };
     fs::write(cfg.store.join("receiver.json"), serde_json::to_vec_pretty(&info)?)?;
-    println!("ferry receiver listening on {url}");
+    let _ = state.info.set(info);
+    println!("ferry receiver listening on {local_url}");
+    if url != local_url {
+        println!("sources reach it at {url}");
+    }
     println!("store:        {}", cfg.store.display());
     println!("admin token:  {}", cfg.store.join("admin.token").display());
     match &pin {
