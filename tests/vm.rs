@@ -56,6 +56,11 @@ fn direct_boot_migrates_three_disks_and_never_writes_them() {
     assert!(serial.contains("M I G R A T E D"), "no MIGRATED verdict:\n{serial}");
     assert!(serial.contains("Powering off now"), "no clean power-off:\n{serial}");
     assert!(serial.contains("read-only at the kernel level"));
+    // Every line ferry writes fits an 80-column console (kernel messages start with '[').
+    for line in serial.lines().map(|l| l.trim_end_matches('\r')).filter(|l| !l.trim_start().starts_with('[')) {
+        assert!(line.chars().count() <= 80, "wider than 80 columns: {line:?}");
+    }
+    assert!(serial.contains("job ") && serial.contains("on machine serial"), "the verdict names job and machine");
 
     let j = r.job(&job);
     assert_eq!(j["state"], "Finished", "{j:#}");

@@ -92,6 +92,37 @@ static CONSOLES: std::sync::OnceLock<std::sync::Mutex<Vec<std::fs::File>>> = std
 
 /// Writes `text` to every active console, or to stdout when there is none (tests, a host).
 pub fn say(text: &str) {
+    say_raw(&fit_80_columns(text));
+}
+
+/// Every line of `text` cut to the 80 columns of a VGA text console (and of a serial terminal's
+/// default), at spaces where possible, continuations indented: a line the console wraps itself
+/// breaks tables and, on serial, leaves the cursor where the next line garbles it.
+pub fn fit_80_columns(text: &str) -> String {
+    const COLUMNS: usize = 80;
+    let mut out = String::with_capacity(text.len());
+    for (i, line) in text.split('\n').enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        if line.chars().count() <= COLUMNS {
+            out.push_str(line);
+            continue;
+        }
+        let indent = line.len() - line.trim_start().len();
+        for (j, piece) in wrap(line.trim_start(), COLUMNS - indent - 4).into_iter().enumerate() {
+            if j > 0 {
+                out.push('\n');
+                out.push_str("    ");
+            }
+            out.push_str(&" ".repeat(indent));
+            out.push_str(&piece);
+        }
+    }
+    out
+}
+
+fn say_raw(text: &str) {
     use std::io::Write;
     let consoles = CONSOLES.get_or_init(|| std::sync::Mutex::new(vec![]));
     let mut consoles = consoles.lock().unwrap_or_else(|p| p.into_inner());
@@ -119,6 +150,21 @@ macro_rules! say {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_screen_lines_are_cut_to_80_columns() {
+        let long = format!("disk 0 /dev/vda: read back equal to the source (blake3 {})", "ab".repeat(32));
+        let table = "/dev/nvme0n1  64.0 MiB  sectors 512/512  mbr  QEMU NVMe Ctrl DEMO-DATA  (read-only)";
+        let text = format!("short\n{long}\n  {table}\n");
+        let out = fit_80_columns(&text);
+        assert!(out.starts_with("short\n") && out.ends_with('\n'));
+        for l in out.lines() {
+            assert!(l.chars().count() <= 80, "{l:?}");
+        }
+        let words = |s: &str| s.split_whitespace().map(String::from).collect::<Vec<_>>();
+        assert_eq!(words(&out), words(&text), "nothing lost");
+        assert!(out.lines().nth(2).unwrap().starts_with("    "), "continuations are indented");
+    }
 
     #[test]
     fn verdict_fits_80_columns() {

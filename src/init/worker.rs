@@ -62,6 +62,21 @@ pub fn run() -> i32 {
             countdown: None,
         },
     };
+    // The line a technician matches against the job list or dashboard.
+    let m = crate::agent::identity::machine_identity();
+    v.lines.insert(
+        0,
+        format!(
+            "job {} ({}) on machine serial {} uuid {}",
+            cfg.job.as_deref().unwrap_or("none"),
+            match cfg.role {
+                Role::Source => "source",
+                Role::Target => "target",
+            },
+            m.serial.as_deref().unwrap_or("none"),
+            m.product_uuid.as_deref().unwrap_or("none")
+        ),
+    );
     v.on_finish = Some(cfg.on_finish);
     v.countdown = Some(cfg.countdown);
     write_verdict(&v);
@@ -211,7 +226,7 @@ async fn work(cfg: &mut LiveConfig, cmdline: &str) -> Result<Verdict, Failed> {
             crate::say!(
                 "disk {} {}: {} of {} ({}%), {}/s, ETA {}, sent {}",
                 p.index,
-                p.path,
+                p.path.trim_start_matches("/dev/"),
                 human_bytes(p.bytes_done),
                 human_bytes(p.size),
                 (p.bytes_done * 100).checked_div(p.size).unwrap_or(100),
