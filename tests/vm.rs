@@ -61,6 +61,10 @@ fn direct_boot_migrates_three_disks_and_never_writes_them() {
         assert!(line.chars().count() <= 80, "wider than 80 columns: {line:?}");
     }
     assert!(serial.contains("job ") && serial.contains("on machine serial"), "the verdict names job and machine");
+    // The receiver keeps what the technician saw.
+    let log = ferry(&["job", "log", "--store", r.store.to_str().unwrap(), &job]);
+    let log = String::from_utf8_lossy(&log.stdout);
+    assert!(log.contains("source live image") && log.contains("M I G R A T E D"), "boot log: {log}");
 
     let j = r.job(&job);
     assert_eq!(j["state"], "Finished", "{j:#}");

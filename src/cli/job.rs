@@ -125,6 +125,19 @@ async fn run_async(cmd: JobCommand) -> Result<i32> {
             let job: Job = c.call(Method::POST, &format!("/jobs/{id}/restart"), |r| r).await?;
             report(&admin, &job)?;
         }
+        JobCommand::Log { admin, id } => {
+            let c = admin_client(&admin)?;
+            let logs: Vec<crate::proto::LogEntry> = c.call(Method::GET, &format!("/jobs/{id}/log"), |r| r).await?;
+            if admin.json {
+                println!("{}", serde_json::to_string_pretty(&logs)?);
+            } else if logs.is_empty() {
+                println!("No boot log yet: the live image sends its console when it reaches a verdict.");
+            }
+            for l in logs.iter().filter(|_| !admin.json) {
+                println!("==== {} live image, {}", l.role, crate::util::utc_time(l.at));
+                println!("{}", l.text.trim_end());
+            }
+        }
         JobCommand::Target { admin, id, target_spec } => {
             let c = admin_client(&admin)?;
             let spec = spec_of(&target_spec).unwrap_or_default();

@@ -164,6 +164,12 @@ pub enum JobCommand {
         admin: AdminArgs,
         id: String,
     },
+    /// Print the console transcripts the live image sent (what the technician saw).
+    Log {
+        #[command(flatten)]
+        admin: AdminArgs,
+        id: String,
+    },
     /// Put a job that ended (InError, Cancelled, Finished) back to Waiting.
     Restart {
         #[command(flatten)]

@@ -122,8 +122,29 @@ pub fn fit_80_columns(text: &str) -> String {
     out
 }
 
+/// Everything said on the screens, for the receiver's copy of the boot log (the newest
+/// [`TRANSCRIPT_LIMIT`] bytes).
+static TRANSCRIPT: std::sync::Mutex<String> = std::sync::Mutex::new(String::new());
+const TRANSCRIPT_LIMIT: usize = 200 << 10;
+
+/// The console transcript so far.
+pub fn transcript() -> String {
+    TRANSCRIPT.lock().unwrap_or_else(|p| p.into_inner()).clone()
+}
+
 fn say_raw(text: &str) {
     use std::io::Write;
+    {
+        let mut t = TRANSCRIPT.lock().unwrap_or_else(|p| p.into_inner());
+        t.push_str(text);
+        if t.len() > TRANSCRIPT_LIMIT {
+            let mut cut = t.len() - TRANSCRIPT_LIMIT;
+            while !t.is_char_boundary(cut) {
+                cut += 1;
+            }
+            t.drain(..cut);
+        }
+    }
     let consoles = CONSOLES.get_or_init(|| std::sync::Mutex::new(vec![]));
     let mut consoles = consoles.lock().unwrap_or_else(|p| p.into_inner());
     if consoles.is_empty() {

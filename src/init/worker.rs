@@ -80,10 +80,32 @@ pub fn run() -> i32 {
     v.on_finish = Some(cfg.on_finish);
     v.countdown = Some(cfg.countdown);
     write_verdict(&v);
+    upload_transcript(&cfg);
     if v.ok {
         0
     } else {
         1
+    }
+}
+
+/// Sends the console transcript, verdict included, to the receiver: the operator sees what the
+/// technician saw. Best effort and brief: the verdict is already on the screen.
+fn upload_transcript(cfg: &LiveConfig) {
+    let (Some(server), Some(job), Some(token)) = (&cfg.server, &cfg.job, &cfg.token) else { return };
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+    let ep = Endpoint {
+        server: server.clone(),
+        token: token.clone(),
+        pin: cfg.pin.clone(),
+        plain_http: cfg.plain_http,
+        retry_for: Duration::from_secs(5),
+    };
+    let Ok(client) = Client::new(&ep) else { return };
+    let text = crate::init::console::transcript();
+    let path = format!("/jobs/{job}/log");
+    let call = client.call::<serde_json::Value>(reqwest::Method::POST, &path, |r| r.body(text.clone()));
+    if let Err(e) = rt.block_on(async { tokio::time::timeout(Duration::from_secs(15), call).await }) {
+        log::warn!("sending the boot log: {e}");
     }
 }
 

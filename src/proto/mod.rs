@@ -376,6 +376,15 @@ pub struct Failure {
     pub reason: String,
 }
 
+/// One console transcript a live image sent (`GET /jobs/{job}/log`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LogEntry {
+    pub at: u64,
+    /// `source` or `target`.
+    pub role: String,
+    pub text: String,
+}
+
 /// Every error body: a stable code and words for people.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ApiError {

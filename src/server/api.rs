@@ -47,6 +47,8 @@ pub fn conflict(code: &'static str, msg: impl Into<String>) -> ApiErr {
 const CHUNK_BODY_LIMIT: usize = MAX_CHUNK_SIZE as usize + (1 << 20);
 /// Manifests carry one id per chunk: 256 MiB holds a 12 TiB disk in 4 MiB chunks.
 const MANIFEST_BODY_LIMIT: usize = 256 << 20;
+/// A live image's console transcript.
+const LOG_BODY_LIMIT: usize = 256 << 10;
 /// Every other body.
 const CONTROL_BODY_LIMIT: usize = 1 << 20;
 
@@ -57,6 +59,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/jobs/{job}", get(show_job))
         .route("/jobs/{job}/restart", post(restart_job))
         .route("/jobs/{job}/cancel", post(cancel_job))
+        .route("/jobs/{job}/log", post(post_log).get(get_log).layer(DefaultBodyLimit::max(LOG_BODY_LIMIT)))
+        .route("/whoami", get(whoami))
         .route("/jobs/{job}/target", post(super::target_api::set_target))
         .route("/jobs/{job}/target/register", post(super::target_api::register))
         .route("/jobs/{job}/target/begin", post(super::target_api::begin))
@@ -78,6 +82,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .layer(DefaultBodyLimit::max(CONTROL_BODY_LIMIT));
     Router::new()
+        .route("/", get(super::dashboard::page))
         .nest(API_PREFIX, api)
         .route("/boot/{file}", get(boot_file))
         .route("/metrics", get(super::metrics::metrics))
@@ -102,6 +107,16 @@ fn tokens_equal(a: &str, b: &str) -> bool {
     a.len() == b.len() && bool::from(a.as_bytes().ct_eq(b.as_bytes()))
 }
 
+/// The admin, or the read-only viewer: may read jobs and logs.
+pub fn require_reader(state: &AppState, headers: &HeaderMap) -> ApiResult<()> {
+    let token = bearer(headers)?;
+    if tokens_equal(token, &state.admin_token) || tokens_equal(token, &state.viewer_token) {
+        Ok(())
+    } else {
+        Err(ApiErr(StatusCode::FORBIDDEN, "forbidden", "this token may not read jobs".into()))
+    }
+}
+
 pub fn require_admin(state: &AppState, headers: &HeaderMap) -> ApiResult<()> {
     if tokens_equal(bearer(headers)?, &state.admin_token) {
         Ok(())
@@ -123,6 +138,8 @@ pub fn check_job_id(job: &str) -> ApiResult<()> {
 #[derive(PartialEq, Debug)]
 pub enum Caller {
     Admin,
+    /// The read-only viewer token.
+    Viewer,
     Agent,
     Target,
 }
@@ -140,6 +157,8 @@ pub fn job_caller(state: &AppState, headers: &HeaderMap, job: &str) -> ApiResult
         Ok((Caller::Target, job_state))
     } else if tokens_equal(token, &state.admin_token) {
         Ok((Caller::Admin, job_state))
+    } else if tokens_equal(token, &state.viewer_token) {
+        Ok((Caller::Viewer, job_state))
     } else {
         Err(ApiErr(StatusCode::FORBIDDEN, "forbidden", format!("this token does not belong to job {job}")))
     }
@@ -214,7 +233,7 @@ async fn create_job(
 }
 
 async fn list_jobs(State(st): State<Arc<AppState>>, headers: HeaderMap) -> ApiResult<Json<Vec<Job>>> {
-    require_admin(&st, &headers)?;
+    require_reader(&st, &headers)?;
     let mut jobs = vec![];
     for id in st.db.job_ids()? {
         if let Some(j) = st.db.job(&id, false)? {
@@ -231,7 +250,7 @@ async fn show_job(
 ) -> ApiResult<Json<Job>> {
     let (caller, _) = job_caller(&st, &headers, &job)?;
     let mut j = job_or_404(&st.db, &job, caller == Caller::Admin)?;
-    if caller != Caller::Admin {
+    if matches!(caller, Caller::Agent | Caller::Target) {
         // An agent learns its job's state, not how the operator named the target.
         j.target_spec = None;
     }
@@ -573,6 +592,54 @@ fn verify_manifest(st: &AppState, m: &Manifest) -> Result<(), (&'static str, Str
         return Err(("zero_mismatch", format!("chunk {i} is marked all-zero but its id is not the id of zeros")));
     }
     Ok(())
+}
+
+/// `GET /whoami`: which role a token has (the dashboard's login check).
+async fn whoami(State(st): State<Arc<AppState>>, headers: HeaderMap) -> ApiResult<Json<serde_json::Value>> {
+    let token = bearer(&headers)?;
+    let role = if tokens_equal(token, &st.admin_token) {
+        "admin"
+    } else if tokens_equal(token, &st.viewer_token) {
+        "viewer"
+    } else {
+        return Err(ApiErr(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "this token is neither the admin nor the viewer token".into(),
+        ));
+    };
+    Ok(Json(serde_json::json!({ "role": role })))
+}
+
+/// `POST /jobs/{job}/log` (source or target agent): the live image's console transcript.
+async fn post_log(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(job): Path<String>,
+    body: Bytes,
+) -> ApiResult<StatusCode> {
+    let (caller, _) = job_caller(&st, &headers, &job)?;
+    let role = match caller {
+        Caller::Agent => "source",
+        Caller::Target => "target",
+        _ => return Err(ApiErr(StatusCode::FORBIDDEN, "forbidden", "only a job's agents send boot logs".into())),
+    };
+    let text = String::from_utf8_lossy(&body);
+    st.db.add_log(&job, role, &text)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /jobs/{job}/log` (admin or viewer): every transcript the job's agents sent, oldest first.
+async fn get_log(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(job): Path<String>,
+) -> ApiResult<Json<Vec<LogEntry>>> {
+    let (caller, _) = job_caller(&st, &headers, &job)?;
+    if !matches!(caller, Caller::Admin | Caller::Viewer) {
+        return Err(ApiErr(StatusCode::FORBIDDEN, "forbidden", "only the operator reads boot logs".into()));
+    }
+    Ok(Json(st.db.logs(&job)?))
 }
 
 /// Only the boot files, for the plain-HTTP boot listener.

@@ -46,6 +46,13 @@ CREATE TABLE IF NOT EXISTS job_events (
     code TEXT,
     reason TEXT
 );
+CREATE TABLE IF NOT EXISTS job_logs (
+    job_id TEXT NOT NULL REFERENCES jobs(id),
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    at INTEGER NOT NULL,
+    role TEXT NOT NULL,
+    text TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS disks (
     job_id TEXT NOT NULL REFERENCES jobs(id),
     idx INTEGER NOT NULL,
@@ -245,6 +252,29 @@ impl Db {
             target_token: if with_token { target_token } else { None },
             delivery: delivery.and_then(|d| serde_json::from_str(&d).ok()),
         }))
+    }
+
+    /// Keeps a console transcript; only the newest few per job are kept.
+    pub fn add_log(&self, id: &str, role: &str, text: &str) -> Result<()> {
+        let conn = self.conn();
+        conn.execute(
+            "INSERT INTO job_logs (job_id, at, role, text) VALUES (?1, ?2, ?3, ?4)",
+            params![id, now(), role, text],
+        )?;
+        conn.execute(
+            "DELETE FROM job_logs WHERE job_id = ?1 AND seq NOT IN
+                 (SELECT seq FROM job_logs WHERE job_id = ?1 ORDER BY seq DESC LIMIT 20)",
+            [id],
+        )?;
+        Ok(())
+    }
+
+    pub fn logs(&self, id: &str) -> Result<Vec<crate::proto::LogEntry>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT at, role, text FROM job_logs WHERE job_id = ?1 ORDER BY seq")?;
+        let rows =
+            stmt.query_map([id], |r| Ok(crate::proto::LogEntry { at: r.get(0)?, role: r.get(1)?, text: r.get(2)? }))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
     /// How many jobs are in each state.

@@ -4,6 +4,7 @@
 
 mod api;
 mod boot_menu;
+mod dashboard;
 pub mod db;
 mod metrics;
 mod target_api;
@@ -61,6 +62,8 @@ pub struct AppState {
     pub store: Arc<dyn ChunkStore>,
     pub dir: PathBuf,
     pub admin_token: String,
+    /// Reads jobs and logs (the dashboard's read-only view); changes nothing.
+    pub viewer_token: String,
     pub boot_dir: Option<PathBuf>,
     /// Verified manifests targets are reading, by (job, disk): parsed and checked once.
     pub manifests: std::sync::Mutex<std::collections::HashMap<(String, u32), Arc<crate::image::Manifest>>>,
@@ -90,17 +93,19 @@ pub fn random_hex(bytes: usize) -> String {
     hex::encode(b)
 }
 
+/// The token in `path`, created (random, mode 0600) when the file does not exist.
+fn token_file(path: &Path) -> Result<String> {
+    if !path.exists() {
+        write_private(path, format!("{}\n", random_hex(32)).as_bytes())?;
+    }
+    Ok(fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?.trim().to_string())
+}
+
 /// Opens (creating on first start) the store directory: admin token, TLS identity, database.
 pub fn open_state(dir: &Path) -> Result<AppState> {
     fs::create_dir_all(dir).with_context(|| format!("creating store {}", dir.display()))?;
-    let token_path = dir.join("admin.token");
-    if !token_path.exists() {
-        write_private(&token_path, format!("{}\n", random_hex(32)).as_bytes())?;
-    }
-    let admin_token = fs::read_to_string(&token_path)
-        .with_context(|| format!("reading {}", token_path.display()))?
-        .trim()
-        .to_string();
+    let admin_token = token_file(&dir.join("admin.token"))?;
+    let viewer_token = token_file(&dir.join("viewer.token"))?;
     let db = db::Db::open(&dir.join("jobs.sqlite"))?;
     let store = LocalStore::open(dir).with_context(|| format!("opening the chunk store in {}", dir.display()))?;
     fs::create_dir_all(dir.join("manifests"))?;
@@ -109,6 +114,7 @@ pub fn open_state(dir: &Path) -> Result<AppState> {
         store: Arc::new(store),
         dir: dir.to_owned(),
         admin_token,
+        viewer_token,
         boot_dir: None,
         manifests: Default::default(),
         metrics: Default::default(),
@@ -161,6 +167,8 @@ pub async fn serve(cfg: ServeConfig) -> Result<()> {
     }
     println!("store:        {}", cfg.store.display());
     println!("admin token:  {}", cfg.store.join("admin.token").display());
+    println!("viewer token: {} (read-only dashboard)", cfg.store.join("viewer.token").display());
+    println!("dashboard:    {local_url}/");
     match &pin {
         Some(pin) => {
             println!("certificate pin (SHA-256): {pin}");
