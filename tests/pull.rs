@@ -164,6 +164,24 @@ fn pull_writes_reads_back_and_grows_the_gpt_like_sgdisk() {
     let states: Vec<&str> = d["history"].as_array().unwrap().iter().map(|e| e["state"].as_str().unwrap()).collect();
     assert_eq!(states, ["Waiting", "Running", "Finished"]);
 
+    // The read-only viewer token reaches neither the target calls nor the disks' bytes.
+    let viewer = std::fs::read_to_string(job.r.store.join("viewer.token")).unwrap();
+    for (method, path) in [
+        ("POST", "target/register"),
+        ("POST", "target/fail"),
+        ("GET", "disks/0/manifest"),
+        ("GET", "disks/0/chunks/0/data"),
+    ] {
+        let out = Command::new("curl")
+            .args(["-sk", "-o", "/dev/null", "-w", "%{http_code}", "-X", method])
+            .args(if method == "POST" { &["-d", "{}"][..] } else { &[][..] })
+            .args(["-H", &format!("Authorization: Bearer {}", viewer.trim())])
+            .arg(format!("{}/api/v1/jobs/{}/{path}", job.r.url, job.id))
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "403", "viewer token on {method} {path}");
+    }
+
     // A second pull writes nothing: the job is delivered.
     let before = b3sum(&same);
     assert_eq!(refused(&job.pull(&machine(t.path(), "TGT-1"), &[&big, &same], &[])), "already_delivered");

@@ -56,13 +56,13 @@ impl Client {
             .user_agent(concat!("ferry/", env!("CARGO_PKG_VERSION")));
         let (builder, pin_mismatch) = if server.starts_with("https://") {
             let pin = ep.pin.as_deref().context(
-                "an https:// receiver needs --pin (the SHA-256 that ferry serve printed); ferry trusts no other certificate",
+                "an https:// receiver needs its pin (--pin, or ferry.pin= on the live image: the SHA-256 that ferry serve printed); ferry trusts no other certificate",
             )?;
             let (cfg, mismatch) = tls::pinned_client_config(pin)?;
             (builder.tls_backend_preconfigured(cfg), Some(mismatch))
         } else if server.starts_with("http://") {
             if !ep.plain_http {
-                bail!("{server} is plain HTTP: disk data and tokens would travel unencrypted; add --plain-http if you mean it");
+                bail!("{server} is plain HTTP: disk data and tokens would travel unencrypted; add --plain-http (ferry.plain_http=1 on the live image) if you mean it");
             }
             (builder, None)
         } else {

@@ -163,6 +163,15 @@ async fn work(cfg: &mut LiveConfig, cmdline: &str) -> Result<Verdict, Failed> {
         ));
     }
 
+    crate::say!(
+        "job {} ({}), receiver {}",
+        cfg.job.as_deref().unwrap_or("?"),
+        match cfg.role {
+            Role::Source => "source: this machine's disks are copied, never written",
+            Role::Target => "target: this machine receives the job's disks",
+        },
+        cfg.server.as_deref().unwrap_or("?")
+    );
     // 4. Machine identity and disks.
     let machine = crate::agent::identity::machine_identity();
     crate::say!(

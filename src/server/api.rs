@@ -608,7 +608,13 @@ async fn whoami(State(st): State<Arc<AppState>>, headers: HeaderMap) -> ApiResul
             "this token is neither the admin nor the viewer token".into(),
         ));
     };
-    Ok(Json(serde_json::json!({ "role": role })))
+    // What the dashboard shows in a ready kernel command line for sources.
+    let info = st.info.get();
+    Ok(Json(serde_json::json!({
+        "role": role,
+        "server": info.map(|i| i.url_for_sources()),
+        "pin": info.and_then(|i| i.pin.as_deref()),
+    })))
 }
 
 /// `POST /jobs/{job}/log` (source or target agent): the live image's console transcript.

@@ -47,7 +47,7 @@ pub fn menu(server: &str, pin: Option<&str>, query: &HashMap<String, String>) ->
          isset ${{ferry_job}} || read ferry_job\n\
          isset ${{ferry_token}} || echo Token (the job's token; for a target, its target token):\n\
          isset ${{ferry_token}} || read ferry_token\n\
-         kernel vmlinuz initrd=initrd.img console=ttyS0 console=tty0 panic=30 ip=dhcp ferry.role=${{ferry_role}} ferry.server=${{ferry_server}} {security} ferry.job=${{ferry_job}} ferry.token=${{ferry_token}} || goto menu\n\
+         kernel vmlinuz initrd=initrd.img console=ttyS0 console=tty0 panic=30 printk.devkmsg=on ip=dhcp ferry.role=${{ferry_role}} ferry.server=${{ferry_server}} {security} ferry.job=${{ferry_job}} ferry.token=${{ferry_token}} || goto menu\n\
          initrd initrd.img || goto menu\n\
          boot || goto menu\n",
         job = param("job"),

@@ -61,13 +61,26 @@ pub async fn set_target(
     Ok(Json(job_or_404(&st.db, &job, true)?))
 }
 
-/// The target may call: the caller holds the target token of an instance job.
+/// The target may call: the caller holds the target token of an instance job, or (for the
+/// reading calls only) is the admin. The source's token and the read-only viewer token never
+/// reach a disk's bytes or change a delivery.
 fn target_caller(st: &AppState, headers: &HeaderMap, job: &str) -> ApiResult<(Caller, JobState)> {
     let (caller, state) = job_caller(st, headers, job)?;
-    if caller == Caller::Agent {
-        return Err(forbidden("forbidden", "the source's token cannot read disks back; the target has its own token"));
+    match caller {
+        Caller::Target | Caller::Admin => Ok((caller, state)),
+        Caller::Agent => {
+            Err(forbidden("forbidden", "the source's token cannot read disks back; the target has its own token"))
+        }
+        Caller::Viewer => Err(forbidden("forbidden", "the viewer token only reads jobs")),
     }
-    Ok((caller, state))
+}
+
+/// Only the target machine itself: registering, reporting progress and results.
+fn only_target(st: &AppState, headers: &HeaderMap, job: &str) -> ApiResult<JobState> {
+    match target_caller(st, headers, job)? {
+        (Caller::Target, state) => Ok(state),
+        _ => Err(forbidden("forbidden", "only the job's target machine (its target token) may do this")),
+    }
 }
 
 fn matches_any(wanted: &[String], have: &[Option<&str>]) -> bool {
@@ -123,6 +136,18 @@ pub fn refuse_target(
     None
 }
 
+fn new_delivery() -> Delivery {
+    Delivery {
+        state: JobState::Waiting,
+        error_code: None,
+        error_reason: None,
+        machine: None,
+        target_disks: vec![],
+        disks: vec![],
+        history: vec![],
+    }
+}
+
 fn event(state: JobState, code: Option<&str>, reason: Option<&str>) -> JobEvent {
     JobEvent { at: now(), state, code: code.map(Into::into), reason: reason.map(Into::into) }
 }
@@ -143,7 +168,7 @@ pub async fn register(
     Path(job): Path<String>,
     body: Bytes,
 ) -> ApiResult<Json<TargetPlan>> {
-    let (_, job_state) = target_caller(&st, &headers, &job)?;
+    let job_state = only_target(&st, &headers, &job)?;
     let req: TargetRegister = parse_json(&body)?;
     let j = job_or_404(&st.db, &job, false)?;
     if j.target != TargetKind::Instance {
@@ -162,15 +187,7 @@ pub async fn register(
         refuse_target(&spec, j.machine.as_ref(), &req.machine, &req.disks)
     };
     st.db.update_delivery(&job, |d| {
-        let d = d.get_or_insert_with(|| Delivery {
-            state: JobState::Waiting,
-            error_code: None,
-            error_reason: None,
-            machine: None,
-            target_disks: vec![],
-            disks: vec![],
-            history: vec![],
-        });
+        let d = d.get_or_insert_with(new_delivery);
         d.machine = Some(req.machine.clone());
         d.target_disks = req.disks.clone();
         match &refusal {
@@ -239,6 +256,7 @@ pub async fn begin(
     Path(job): Path<String>,
     body: Bytes,
 ) -> ApiResult<StatusCode> {
+    only_target(&st, &headers, &job)?;
     let j = reading_target(&st, &headers, &job)?;
     let req: TargetBegin = parse_json(&body)?;
     let mut seen: Vec<u32> = req.disks.iter().map(|d| d.source_index).collect();
@@ -264,6 +282,7 @@ pub async fn progress(
     Path(job): Path<String>,
     body: Bytes,
 ) -> ApiResult<StatusCode> {
+    only_target(&st, &headers, &job)?;
     reading_target(&st, &headers, &job)?;
     let p: TargetProgress = parse_json(&body)?;
     st.db.update_delivery(&job, |d| {
@@ -281,15 +300,15 @@ pub async fn fail(
     Path(job): Path<String>,
     body: Bytes,
 ) -> ApiResult<StatusCode> {
-    let (caller, _) = target_caller(&st, &headers, &job)?;
-    if caller != Caller::Target {
-        return Err(forbidden("forbidden", "only the target reports its failures"));
-    }
+    only_target(&st, &headers, &job)?;
     let f: Failure = parse_json(&body)?;
     let code: String = f.code.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '_').take(64).collect();
     let reason: String = f.reason.chars().take(2000).collect();
     st.db.update_delivery(&job, |d| {
-        if let Some(d) = d.as_mut().filter(|d| d.state != JobState::Finished) {
+        // A target that fails before it registered (no driver for its disks, no disks) is
+        // recorded too: the operator must see it.
+        let d = d.get_or_insert_with(new_delivery);
+        if d.state != JobState::Finished {
             transition(d, JobState::InError, Some(&code), Some(&reason));
         }
     })?;
@@ -305,6 +324,7 @@ pub async fn finish(
     Path(job): Path<String>,
     body: Bytes,
 ) -> ApiResult<Json<Job>> {
+    only_target(&st, &headers, &job)?;
     let j = reading_target(&st, &headers, &job)?;
     let done: TargetDone = parse_json(&body)?;
     let mut problem = None;
@@ -336,7 +356,9 @@ pub async fn finish(
         return Err(ApiErr(StatusCode::UNPROCESSABLE_ENTITY, "readback_mismatch", p));
     }
     log::info!("job {job}: target verified, {} disks", done.disks.len());
-    Ok(Json(job_or_404(&st.db, &job, false)?))
+    let mut j = job_or_404(&st.db, &job, false)?;
+    j.target_spec = None;
+    Ok(Json(j))
 }
 
 /// The verified manifest of a disk, read and checked once per receiver run.

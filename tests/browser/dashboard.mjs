@@ -1,0 +1,102 @@
+// The dashboard in a real browser (Debian's Chromium, headless, driven by playwright-core):
+// a wrong token is refused; the admin signs in, creates a job, watches a real `ferry send` move
+// its progress bar to Finished, and reads the whole-disk hash on the job page; the viewer token
+// sees the same jobs without the buttons that change them. Screenshots go to $ARTIFACTS.
+// Run by tests/browser.rs, which starts the receiver and passes everything in the environment.
+import { chromium } from "playwright-core";
+import { spawn } from "node:child_process";
+import assert from "node:assert/strict";
+
+const env = (k) => {
+  const v = process.env[k];
+  if (!v) throw new Error(`${k} is not set`);
+  return v;
+};
+const url = env("FERRY_URL");
+const artifacts = env("ARTIFACTS");
+const shot = (page, name) => page.screenshot({ path: `${artifacts}/${name}.png`, fullPage: true });
+
+const browser = await chromium.launch({ executablePath: env("CHROMIUM"), args: ["--no-sandbox"] });
+// The receiver's certificate is self-signed (its pin is what ferry's own clients check).
+const context = await browser.newContext({ ignoreHTTPSErrors: true, viewport: { width: 1280, height: 800 } });
+const page = await context.newPage();
+const problems = [];
+page.on("pageerror", (e) => problems.push(`page error: ${e.message}`));
+page.on("console", (m) => m.type() === "error" && !m.text().includes("403") && problems.push(`console: ${m.text()}`));
+
+// 1. A wrong token is refused.
+await page.goto(url + "/");
+await page.fill("#token", "f".repeat(64));
+await page.click("#login-form button");
+await page.locator("#login-error").filter({ hasText: "Refused" }).waitFor();
+assert.ok(await page.locator("#app").isHidden(), "a refused token must not show the jobs");
+await shot(page, "01-wrong-token-refused");
+
+// 2. The admin signs in and creates a job.
+await page.fill("#token", env("FERRY_ADMIN_TOKEN"));
+await page.click("#login-form button");
+await page.locator("#who").filter({ hasText: "admin" }).waitFor();
+await page.fill("#new-name", "browser-db01");
+await page.click("#create-form button");
+await page.locator("#created").waitFor();
+const id = (await page.textContent("#created-id")).trim();
+const token = (await page.textContent("#created-token")).trim();
+assert.match(id, /^[0-9a-f]{12}$/);
+assert.match(token, /^[0-9a-f]{64}$/);
+const row = page.locator(`tr[data-job="${id}"]`);
+await row.locator(".job-state").filter({ hasText: "Waiting" }).waitFor();
+await shot(page, "02-job-created");
+
+// 3. A real ferry send; the progress bar moves, then the job is Finished.
+const send = spawn(env("FERRY_BIN"), [
+  "send", "--server", url, "--pin", env("FERRY_PIN"), "--job", id, "--token", token,
+  "--bandwidth-limit", "8M", env("FERRY_IMAGE"),
+], { stdio: ["ignore", "ignore", "pipe"] });
+let sendErr = "";
+send.stderr.on("data", (d) => (sendErr += d));
+const sent = new Promise((resolve) => send.on("exit", resolve));
+
+let sawPartial = false;
+const seen = new Set();
+for (let i = 0; i < 240; i++) {
+  const state = (await row.locator(".job-state").textContent().catch(() => "")).trim();
+  const pct = Number((await row.locator(".pct").textContent().catch(() => "0%")).replace("%", ""));
+  seen.add(`${state} ${pct}%`);
+  if (state.startsWith("Running") && pct > 0 && pct < 100 && !sawPartial) {
+    sawPartial = true;
+    await shot(page, "03-progress-running");
+  }
+  if (state.startsWith("Finished")) break;
+  await page.waitForTimeout(250);
+}
+const code = await sent;
+assert.equal(code, 0, `ferry send failed: ${sendErr}`);
+await row.locator(".job-state").filter({ hasText: "Finished" }).waitFor({ timeout: 10000 });
+assert.ok(sawPartial, `the progress bar never showed a partial state; saw ${[...seen].join(", ")}`);
+assert.equal((await row.locator(".pct").textContent()).trim(), "100%");
+assert.equal(await row.locator('[role="progressbar"]').getAttribute("aria-valuenow"), "100");
+await shot(page, "04-finished");
+
+// 4. The job page shows the disk, its partition table and the whole-disk hash.
+await row.locator("a").click();
+await page.locator("#job-id").filter({ hasText: id }).waitFor();
+const hash = (await page.locator('.blake3[data-disk="0"]').textContent()).trim();
+assert.equal(hash, env("FERRY_IMAGE_B3"), "the hash on the job page is b3sum of the source");
+assert.ok((await page.textContent("#job-view")).includes("gpt"), "the partition table kind is shown");
+assert.equal((await page.locator("#job-view h2 .state").textContent()).trim(), "Finished");
+await shot(page, "05-job-page");
+
+// 5. The viewer sees the jobs but cannot change them.
+const viewer = await (await browser.newContext({ ignoreHTTPSErrors: true })).newPage();
+await viewer.goto(url + "/");
+await viewer.fill("#token", env("FERRY_VIEWER_TOKEN"));
+await viewer.click("#login-form button");
+await viewer.locator("#who").filter({ hasText: "read-only" }).waitFor();
+await viewer.locator(`tr[data-job="${id}"]`).waitFor();
+assert.ok(await viewer.locator("#create").isHidden(), "no job creation for the viewer");
+assert.equal(await viewer.locator("button.restart, button.cancel").count(), 0, "no restart/cancel for the viewer");
+await shot(viewer, "06-viewer");
+
+await browser.close();
+assert.deepEqual(problems, [], "the page logged errors");
+console.log(`dashboard: job ${id} followed to Finished; progress states seen: ${[...seen].join(", ")}`);
