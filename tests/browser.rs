@@ -50,9 +50,15 @@ fn dashboard_follows_a_real_send_to_finished() {
         .expect("node runs");
     eprintln!("{}", String::from_utf8_lossy(&out.stdout));
     assert!(out.status.success(), "browser test failed:\n{}", String::from_utf8_lossy(&out.stderr));
-    for shot in
-        ["01-wrong-token-refused", "02-job-created", "03-progress-running", "04-finished", "05-job-page", "06-viewer"]
-    {
+    for shot in [
+        "01-wrong-token-refused",
+        "02-job-created",
+        "03-progress-running",
+        "04-finished",
+        "05-job-page",
+        "06-cancel-restart",
+        "07-viewer",
+    ] {
         let p = artifacts.join(format!("{shot}.png"));
         assert!(std::fs::metadata(&p).map(|m| m.len() > 1000).unwrap_or(false), "no screenshot {}", p.display());
     }
@@ -62,4 +68,8 @@ fn dashboard_follows_a_real_send_to_finished() {
             .unwrap();
     assert_eq!(jobs[0]["name"], "browser-db01");
     assert_eq!(jobs[0]["state"], "Finished");
+    assert_eq!(jobs[1]["name"], "browser-spare");
+    let states: Vec<&str> =
+        jobs[1]["history"].as_array().unwrap().iter().map(|e| e["state"].as_str().unwrap()).collect();
+    assert_eq!(states, ["Waiting", "Cancelled", "Waiting"], "the page's buttons cancelled and restarted it");
 }

@@ -86,7 +86,21 @@ assert.ok((await page.textContent("#job-view")).includes("gpt"), "the partition 
 assert.equal((await page.locator("#job-view h2 .state").textContent()).trim(), "Finished");
 await shot(page, "05-job-page");
 
-// 5. The viewer sees the jobs but cannot change them.
+// 5. The buttons: cancel a second job (after the confirmation dialog), then restart it.
+await page.click('a[href="#/"]');
+page.on("dialog", (d) => d.accept());
+await page.fill("#new-name", "browser-spare");
+await page.click("#create-form button");
+await page.locator("#created-id").filter({ hasNotText: id }).waitFor();
+const spare = (await page.textContent("#created-id")).trim();
+const spareRow = page.locator(`tr[data-job="${spare}"]`);
+await spareRow.locator("button.cancel").click();
+await spareRow.locator(".job-state").filter({ hasText: "Cancelled" }).waitFor();
+await spareRow.locator("button.restart").click();
+await spareRow.locator(".job-state").filter({ hasText: "Waiting" }).waitFor();
+await shot(page, "06-cancel-restart");
+
+// 6. The viewer sees the jobs but cannot change them.
 const viewer = await (await browser.newContext({ ignoreHTTPSErrors: true })).newPage();
 await viewer.goto(url + "/");
 await viewer.fill("#token", env("FERRY_VIEWER_TOKEN"));
@@ -95,7 +109,7 @@ await viewer.locator("#who").filter({ hasText: "read-only" }).waitFor();
 await viewer.locator(`tr[data-job="${id}"]`).waitFor();
 assert.ok(await viewer.locator("#create").isHidden(), "no job creation for the viewer");
 assert.equal(await viewer.locator("button.restart, button.cancel").count(), 0, "no restart/cancel for the viewer");
-await shot(viewer, "06-viewer");
+await shot(viewer, "07-viewer");
 
 await browser.close();
 assert.deepEqual(problems, [], "the page logged errors");
