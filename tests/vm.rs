@@ -271,6 +271,7 @@ fn failures_end_in_a_failed_verdict_and_the_on_finish_action() {
         [Disk::Virtio { file: &src, serial: "F3", sector: 512 }, Disk::FailingVirtio { file: &bad, config: &cfg }];
     let serial = failing_boot("", &disks, t.path(), Some(&r), &job, &token, r.port);
     assert!(serial.contains("/dev/vdb: I/O error reading at byte offset"), "{serial}");
+    assert!(serial.contains("could not be read"), "the advice names the disk, not the network:\n{serial}");
     let j = r.job(&job);
     assert_eq!(j["state"], "InError", "{j:#}");
     assert!(j["error_reason"].as_str().unwrap().contains("I/O error reading at byte offset"), "{j:#}");

@@ -303,6 +303,10 @@ fn advice_for(e: &anyhow::Error, cfg: &LiveConfig) -> String {
             _ => "Give this screen to the operator.".into(),
         };
     }
+    let text = format!("{e:#}");
+    if text.contains("I/O error reading") || text.contains("the disk ended at byte") {
+        return "A source disk could not be read (failing disk or cable). Give this screen to the operator; do not retry blindly.".into();
+    }
     format!(
         "Check that the receiver at {} is running and reachable, then reboot from the stick: chunks already sent are never sent again.",
         cfg.server.as_deref().unwrap_or("?")
