@@ -186,6 +186,12 @@ fn pull_writes_reads_back_and_grows_the_gpt_like_sgdisk() {
     let before = b3sum(&same);
     assert_eq!(refused(&job.pull(&machine(t.path(), "TGT-1"), &[&big, &same], &[])), "already_delivered");
     assert_eq!(b3sum(&same), before);
+    // Restarting the job (the source sends again) starts the target side over.
+    let out = ferry(&["job", "restart", "--store", job.r.store.to_str().unwrap(), &job.id]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(job.delivery().is_null(), "a restarted job keeps no delivery of the old copy");
+    assert_eq!(refused(&job.pull(&machine(t.path(), "TGT-1"), &[&big, &same], &[])), "source_not_finished");
+    assert_eq!(b3sum(&same), before);
     // The source token cannot read disks back.
     let out = Command::new(FERRY)
         .args(["pull", "--server", &job.r.url, "--job", &job.id, "--token", &job.token, "--pin", &job.r.pin().unwrap()])

@@ -269,6 +269,12 @@ async fn restart_job(
         return Err(conflict("job_running", format!("job {job} is Running; cancel it first")));
     }
     st.db.set_state(&job, JobState::Waiting, None, None)?;
+    // The source will send again, possibly other bytes: a target written from the old copy is
+    // no longer a copy of this job, so the target side starts over too.
+    if current.delivery.is_some() {
+        st.db.update_delivery(&job, |d| *d = None)?;
+    }
+    st.manifests.lock().unwrap_or_else(|p| p.into_inner()).retain(|(j, _), _| j != &job);
     log::info!("job {job} restarted");
     Ok(Json(job_or_404(&st.db, &job, true)?))
 }
