@@ -379,6 +379,19 @@ fn target_role_writes_a_bootable_server_that_then_boots_from_its_disk() {
     assert!(String::from_utf8_lossy(&v.stdout).contains("No problems found"), "{}", String::from_utf8_lossy(&v.stdout));
     assert_eq!([b3sum(&boot), b3sum(&data)], source_sums, "a source disk changed");
 
+    // Booted into ferry once more (the stick left in), it writes nothing and powers off instead
+    // of rebooting into the stick again.
+    let written = b3sum(&big);
+    let again =
+        target_cmdline(&url, &job, &target_token, &pin).replace("ferry.on_finish=poweroff", "ferry.on_finish=reboot");
+    let mut vm = Vm::direct(&t.path().join("target-again.log"), &again);
+    vm.serial_number("TGT-VM-1")
+        .disk(Disk::Virtio { file: &big, serial: "TGT-BIG", sector: 512 }, 0)
+        .disk(Disk::Virtio { file: &small, serial: "TGT-SMALL", sector: 512 }, 1);
+    let (serial, _) = vm.run(BOOT_TIMEOUT);
+    assert!(serial.contains("nothing was written now") && serial.contains("Powering off"), "{serial}");
+    assert_eq!(b3sum(&big), written);
+
     // 3. The target starts the migrated system from its own disk.
     let serial = uefi_boot("migrated-boot.log");
     assert!(serial.contains(&format!("FERRY-BOOT-MARKER: {marker}")), "the migrated disk did not boot:\n{serial}");

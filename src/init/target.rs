@@ -95,8 +95,11 @@ pub(super) async fn run(client: &Client, job: &str, disks: &[PathBuf], started: 
             ok: true,
             headline: "MIGRATED".into(),
             lines: vec![format!("job {job} was already written to this machine and verified; nothing was written now")],
-            advice: vec!["Remove the ferry stick (or the PXE entry) and start the machine from its disks.".into()],
-            on_finish: None,
+            advice: vec![
+                "Remove the ferry stick (or the PXE entry) and start the machine from its disks; it powers off now rather than start ferry again."
+                    .into(),
+            ],
+            on_finish: Some(super::cmdline::OnFinish::Poweroff),
             countdown: None,
         }),
         Err(e) => {

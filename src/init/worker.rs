@@ -77,7 +77,9 @@ pub fn run() -> i32 {
             m.product_uuid.as_deref().unwrap_or("none")
         ),
     );
-    v.on_finish = Some(cfg.on_finish);
+    // A role may choose (a target that was already written powers off rather than reboot into
+    // the stick again and again); otherwise the configured action.
+    v.on_finish = v.on_finish.or(Some(cfg.on_finish));
     v.countdown = Some(cfg.countdown);
     write_verdict(&v);
     upload_transcript(&cfg);
