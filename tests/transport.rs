@@ -425,5 +425,5 @@ fn job_creation_with_a_client_token_is_idempotent_and_jobs_can_be_cancelled() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("no job nosuchjob"));
     let out = ferry(&["job", "list", "--server", &r.url, "--pin", &r.pin().unwrap(), "--admin-token", &"0".repeat(64)]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("may not manage jobs"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("may not read jobs"));
 }
