@@ -297,7 +297,9 @@ fn a_killed_pull_leaves_no_table_and_the_next_one_finishes() {
     let inspect = ferry(&["inspect", "--json", target.to_str().unwrap()]);
     let v: serde_json::Value = serde_json::from_slice(&inspect.stdout).unwrap();
     assert_eq!(v["disks"][0]["partition_table"]["kind"], "none", "{v}");
-    assert!(std::fs::read(&target).unwrap()[..MIB as usize].iter().all(|&b| b == 0));
+    let bytes = std::fs::read(&target).unwrap();
+    assert!(bytes[..1024].iter().all(|&b| b == 0), "LBA 0-1 (MBR, GPT header) are written last");
+    assert!(bytes[bytes.len() - 512..].iter().all(|&b| b == 0), "so is the backup GPT header");
 
     pulled(&job.pull(&tgt, &[&target], &[]));
     assert!(files_equal(&target, &src));

@@ -1,18 +1,20 @@
 //! The target side: check this machine, write the source's disks onto it, read them back.
 //!
-//! Order of work, chosen so that an interruption at any moment leaves a disk that either holds
-//! the verified copy or does not boot at all:
+//! Order of work, chosen so that an interruption at any moment leaves the machine either with
+//! every disk a verified copy or with no disk that boots:
 //! 1. Register; the receiver checks the wipe permission and the machine identity.
 //! 2. Check the disks here ([`target_check::plan`]); a refusal writes nothing.
-//! 3. Per disk: clear the partition tables (first and last MiB), write every chunk but the
-//!    first, holding back the source's last sector (where a backup GPT header lives: on a
-//!    same-size disk it is at the disk's end, where firmware would find it), then the first
-//!    chunk (MBR, primary GPT), then the held-back sector. Each downloaded chunk's id is checked
-//!    before it is written; zero chunks are written as zeros, never trusted to discard.
-//! 4. Flush, drop the kernel's cache of the disk, read the source's size back and compare every
-//!    chunk id and the whole-disk BLAKE3 with the source's. A mismatch clears the tables again.
-//! 5. On a larger disk, move the backup GPT to the new end ([`gpt_grow`]), the only bytes
-//!    ferry changes, recorded in the job.
+//! 3. Per disk, its body: clear the partition tables (first and last MiB), then every chunk
+//!    (several in flight, each id checked before it is written; zero chunks written as zeros,
+//!    never trusted to discard) except the sectors that make a disk bootable, which stay in
+//!    memory: LBA 0-1 (MBR, primary GPT header) and the source's last sector (a backup GPT
+//!    header: firmware looks for one at the end of the disk). Flush, drop the kernel's cache,
+//!    read the source's size back and compare every chunk id and the whole-disk BLAKE3 with the
+//!    source's, counting the held-back sectors as they will be.
+//! 4. Only when every disk's body is verified: per disk, the held-back sectors, each flushed to
+//!    the medium before the next (the kernel writes dirty pages back in any order) and read back.
+//! 5. On a larger disk, move the backup GPT to the new end ([`gpt_grow`]), the only bytes ferry
+//!    changes, recorded in the job. Any failure clears the tables of every disk touched.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -166,52 +168,105 @@ async fn write_all(
             .collect(),
     };
     client.call::<serde_json::Value>(Method::POST, &format!("/jobs/{job}/target/begin"), |r| r.json(&begin)).await?;
-    let mut done = vec![];
-    for ((&(s, t), writer), mut delivered) in mapping.iter().zip(&writers).zip(begin.disks) {
+    // Every disk's body first (written and read back), then every disk's partition tables:
+    // until the last disk is verified, none of them boots, so a machine never starts with some
+    // of its disks missing.
+    let mut bodies = vec![];
+    let mut result: Result<()> = Ok(());
+    for (&(s, _), writer) in mapping.iter().zip(&writers) {
         let src = plan.disks.iter().find(|d| d.index == s).context("the plan lost a disk")?;
-        match write_disk(client, job, src, writer.clone(), opts, on).await {
-            Ok((blake3, written, changed)) => {
-                on(PullEvent::Verified {
-                    index: s,
-                    path: locals[t].identity.path.clone(),
-                    blake3: blake3.clone(),
-                    changed: changed.clone(),
-                });
-                delivered.blake3 = Some(blake3);
-                delivered.verified = true;
-                delivered.bytes_written = written;
-                delivered.changed = changed;
-                done.push(delivered);
-            }
+        match write_body(client, job, src, writer.clone(), opts, on).await {
+            Ok(b) => bodies.push(b),
             Err(e) => {
-                // Half a disk must not boot: clear its tables again (the first chunk may be in).
-                if let Err(clear) = writer.clear_tables() {
-                    log::error!("clearing the partition tables of {} failed too: {clear}", writer.path().display());
-                }
-                return Err(e);
+                result = Err(e);
+                break;
             }
         }
     }
-    let body = TargetDone { disks: done.clone() };
-    client.call::<Job>(Method::POST, &format!("/jobs/{job}/target/finish"), |r| r.json(&body)).await.map_err(|e| {
-        match e.downcast_ref::<Refused>() {
-            Some(r) => failure(&r.code, r.message.clone()),
-            None => e,
+    let mut done = vec![];
+    if result.is_ok() {
+        result = async {
+            for (b, mut delivered) in bodies.iter().zip(begin.disks) {
+                let w = b.writer.clone();
+                let (head, tail, gpt) = (b.head.clone(), b.tail.clone(), b.gpt);
+                tokio::task::spawn_blocking(move || write_tables(&w, &head, tail.as_ref(), gpt)).await??;
+                let (w, m, sector) = (b.writer.clone(), b.m.clone(), b.sector);
+                let changed = if b.gpt && b.m.partition_table.problems.is_empty() {
+                    tokio::task::spawn_blocking(move || grow_gpt(&w, &m, sector)).await?.map_err(|e| {
+                        failure("gpt_relocation_failed", format!("moving the backup GPT of {}: {e:#}", b.path))
+                    })?
+                } else {
+                    vec![]
+                };
+                on(PullEvent::Verified {
+                    index: delivered.source_index,
+                    path: b.path.clone(),
+                    blake3: b.blake3.clone(),
+                    changed: changed.clone(),
+                });
+                delivered.blake3 = Some(b.blake3.clone());
+                delivered.verified = true;
+                delivered.bytes_written = b.written;
+                delivered.changed = changed;
+                done.push(delivered);
+            }
+            let body = TargetDone { disks: done.clone() };
+            client.call::<Job>(Method::POST, &format!("/jobs/{job}/target/finish"), |r| r.json(&body)).await.map_err(
+                |e| match e.downcast_ref::<Refused>() {
+                    Some(r) => failure(&r.code, r.message.clone()),
+                    None => e,
+                },
+            )?;
+            Ok(())
         }
-    })?;
+        .await;
+    }
+    if let Err(e) = result {
+        // Half a migration must not boot: every disk touched loses its tables again.
+        for w in &writers {
+            if let Err(clear) = w.clear_tables() {
+                log::error!("clearing the partition tables of {} failed too: {clear}", w.path().display());
+            }
+        }
+        return Err(e);
+    }
     Ok(done)
 }
 
-/// Writes one source disk onto `writer`, reads it back, fixes up its GPT; returns the hash read
-/// back, the bytes written and the ranges changed after verification.
-async fn write_disk(
+/// A disk whose body is written and verified, with the sectors that make it bootable still in
+/// memory.
+struct Body {
+    writer: Arc<DiskWriter>,
+    path: String,
+    m: Arc<Manifest>,
+    sector: u64,
+    gpt: bool,
+    /// LBA 0 and 1: the MBR (or protective MBR) and the primary GPT header.
+    head: Vec<u8>,
+    /// The source's last sector (offset, bytes): a backup GPT header, which firmware finds at
+    /// the end of a same-size disk.
+    tail: Option<(u64, Vec<u8>)>,
+    blake3: String,
+    written: u64,
+}
+
+/// The byte ranges held back from the body: LBA 0-1 and the source's last sector.
+fn held_ranges(size: u64, sector: u64) -> (u64, Option<u64>) {
+    let head = size.min(2 * sector);
+    let tail = (size >= head + sector).then(|| size - sector);
+    (head, tail)
+}
+
+/// Writes one source disk onto `writer` but for its table sectors, and reads it back: every
+/// chunk id and the whole-disk BLAKE3 must be the source's, with the held-back sectors in.
+async fn write_body(
     client: &Client,
     job: &str,
     src: &SourceDisk,
     writer: Arc<DiskWriter>,
     opts: &PullOptions,
     on: &mut (dyn FnMut(PullEvent) + Send),
-) -> Result<(String, u64, Vec<ChangedRange>)> {
+) -> Result<Body> {
     let path = writer.path().display().to_string();
     let n = src.index;
     let m: Arc<Manifest> = Arc::new(client.call(Method::GET, &format!("/jobs/{job}/disks/{n}/manifest"), |r| r).await?);
@@ -224,19 +279,22 @@ async fn write_disk(
 
     let count = m.chunks.len() as u64;
     let written = Arc::new(AtomicU64::new(0));
-    let held_back = Arc::new(std::sync::Mutex::new(None::<Vec<u8>>));
+    let (head_len, tail_at) = held_ranges(m.size, sector);
+    let held = Arc::new(std::sync::Mutex::new(Held { head: vec![], tail: None }));
     let ctx = ChunkCtx {
         client: client.clone(),
         job: job.into(),
         disk: n,
         m: m.clone(),
-        writer,
-        held_back: held_back.clone(),
+        writer: writer.clone(),
+        held: held.clone(),
+        head_len,
+        tail_at,
         sector,
     };
     let mut last_report = Instant::now();
     let mut writes =
-        stream::iter((1..count).map(|i| ctx.clone().fetch_and_write(i))).buffer_unordered(opts.in_flight.max(1));
+        stream::iter((0..count).map(|i| ctx.clone().fetch_and_write(i))).buffer_unordered(opts.in_flight.max(1));
     while let Some(res) = writes.next().await {
         let len = res?;
         let total = written.fetch_add(len, Ordering::Relaxed) + len;
@@ -247,45 +305,56 @@ async fn write_disk(
         }
     }
     drop(writes);
-    // The partition table goes in last, then the held-back last sector. Each step is flushed to
-    // the medium before the next: the kernel writes dirty pages back in any order (low sectors
-    // first, typically), so without the flush a power cut could leave the table on the disk and
-    // the data behind it still in memory.
-    let w = ctx.writer.clone();
+    let w = writer.clone();
     tokio::task::spawn_blocking(move || w.sync_and_drop_cache())
         .await?
         .map_err(|e| failure("write_failed", format!("{e:#}")))?;
-    let len = ctx.clone().fetch_and_write(0).await?;
-    let w = ctx.writer.clone();
-    tokio::task::spawn_blocking(move || w.sync_and_drop_cache())
-        .await?
-        .map_err(|e| failure("write_failed", format!("{e:#}")))?;
-    let total = written.fetch_add(len, Ordering::Relaxed) + len;
-    let last = held_back.lock().unwrap_or_else(|p| p.into_inner()).take();
-    let w = ctx.writer.clone();
-    let size = m.size;
-    tokio::task::spawn_blocking(move || -> Result<()> {
-        if let Some(bytes) = last {
-            w.write_at(&bytes, size - bytes.len() as u64)?;
-        }
-        w.sync_and_drop_cache()
-    })
-    .await?
-    .map_err(|e| failure("write_failed", format!("{e:#}")))?;
-    on(PullEvent::Writing { index: n, path: path.clone(), done: total, total: m.size });
+    let total = written.load(Ordering::Relaxed);
     report_progress(client, job, n, total).await;
+    let Held { head, tail } = std::mem::take(&mut *held.lock().unwrap_or_else(|p| p.into_inner()));
+    let blake3 = read_back(&ctx, &path, &head, tail.as_ref(), opts, on).await?;
+    Ok(Body {
+        writer,
+        path,
+        m: m.clone(),
+        sector,
+        gpt: m.partition_table.kind == TableKind::Gpt,
+        head,
+        tail,
+        blake3,
+        written: total,
+    })
+}
 
-    let blake3 = read_back(&ctx, &path, opts, on).await?;
-    let w = ctx.writer.clone();
-    let m2 = m.clone();
-    let changed = if m.partition_table.kind == TableKind::Gpt && m.partition_table.problems.is_empty() {
-        tokio::task::spawn_blocking(move || grow_gpt(&w, &m2, sector))
-            .await?
-            .map_err(|e| failure("gpt_relocation_failed", format!("moving the backup GPT of {}: {e:#}", path)))?
-    } else {
-        vec![]
-    };
-    Ok((blake3, total, changed))
+/// Writes the held-back sectors, each step flushed to the medium before the next, and reads
+/// them back. A GPT disk gets its primary (head) before the backup header (tail): a same-size
+/// disk with only a backup header would boot from it. Other disks get the tail first, so the
+/// table (head) is the very last byte written.
+fn write_tables(w: &DiskWriter, head: &[u8], tail: Option<&(u64, Vec<u8>)>, gpt: bool) -> Result<()> {
+    let mut steps: Vec<(u64, &[u8])> = vec![(0, head)];
+    if let Some((at, bytes)) = tail {
+        if gpt {
+            steps.push((*at, bytes));
+        } else {
+            steps.insert(0, (*at, bytes));
+        }
+    }
+    for (at, bytes) in &steps {
+        w.write_at(bytes, *at)
+            .and_then(|()| w.sync_and_drop_cache())
+            .map_err(|e| failure("write_failed", format!("{e:#}")))?;
+    }
+    for (at, bytes) in &steps {
+        let mut back = vec![0u8; bytes.len()];
+        w.read_at(&mut back, *at).map_err(|e| failure("read_failed", format!("{e:#}")))?;
+        if back != *bytes {
+            return Err(failure(
+                "readback_mismatch",
+                format!("{}: the partition table sectors at byte {at} read back differently", w.path().display()),
+            ));
+        }
+    }
+    Ok(())
 }
 
 async fn report_progress(client: &Client, job: &str, index: u32, bytes: u64) {
@@ -297,6 +366,14 @@ async fn report_progress(client: &Client, job: &str, index: u32, bytes: u64) {
     }
 }
 
+/// The held-back bytes of a disk being written.
+#[derive(Default)]
+struct Held {
+    head: Vec<u8>,
+    /// Offset and bytes.
+    tail: Option<(u64, Vec<u8>)>,
+}
+
 /// What every chunk task needs.
 #[derive(Clone)]
 struct ChunkCtx {
@@ -305,13 +382,16 @@ struct ChunkCtx {
     disk: u32,
     m: Arc<Manifest>,
     writer: Arc<DiskWriter>,
-    /// The source's last sector, written after the first chunk.
-    held_back: Arc<std::sync::Mutex<Option<Vec<u8>>>>,
+    held: Arc<std::sync::Mutex<Held>>,
+    /// Bytes `[0, head_len)` and `[tail_at, size)` are held back from the body.
+    head_len: u64,
+    tail_at: Option<u64>,
     sector: u64,
 }
 
 impl ChunkCtx {
-    /// Fetches chunk `i` (zeros need no fetch), checks its id, writes it. Returns its length.
+    /// Fetches chunk `i` (zeros need no fetch), checks its id, writes it but for the held-back
+    /// ranges, which it keeps. Returns its length.
     async fn fetch_and_write(self, i: u64) -> Result<u64> {
         let (offset, len) = self.m.chunk_range(i);
         let entry = &self.m.chunks[i as usize];
@@ -331,14 +411,23 @@ impl ChunkCtx {
                     format!("chunk {i} of disk {} arrived with other bytes than its id says", ctx.disk),
                 ));
             }
-            let mut data = data;
-            let last_sector = m.size - ctx.sector.min(m.size);
-            if offset + len == m.size && last_sector >= offset {
-                let cut = (last_sector - offset) as usize;
-                *ctx.held_back.lock().unwrap_or_else(|p| p.into_inner()) = Some(data[cut..].to_vec());
-                data.truncate(cut);
+            let end = offset + len;
+            let mut from = offset;
+            let mut to = end;
+            if offset < ctx.head_len {
+                let cut = ctx.head_len.min(end);
+                ctx.held.lock().unwrap_or_else(|p| p.into_inner()).head = data[..(cut - offset) as usize].to_vec();
+                from = cut;
             }
-            ctx.writer.write_at(&data, offset).map_err(|e| failure("write_failed", format!("{e:#}")))?;
+            if let Some(t) = ctx.tail_at.filter(|&t| t < end && t >= offset) {
+                let bytes = data[(t - offset) as usize..].to_vec();
+                ctx.held.lock().unwrap_or_else(|p| p.into_inner()).tail = Some((t, bytes));
+                to = t.max(from);
+            }
+            if from < to {
+                let slice = &data[(from - offset) as usize..(to - offset) as usize];
+                ctx.writer.write_at(slice, from).map_err(|e| failure("write_failed", format!("{e:#}")))?;
+            }
             Ok(len)
         })
         .await?
@@ -349,6 +438,8 @@ impl ChunkCtx {
 async fn read_back(
     ctx: &ChunkCtx,
     path: &str,
+    head: &[u8],
+    tail: Option<&(u64, Vec<u8>)>,
     opts: &PullOptions,
     on: &mut (dyn FnMut(PullEvent) + Send),
 ) -> Result<String> {
@@ -369,6 +460,25 @@ async fn read_back(
         }
     };
     on(PullEvent::Verifying { index: ctx.disk, path: path.into(), done: ctx.m.size, total: ctx.m.size });
+    // The chunks holding held-back sectors: what was read, with those sectors as they will be.
+    let mut entries = entries;
+    let mut patched = vec![0u64];
+    if let Some((t, _)) = tail {
+        patched.push(t / ctx.m.chunk_size);
+    }
+    patched.dedup();
+    for i in patched {
+        let (offset, len) = ctx.m.chunk_range(i);
+        let mut data = vec![0u8; len as usize];
+        ctx.writer.read_at(&mut data, offset).map_err(|e| failure("read_failed", format!("{e:#}")))?;
+        if offset == 0 {
+            data[..head.len()].copy_from_slice(head);
+        }
+        if let Some((t, bytes)) = tail.filter(|(t, _)| (offset..offset + len).contains(t)) {
+            data[(t - offset) as usize..].copy_from_slice(bytes);
+        }
+        entries[i as usize].id = chunk_id(&data, offset, ctx.m.size, ctx.m.chunk_size);
+    }
     if let Some(i) = entries.iter().zip(&ctx.m.chunks).position(|(got, want)| got.id != want.id) {
         let (offset, len) = ctx.m.chunk_range(i as u64);
         return Err(failure(
