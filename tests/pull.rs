@@ -243,14 +243,12 @@ fn every_refusal_leaves_the_target_unchanged() {
     assert_eq!(refused(&job.pull(&machine(t.path(), "SRC-1"), &[&t0, &t1], &[])), "target_is_source");
     assert_eq!(hashes(&all), before);
 
-    // A job whose source has not finished: the target waits, then gives up without writing.
-    let store = job.r.store.to_str().unwrap();
-    let v: serde_json::Value = serde_json::from_slice(
-        &ferry(&["job", "create", "--store", store, "--name", "x", "--target", "instance", "--json"]).stdout,
-    )
-    .unwrap();
-    let (waiting, waiting_token) = (v["id"].as_str().unwrap(), v["target_token"].as_str().unwrap());
-    assert_eq!(refused(&pull(&job.r, waiting, waiting_token, &tgt, &[&t0, &t1], &[])), "source_not_finished");
+    // A job whose source has not finished: the target waits, then gives up without writing. The
+    // machine checks come first: without the wipe permission it is told that at once.
+    let (waiting, _, waiting_token) = job.r.create_instance_job("x", &["--target-machine", "TGT-1"]);
+    assert_eq!(refused(&pull(&job.r, &waiting, &waiting_token, &tgt, &[&t0, &t1], &[])), "wipe_not_allowed");
+    let (waiting, _, waiting_token) = job.r.create_instance_job("y", &["--target-machine", "TGT-1", "--allow-wipe"]);
+    assert_eq!(refused(&pull(&job.r, &waiting, &waiting_token, &tgt, &[&t0, &t1], &[])), "source_not_finished");
     assert_eq!(hashes(&all), before);
 
     // After all that, the right machine gets the disks.
@@ -313,17 +311,17 @@ fn a_corrupt_stored_chunk_is_never_written_and_clears_the_table() {
     gpt_source(&src, 32 * MIB, 7);
     let job = finished_job(t.path(), &[&src], &["--target-machine", "TGT-1", "--allow-wipe"]);
     // Flip a byte in every stored chunk: the receiver's disk went bad after verification.
-    let mut flipped = 0;
+    let mut originals = vec![];
     for dir in std::fs::read_dir(job.r.store.join("chunks")).unwrap() {
         for f in std::fs::read_dir(dir.unwrap().path()).unwrap() {
             let p = f.unwrap().path();
             let mut bytes = std::fs::read(&p).unwrap();
+            originals.push((p.clone(), bytes.clone()));
             bytes[100] ^= 0xff;
             std::fs::write(&p, bytes).unwrap();
-            flipped += 1;
         }
     }
-    assert!(flipped > 0);
+    assert!(!originals.is_empty());
     let target = t.path().join("target.img");
     used_disk(&target, 32 * MIB);
     assert_eq!(refused(&job.pull(&machine(t.path(), "TGT-1"), &[&target], &[])), "chunk_corrupt");
@@ -332,4 +330,15 @@ fn a_corrupt_stored_chunk_is_never_written_and_clears_the_table() {
     let bytes = std::fs::read(&target).unwrap();
     assert!(bytes[..MIB as usize].iter().all(|&b| b == 0), "the table area must be cleared");
     assert!(bytes[bytes.len() - MIB as usize..].iter().all(|&b| b == 0), "the backup area must be cleared");
+
+    // The store is repaired; the disk meanwhile carries the source's GPT (as after a power cut
+    // between the tables and the report). The same machine rewriting its own delivery is not
+    // mistaken for the source; another job's fresh target with that disk would be.
+    for (p, bytes) in &originals {
+        std::fs::write(p, bytes).unwrap();
+    }
+    std::fs::copy(&src, &target).unwrap();
+    pulled(&job.pull(&machine(t.path(), "TGT-1"), &[&target], &[]));
+    assert!(files_equal(&target, &src));
+    assert_eq!(job.delivery()["state"], "Finished");
 }

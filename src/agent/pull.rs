@@ -145,7 +145,8 @@ async fn write_all(
     opts: &PullOptions,
     on: &mut (dyn FnMut(PullEvent) + Send),
 ) -> Result<Vec<DeliveredDisk>> {
-    let mapping = target_check::plan(&plan.disks, locals, opts.explicit).map_err(|r| failure(r.code, r.reason))?;
+    let mapping = target_check::plan(&plan.disks, locals, opts.explicit, &plan.named_disks, plan.rewriting)
+        .map_err(|r| failure(r.code, r.reason))?;
     on(PullEvent::Mapped {
         pairs: mapping.iter().map(|&(s, t)| (s, locals[t].identity.path.clone(), locals[t].identity.size)).collect(),
     });

@@ -31,14 +31,15 @@ fn same_id(a: Option<&str>, b: Option<&str>) -> bool {
     matches!((a, b), (Some(a), Some(b)) if meaningful(a) && a.trim().eq_ignore_ascii_case(b.trim()))
 }
 
-/// Whether `t` is one of the source's disks: same serial, WWN or GPT disk GUID.
-fn is_source_disk(t: &TargetDisk, sources: &[SourceDisk]) -> Option<String> {
+/// Whether `t` is one of the source's disks: same serial, WWN or GPT disk GUID (the GUID is not
+/// compared when `rewriting`: an interrupted delivery left the source's GUID there itself).
+fn is_source_disk(t: &TargetDisk, sources: &[SourceDisk], rewriting: bool) -> Option<String> {
     sources.iter().find_map(|s| {
         let why = if same_id(t.identity.serial.as_deref(), s.identity.serial.as_deref()) {
             "serial"
         } else if same_id(t.identity.wwn.as_deref(), s.identity.wwn.as_deref()) {
             "WWN"
-        } else if same_id(t.gpt_disk_guid.as_deref(), s.partition_table.disk_guid.as_deref()) {
+        } else if !rewriting && same_id(t.gpt_disk_guid.as_deref(), s.partition_table.disk_guid.as_deref()) {
             "GPT disk GUID"
         } else {
             return None;
@@ -51,16 +52,43 @@ fn is_source_disk(t: &TargetDisk, sources: &[SourceDisk]) -> Option<String> {
 /// target disk `i` (the operator listed them in order); otherwise each source disk, largest
 /// first, gets the smallest free target disk that fits it with the same sector size, the first
 /// in bus order among equals (so the mapping is stable from boot to boot).
-pub fn plan(sources: &[SourceDisk], targets: &[TargetDisk], explicit: bool) -> Result<Mapping, Refusal> {
-    if targets.len() < sources.len() {
+/// When the job names disks (`named`, serials or WWNs), only those are written.
+pub fn plan(
+    sources: &[SourceDisk],
+    targets: &[TargetDisk],
+    explicit: bool,
+    named: &[String],
+    rewriting: bool,
+) -> Result<Mapping, Refusal> {
+    let eligible = |t: &TargetDisk| {
+        named.is_empty()
+            || named
+                .iter()
+                .any(|n| same_id(t.identity.serial.as_deref(), Some(n)) || same_id(t.identity.wwn.as_deref(), Some(n)))
+    };
+    let usable = targets.iter().filter(|t| eligible(t)).count();
+    if usable < sources.len() {
+        let which = if named.is_empty() {
+            String::new()
+        } else {
+            format!(" of the disks the job names ({})", named.join(", "))
+        };
         return Err(refuse(
             "too_few_disks",
-            format!("the source has {} disks, this machine has {}", sources.len(), targets.len()),
+            format!("the source has {} disks, this machine has {usable}{which}", sources.len()),
         ));
     }
     for t in targets {
-        if let Some(why) = is_source_disk(t, sources) {
+        if let Some(why) = is_source_disk(t, sources, rewriting) {
             return Err(refuse("target_is_source", format!("{why}: ferry never writes to the source")));
+        }
+    }
+    if explicit {
+        if let Some(t) = targets.iter().take(sources.len()).find(|t| !eligible(t)) {
+            return Err(refuse(
+                "disk_not_named",
+                format!("{} is not one of the disks the job names ({})", t.identity.path, named.join(", ")),
+            ));
         }
     }
     let fits = |s: &SourceDisk, t: &TargetDisk| t.identity.size >= s.size;
@@ -109,7 +137,7 @@ pub fn plan(sources: &[SourceDisk], targets: &[TargetDisk], explicit: bool) -> R
     let mut mapping = vec![];
     for s in order {
         let best = (0..targets.len())
-            .filter(|&i| !taken[i] && fits(s, &targets[i]) && same_sectors(s, &targets[i]))
+            .filter(|&i| !taken[i] && eligible(&targets[i]) && fits(s, &targets[i]) && same_sectors(s, &targets[i]))
             .min_by_key(|&i| (targets[i].identity.size, i));
         match best {
             Some(i) => {
@@ -117,7 +145,7 @@ pub fn plan(sources: &[SourceDisk], targets: &[TargetDisk], explicit: bool) -> R
                 mapping.push((s.index, i));
             }
             None => {
-                let free = (0..targets.len()).filter(|&i| !taken[i]);
+                let free = (0..targets.len()).filter(|&i| !taken[i] && eligible(&targets[i]));
                 if let Some(i) = free.clone().find(|&i| fits(s, &targets[i])) {
                     return Err(sector_mismatch(s, &targets[i]));
                 }
@@ -266,15 +294,41 @@ mod tests {
             ),
         ];
         for (name, sources, targets, explicit, want) in cases {
-            let got = plan(&sources, &targets, explicit).map_err(|r| r.code);
+            let got = plan(&sources, &targets, explicit, &[], false).map_err(|r| r.code);
             assert_eq!(got, want, "{name}");
         }
     }
 
     #[test]
+    fn named_disks_and_rewriting() {
+        let guid = Some("0B4A6D3E-1C2F-4E5A-9B8C-7D6E5F4A3B2C");
+        let sources = [source(0, G, 512, None, guid)];
+        let targets = [target("usb", G, 512, Some("USB-1"), None), target("ssd", 4 * G, 512, Some("SSD-9"), None)];
+        // Best fit would pick the small USB disk; the job names the SSD.
+        assert_eq!(plan(&sources, &targets, false, &[], false), Ok(vec![(0, 0)]));
+        assert_eq!(plan(&sources, &targets, false, &["ssd-9".into()], false), Ok(vec![(0, 1)]));
+        assert_eq!(plan(&sources, &targets, true, &["SSD-9".into()], false).map_err(|r| r.code), Err("disk_not_named"));
+        assert_eq!(plan(&sources, &targets, false, &["NOPE".into()], false).map_err(|r| r.code), Err("too_few_disks"));
+        // A disk an interrupted delivery wrote carries the source's GUID: refused unless rewriting.
+        let written = [target("ssd", 4 * G, 512, Some("SSD-9"), guid)];
+        assert_eq!(plan(&sources, &written, false, &[], false).map_err(|r| r.code), Err("target_is_source"));
+        assert_eq!(plan(&sources, &written, false, &[], true), Ok(vec![(0, 0)]));
+        // The serial still counts when rewriting.
+        let same_serial = [target("x", G, 512, Some("QM7"), None)];
+        let src = [source(0, G, 512, Some("QM7"), None)];
+        assert_eq!(plan(&src, &same_serial, false, &[], true).map_err(|r| r.code), Err("target_is_source"));
+    }
+
+    #[test]
     fn refusals_say_what_and_how_big() {
-        let r = plan(&[source(3, 10 * G, 512, None, None)], &[target("/dev/vdb", 5 * G, 512, None, None)], false)
-            .unwrap_err();
+        let r = plan(
+            &[source(3, 10 * G, 512, None, None)],
+            &[target("/dev/vdb", 5 * G, 512, None, None)],
+            false,
+            &[],
+            false,
+        )
+        .unwrap_err();
         assert!(r.reason.contains("source disk 3") && r.reason.contains("/dev/vdb"), "{}", r.reason);
         assert!(r.reason.contains("10.0 GiB") && r.reason.contains("5.0 GiB"), "{}", r.reason);
     }

@@ -117,11 +117,12 @@ fn advice(code: &str) -> &'static str {
         }
         "wrong_target" => "Nothing was written: this is not the machine the job names. Check the server's label against the job.",
         "target_is_source" => "Nothing was written: this machine or one of its disks is the source of the migration.",
-        "too_few_disks" | "disk_too_small" | "sector_size_mismatch" => {
+        "too_few_disks" | "disk_too_small" | "sector_size_mismatch" | "disk_not_named" => {
             "Nothing was written: this machine's disks cannot hold the source's. Give this screen to the operator."
         }
         "source_not_finished" => "The source has not finished sending. Reboot from the stick once it has.",
         "disk_busy" => "Nothing was written: a disk is in use. Reboot from the stick and try again.",
+        "target_busy" => "Nothing was written: another machine is writing this job's disks right now. Check the job with the operator.",
         "readback_mismatch" | "write_failed" | "read_failed" | "chunk_corrupt" | "manifest_mismatch" => {
             "The disks were left without a partition table, so they do not start half-written. Reboot from the stick to try again; if it repeats, a disk or the receiver's store may be failing."
         }

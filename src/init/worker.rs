@@ -187,6 +187,9 @@ async fn work(cfg: &mut LiveConfig, cmdline: &str) -> Result<Verdict, Failed> {
         .iter()
         .filter(|d| boot_disk.as_ref().is_none_or(|(b, _)| b != &d.name))
         .filter(|d| cfg.disks.is_empty() || cfg.disks.contains(&d.name))
+        // A target never overwrites a removable disk (a second stick, a card reader) unless
+        // ferry.disks names it.
+        .filter(|d| cfg.role == Role::Source || !d.removable || cfg.disks.contains(&d.name))
         .cloned()
         .collect();
     let cov = coverage::check(Path::new("/sys"), &coverage::disk_device_paths(Path::new("/sys")));

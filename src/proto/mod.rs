@@ -197,6 +197,13 @@ pub struct TargetPlan {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_machine: Option<MachineIdentity>,
     pub disks: Vec<SourceDisk>,
+    /// Disk serials or WWNs the job names: when given, only those disks may be written.
+    #[serde(default)]
+    pub named_disks: Vec<String>,
+    /// This machine already began writing this delivery (an interrupted or failed attempt):
+    /// its disks may carry the source's GPT disk GUID because ferry put it there.
+    #[serde(default)]
+    pub rewriting: bool,
 }
 
 /// `POST /jobs/{job}/target/begin`: the mapping the target is about to write.

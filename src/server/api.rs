@@ -549,6 +549,8 @@ async fn complete_disk(
             write_durably(&tmp, &dir.join(format!("{disk}.json")), &body)?;
             let root = hex::encode(manifest.blake3);
             st.db.verify_disk(&job, disk, &root, size)?;
+            // A target must never be served a manifest cached from before this one.
+            st.manifests.lock().unwrap_or_else(|p| p.into_inner()).remove(&(job.clone(), disk));
             log::info!("job {job} disk {disk} verified: blake3 {root}");
             Ok(Json(DiskVerdict { verified: true, blake3: root }))
         }

@@ -136,6 +136,22 @@ pub fn refuse_target(
     None
 }
 
+/// Whether two machine identities are the same machine: an equal meaningful UUID or serial, or
+/// neither carrying any (virtual machines without DMI), compared with everything else equal.
+fn same_identity(a: &MachineIdentity, b: &MachineIdentity) -> bool {
+    let eq = |x: &Option<String>, y: &Option<String>| match (x, y) {
+        (Some(x), Some(y)) => meaningful(x) && x.eq_ignore_ascii_case(y),
+        _ => false,
+    };
+    if eq(&a.product_uuid, &b.product_uuid) || eq(&a.serial, &b.serial) {
+        return true;
+    }
+    let blank = |m: &MachineIdentity| {
+        !m.product_uuid.as_deref().is_some_and(meaningful) && !m.serial.as_deref().is_some_and(meaningful)
+    };
+    blank(a) && blank(b) && a.macs == b.macs
+}
+
 fn new_delivery() -> Delivery {
     Delivery {
         state: JobState::Waiting,
@@ -181,11 +197,34 @@ pub async fn register(
         ));
     }
     let spec = j.target_spec.clone().unwrap_or_default();
-    let refusal = if job_state != JobState::Finished {
-        Some(("source_not_finished", format!("the source side of job {job} is {}, not Finished", job_state.as_str())))
-    } else {
-        refuse_target(&spec, j.machine.as_ref(), &req.machine, &req.disks)
+    // The machine checks come first: a machine that may never receive the disks is told so at
+    // once, not after waiting for the source.
+    let refusal = refuse_target(&spec, j.machine.as_ref(), &req.machine, &req.disks).or_else(|| {
+        (job_state != JobState::Finished).then(|| {
+            ("source_not_finished", format!("the source side of job {job} is {}, not Finished", job_state.as_str()))
+        })
+    });
+    let same_machine = |d: &Delivery| {
+        d.machine.as_ref().is_some_and(|m| same_identity(m, &req.machine))
+            && d.target_disks
+                .iter()
+                .map(|x| (&x.serial, &x.wwn, x.size))
+                .eq(req.disks.iter().map(|x| (&x.serial, &x.wwn, x.size)))
     };
+    let rewriting = j.delivery.as_ref().is_some_and(|d| {
+        matches!(d.state, JobState::Running | JobState::InError) && !d.disks.is_empty() && same_machine(d)
+    });
+    if let (Some((code, reason)), Some(d)) = (&refusal, &j.delivery) {
+        if d.state == JobState::Running && !same_machine(d) {
+            // Another machine with the token must not disturb the one that is writing.
+            log::warn!("job {job}: a second machine tried to register while the target writes ({code}): {reason}");
+            return Err(ApiErr(
+                StatusCode::CONFLICT,
+                "target_busy",
+                "another machine is writing this job's disks".into(),
+            ));
+        }
+    }
     st.db.update_delivery(&job, |d| {
         let d = d.get_or_insert_with(new_delivery);
         d.machine = Some(req.machine.clone());
@@ -225,7 +264,7 @@ pub async fn register(
             blake3: d.blake3.clone().unwrap_or_default(),
         })
         .collect();
-    Ok(Json(TargetPlan { job, name: j.name, source_machine: j.machine, disks }))
+    Ok(Json(TargetPlan { job, name: j.name, source_machine: j.machine, disks, named_disks: spec.disks, rewriting }))
 }
 
 /// A registered target that is allowed to read and write: the job Finished on the source side,
