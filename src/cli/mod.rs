@@ -50,6 +50,19 @@ pub fn run() -> i32 {
     }
 }
 
+impl crate::cmdline::AgentArgs {
+    /// The receiver endpoint these arguments name.
+    pub fn endpoint(&self) -> crate::agent::Endpoint {
+        crate::agent::Endpoint {
+            server: self.server.clone(),
+            token: self.token.clone(),
+            pin: self.pin.clone(),
+            plain_http: self.plain_http,
+            retry_for: std::time::Duration::from_secs(self.retry_for),
+        }
+    }
+}
+
 /// A multi-threaded tokio runtime for the verbs that talk over the network.
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)

@@ -7,19 +7,13 @@ use anyhow::Result;
 
 use super::progress::Progress;
 use crate::agent::pull::{failure_code, pull, PullEvent, PullOptions};
-use crate::agent::{Client, Endpoint};
+use crate::agent::Client;
 use crate::cmdline::PullArgs;
 use crate::image::hasher;
 use crate::util::human_bytes;
 
 pub fn run(a: PullArgs) -> Result<i32> {
-    let client = Client::new(&Endpoint {
-        server: a.server.clone(),
-        token: a.token.clone(),
-        pin: a.pin.clone(),
-        plain_http: a.plain_http,
-        retry_for: Duration::from_secs(a.retry_for),
-    })?;
+    let client = Client::new(&a.agent.endpoint())?;
     let opts = PullOptions {
         in_flight: a.in_flight,
         threads: a.threads.unwrap_or_else(hasher::default_threads),
@@ -49,11 +43,11 @@ pub fn run(a: PullArgs) -> Result<i32> {
             PullEvent::Verified { .. } => {}
         }
     };
-    let result = super::runtime()?.block_on(pull(&client, &a.job, &a.to, &opts, &mut on));
+    let result = super::runtime()?.block_on(pull(&client, &a.agent.job, &a.to, &opts, &mut on));
     match result {
         Ok(disks) => {
             if a.json {
-                let out = serde_json::json!({ "job": a.job, "state": "Finished", "disks": disks });
+                let out = serde_json::json!({ "job": a.agent.job, "state": "Finished", "disks": disks });
                 println!("{}", serde_json::to_string_pretty(&out)?);
             } else {
                 for d in &disks {
@@ -67,15 +61,14 @@ pub fn run(a: PullArgs) -> Result<i32> {
                         println!("  then changed {} bytes at {} ({})", c.length, c.offset, c.what);
                     }
                 }
-                println!("MIGRATED: job {} written to this machine and verified by reading it back", a.job);
+                println!("MIGRATED: job {} written to this machine and verified by reading it back", a.agent.job);
             }
             Ok(0)
         }
         Err(e) => {
             let code = failure_code(&e).to_string();
             if a.json {
-                let out =
-                    serde_json::json!({ "job": a.job, "state": "InError", "code": code, "reason": format!("{e:#}") });
+                let out = serde_json::json!({ "job": a.agent.job, "state": "InError", "code": code, "reason": format!("{e:#}") });
                 println!("{}", serde_json::to_string_pretty(&out)?);
             }
             eprintln!("ferry: FAILED [{code}]: {e:#}");

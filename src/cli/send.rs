@@ -1,25 +1,18 @@
 //! `ferry send`: the source agent from a running system or the live image.
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use anyhow::Result;
 
 use super::progress::Progress;
 use crate::agent::send::{send, SendOptions};
-use crate::agent::{Client, Endpoint};
+use crate::agent::Client;
 use crate::cmdline::SendArgs;
 use crate::image::hasher;
 use crate::util::human_bytes;
 
 pub fn run(a: SendArgs) -> Result<i32> {
-    let ep = Endpoint {
-        server: a.server.clone(),
-        token: a.token.clone(),
-        pin: a.pin.clone(),
-        plain_http: a.plain_http,
-        retry_for: Duration::from_secs(a.retry_for),
-    };
+    let ep = a.agent.endpoint();
     let client = Client::new(&ep)?;
     let opts = SendOptions {
         threads: a.threads.unwrap_or_else(hasher::default_threads),
@@ -37,12 +30,12 @@ pub fn run(a: SendArgs) -> Result<i32> {
             bar.finish();
         }
     };
-    let summaries = super::runtime()?.block_on(send(&client, &a.job, &a.disks, &opts, &mut on_progress))?;
+    let summaries = super::runtime()?.block_on(send(&client, &a.agent.job, &a.disks, &opts, &mut on_progress))?;
     if a.json {
         println!(
             "{}",
             serde_json::to_string_pretty(
-                &serde_json::json!({ "job": a.job, "state": "Finished", "disks": summaries })
+                &serde_json::json!({ "job": a.agent.job, "state": "Finished", "disks": summaries })
             )?
         );
     } else {
@@ -59,7 +52,7 @@ pub fn run(a: SendArgs) -> Result<i32> {
                 s.zero_chunks
             );
         }
-        println!("MIGRATED: job {} is Finished; every disk's whole-disk BLAKE3 matches on both ends", a.job);
+        println!("MIGRATED: job {} is Finished; every disk's whole-disk BLAKE3 matches on both ends", a.agent.job);
     }
     Ok(0)
 }

@@ -204,15 +204,16 @@ pub enum TargetArg {
     Instance,
 }
 
+/// How an agent (`send`, `pull`) reaches the receiver and which job it works on.
 #[derive(Debug, Args)]
-pub struct SendArgs {
+pub struct AgentArgs {
     /// Receiver URL, e.g. https://10.0.0.5:8443.
     #[arg(long)]
     pub server: String,
     /// Job id.
     #[arg(long)]
     pub job: String,
-    /// The job's agent token.
+    /// The job's token: the agent token for `send`, the target token for `pull`.
     #[arg(long, env = "FERRY_TOKEN", hide_env_values = true)]
     pub token: String,
     /// SHA-256 pin of the receiver's certificate (required for https).
@@ -221,6 +222,15 @@ pub struct SendArgs {
     /// Allow an http:// receiver.
     #[arg(long)]
     pub plain_http: bool,
+    /// Keep retrying an unreachable receiver this many seconds before giving up.
+    #[arg(long, default_value_t = 600)]
+    pub retry_for: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct SendArgs {
+    #[command(flatten)]
+    pub agent: AgentArgs,
     /// Disks or image files, in order (disk 0, 1, ...).
     #[arg(required = true)]
     pub disks: Vec<PathBuf>,
@@ -239,9 +249,6 @@ pub struct SendArgs {
     /// Chunk size (default: the job's setting, else 4M).
     #[arg(long, value_parser = parse_chunk_size)]
     pub chunk_size: Option<u64>,
-    /// Keep retrying an unreachable receiver this many seconds before giving up.
-    #[arg(long, default_value_t = 600)]
-    pub retry_for: u64,
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
@@ -289,21 +296,9 @@ pub struct InspectArgs {
 
 #[derive(Debug, Args)]
 pub struct PullArgs {
-    /// Receiver URL, e.g. https://10.0.0.5:8443.
-    #[arg(long)]
-    pub server: String,
-    /// Job id (a Finished job with target `instance`).
-    #[arg(long)]
-    pub job: String,
-    /// The job's target token (not the source's token).
-    #[arg(long, env = "FERRY_TOKEN", hide_env_values = true)]
-    pub token: String,
-    /// SHA-256 pin of the receiver's certificate.
-    #[arg(long)]
-    pub pin: Option<String>,
-    /// Talk plain HTTP to a receiver started with --plain-http.
-    #[arg(long)]
-    pub plain_http: bool,
+    /// A Finished job with target `instance`, and its target token.
+    #[command(flatten)]
+    pub agent: AgentArgs,
     /// Target disks or image files, in the order of the source's disks. EVERY BYTE ON THEM IS
     /// OVERWRITTEN once every check holds.
     #[arg(long = "to", required = true, num_args = 1..)]
@@ -320,9 +315,6 @@ pub struct PullArgs {
     /// Wait this many seconds for the source side to finish (0: refuse at once).
     #[arg(long, default_value_t = 0)]
     pub wait: u64,
-    /// Give up after this many seconds without reaching the receiver.
-    #[arg(long, default_value_t = 600)]
-    pub retry_for: u64,
     /// Print JSON for scripts.
     #[arg(long)]
     pub json: bool,
