@@ -220,7 +220,18 @@ pub fn ferry_toml(keys: &[(String, String)]) -> String {
              # talks only to the receiver holding that certificate.",
         ),
         ("job", "<job id>", "The migration job (`ferry job create`, `ferry job list`, or the dashboard)."),
-        ("token", "<job token>", "The job's token: it lets this machine send for that job, nothing else."),
+        (
+            "token",
+            "<job token>",
+            "The job's token: the agent token on a source, the target token on a target. It works\n\
+             # for that job only.",
+        ),
+        (
+            "role",
+            "source",
+            "\"source\" (the default): send this machine's disks, never writing them. \"target\":\n\
+             # receive a finished job's disks; THIS MACHINE'S DISKS ARE OVERWRITTEN.",
+        ),
         (
             "on_finish",
             "reboot",
