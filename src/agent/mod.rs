@@ -1,6 +1,7 @@
 //! The agents: the source side (`send`) and the target side (`pull`: check, write, verify).
 
 pub mod client;
+pub mod enroll;
 pub mod identity;
 pub mod send;
 

@@ -11,7 +11,7 @@ use crate::proto::{CreateJob, Job, JobOptions, TargetKind, TargetSpec};
 use crate::server::ReceiverInfo;
 use crate::util::{human_bytes, human_duration};
 
-fn admin_client(a: &AdminArgs) -> Result<Client> {
+pub(super) fn admin_client(a: &AdminArgs) -> Result<Client> {
     let info: Option<ReceiverInfo> = match &a.store {
         Some(dir) => {
             let p = dir.join("receiver.json");
@@ -35,6 +35,16 @@ fn admin_client(a: &AdminArgs) -> Result<Client> {
     };
     let plain = a.plain_http || (a.store.is_some() && server.starts_with("http://"));
     Client::new(&Endpoint { server, token, pin, plain_http: plain, retry_for: Duration::from_secs(15) })
+}
+
+/// The receiver's URL and pin as machines booting the live image should use them.
+pub(super) fn receiver_for_sources(a: &AdminArgs) -> Option<(String, Option<String>)> {
+    if let Some(dir) = &a.store {
+        let text = std::fs::read_to_string(dir.join("receiver.json")).ok()?;
+        let info: ReceiverInfo = serde_json::from_str(&text).ok()?;
+        return Some((info.url_for_sources().to_string(), info.pin.clone()));
+    }
+    Some((a.server.clone()?, a.pin.clone()))
 }
 
 fn read_token(path: &std::path::Path) -> Result<String> {
@@ -148,6 +158,7 @@ async fn run_async(cmd: JobCommand) -> Result<i32> {
                 print_job(&job);
             }
         }
+        JobCommand::Enroll(cmd) => return super::enroll::run(cmd).await,
         JobCommand::Cancel { admin, id } => {
             let c = admin_client(&admin)?;
             let job: Job = c.call(Method::POST, &format!("/jobs/{id}/cancel"), |r| r).await?;

@@ -1,5 +1,6 @@
 //! The verbs of the `ferry` binary. Exit codes: 0 ok, 1 failed, 2 bad usage.
 
+mod enroll;
 mod export;
 mod hash;
 mod image;
@@ -52,10 +53,10 @@ pub fn run() -> i32 {
 
 impl crate::cmdline::AgentArgs {
     /// The receiver endpoint these arguments name.
-    pub fn endpoint(&self) -> crate::agent::Endpoint {
+    pub fn endpoint(&self, token: &str) -> crate::agent::Endpoint {
         crate::agent::Endpoint {
             server: self.server.clone(),
-            token: self.token.clone(),
+            token: token.to_string(),
             pin: self.pin.clone(),
             plain_http: self.plain_http,
             retry_for: std::time::Duration::from_secs(self.retry_for),

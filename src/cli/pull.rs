@@ -13,7 +13,7 @@ use crate::image::hasher;
 use crate::util::human_bytes;
 
 pub fn run(a: PullArgs) -> Result<i32> {
-    let client = Client::new(&a.agent.endpoint())?;
+    let client = Client::new(&a.agent.endpoint(&a.token))?;
     let opts = PullOptions {
         in_flight: a.in_flight,
         threads: a.threads.unwrap_or_else(hasher::default_threads),
@@ -43,11 +43,11 @@ pub fn run(a: PullArgs) -> Result<i32> {
             PullEvent::Verified { .. } => {}
         }
     };
-    let result = super::runtime()?.block_on(pull(&client, &a.agent.job, &a.to, &opts, &mut on));
+    let result = super::runtime()?.block_on(pull(&client, &a.job, &a.to, &opts, &mut on));
     match result {
         Ok(disks) => {
             if a.json {
-                let out = serde_json::json!({ "job": a.agent.job, "state": "Finished", "disks": disks });
+                let out = serde_json::json!({ "job": a.job, "state": "Finished", "disks": disks });
                 println!("{}", serde_json::to_string_pretty(&out)?);
             } else {
                 for d in &disks {
@@ -61,14 +61,15 @@ pub fn run(a: PullArgs) -> Result<i32> {
                         println!("  then changed {} bytes at {} ({})", c.length, c.offset, c.what);
                     }
                 }
-                println!("MIGRATED: job {} written to this machine and verified by reading it back", a.agent.job);
+                println!("MIGRATED: job {} written to this machine and verified by reading it back", a.job);
             }
             Ok(0)
         }
         Err(e) => {
             let code = failure_code(&e).to_string();
             if a.json {
-                let out = serde_json::json!({ "job": a.agent.job, "state": "InError", "code": code, "reason": format!("{e:#}") });
+                let out =
+                    serde_json::json!({ "job": a.job, "state": "InError", "code": code, "reason": format!("{e:#}") });
                 println!("{}", serde_json::to_string_pretty(&out)?);
             }
             eprintln!("ferry: FAILED [{code}]: {e:#}");

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use anyhow::Result;
 
 use super::progress::Progress;
+use crate::agent::enroll::enroll;
 use crate::agent::send::{send, SendOptions};
 use crate::agent::Client;
 use crate::cmdline::SendArgs;
@@ -12,8 +13,24 @@ use crate::image::hasher;
 use crate::util::human_bytes;
 
 pub fn run(a: SendArgs) -> Result<i32> {
-    let ep = a.agent.endpoint();
-    let client = Client::new(&ep)?;
+    let rt = super::runtime()?;
+    let (job, token) = match (&a.enroll, &a.job, &a.token) {
+        (Some(enrollment), _, _) => {
+            let machine = crate::agent::identity::machine_identity();
+            let e = rt.block_on(enroll(&a.agent.endpoint(enrollment), &machine))?;
+            eprintln!(
+                "enrolled: {} job {} ({})",
+                if e.created { "new" } else { "this machine's unfinished" },
+                e.job,
+                e.name
+            );
+            (e.job, e.token)
+        }
+        (None, Some(job), Some(token)) => (job.clone(), token.clone()),
+        // clap requires --job and --token unless --enroll is given.
+        _ => anyhow::bail!("give --job and --token, or --enroll"),
+    };
+    let client = Client::new(&a.agent.endpoint(&token))?;
     let opts = SendOptions {
         threads: a.threads.unwrap_or_else(hasher::default_threads),
         in_flight: a.in_flight,
@@ -30,13 +47,11 @@ pub fn run(a: SendArgs) -> Result<i32> {
             bar.finish();
         }
     };
-    let summaries = super::runtime()?.block_on(send(&client, &a.agent.job, &a.disks, &opts, &mut on_progress))?;
+    let summaries = rt.block_on(send(&client, &job, &a.disks, &opts, &mut on_progress))?;
     if a.json {
         println!(
             "{}",
-            serde_json::to_string_pretty(
-                &serde_json::json!({ "job": a.agent.job, "state": "Finished", "disks": summaries })
-            )?
+            serde_json::to_string_pretty(&serde_json::json!({ "job": job, "state": "Finished", "disks": summaries }))?
         );
     } else {
         for s in &summaries {
@@ -52,7 +67,7 @@ pub fn run(a: SendArgs) -> Result<i32> {
                 s.zero_chunks
             );
         }
-        println!("MIGRATED: job {} is Finished; every disk's whole-disk BLAKE3 matches on both ends", a.agent.job);
+        println!("MIGRATED: job {} is Finished; every disk's whole-disk BLAKE3 matches on both ends", job);
     }
     Ok(0)
 }

@@ -182,6 +182,44 @@ pub enum JobCommand {
         admin: AdminArgs,
         id: String,
     },
+    /// Enrollments: one token for a whole wave; each source that boots with it gets its own job.
+    #[command(subcommand)]
+    Enroll(EnrollCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EnrollCommand {
+    /// Create an enrollment; prints its token and the boot line for sources.
+    Create {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// The wave's name; each machine's job is named NAME-SERIAL (or NAME-MAC).
+        #[arg(long)]
+        name: String,
+        /// Destination of the jobs it creates.
+        #[arg(long, value_enum, default_value = "image")]
+        target: TargetArg,
+        /// Compress chunks with zstd on the wire.
+        #[arg(long)]
+        compress: bool,
+        /// Upload rate limit per source in bytes per second (suffixes K, M, G).
+        #[arg(long, value_parser = parse_size)]
+        bandwidth_limit: Option<u64>,
+        /// Chunk size for the jobs' disks.
+        #[arg(long, value_parser = parse_chunk_size)]
+        chunk_size: Option<u64>,
+    },
+    /// List enrollments and the jobs each created.
+    List {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Stop an enrollment from creating more jobs (the jobs it made go on).
+    Revoke {
+        #[command(flatten)]
+        admin: AdminArgs,
+        id: String,
+    },
 }
 
 /// The target machine of an `instance` job.
@@ -204,18 +242,12 @@ pub enum TargetArg {
     Instance,
 }
 
-/// How an agent (`send`, `pull`) reaches the receiver and which job it works on.
+/// How an agent (`send`, `pull`) reaches the receiver.
 #[derive(Debug, Args)]
 pub struct AgentArgs {
     /// Receiver URL, e.g. https://10.0.0.5:8443.
     #[arg(long)]
     pub server: String,
-    /// Job id.
-    #[arg(long)]
-    pub job: String,
-    /// The job's token: the agent token for `send`, the target token for `pull`.
-    #[arg(long, env = "FERRY_TOKEN", hide_env_values = true)]
-    pub token: String,
     /// SHA-256 pin of the receiver's certificate (required for https).
     #[arg(long)]
     pub pin: Option<String>,
@@ -231,6 +263,16 @@ pub struct AgentArgs {
 pub struct SendArgs {
     #[command(flatten)]
     pub agent: AgentArgs,
+    /// Job id.
+    #[arg(long, required_unless_present = "enroll", requires = "token")]
+    pub job: Option<String>,
+    /// The job's agent token.
+    #[arg(long, env = "FERRY_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Instead of a job: an enrollment token (`ferry job enroll create`); the receiver gives
+    /// this machine its own job, or its unfinished one again.
+    #[arg(long, env = "FERRY_ENROLL", hide_env_values = true, conflicts_with = "job")]
+    pub enroll: Option<String>,
     /// Disks or image files, in order (disk 0, 1, ...).
     #[arg(required = true)]
     pub disks: Vec<PathBuf>,
@@ -296,9 +338,14 @@ pub struct InspectArgs {
 
 #[derive(Debug, Args)]
 pub struct PullArgs {
-    /// A Finished job with target `instance`, and its target token.
     #[command(flatten)]
     pub agent: AgentArgs,
+    /// A Finished job with target `instance`.
+    #[arg(long)]
+    pub job: String,
+    /// The job's target token.
+    #[arg(long, env = "FERRY_TOKEN", hide_env_values = true)]
+    pub token: String,
     /// Target disks or image files, in the order of the source's disks. EVERY BYTE ON THEM IS
     /// OVERWRITTEN once every check holds.
     #[arg(long = "to", required = true, num_args = 1..)]

@@ -44,6 +44,8 @@ pub struct LiveConfig {
     pub server: Option<String>,
     pub job: Option<String>,
     pub token: Option<String>,
+    /// An enrollment token: a source without `ferry.job` asks the receiver for its own job.
+    pub enroll: Option<String>,
     pub pin: Option<String>,
     pub role: Role,
     pub on_finish: OnFinish,
@@ -117,6 +119,7 @@ impl LiveConfig {
             "ferry.server" => self.server = need(value),
             "ferry.job" => self.job = need(value),
             "ferry.token" => self.token = need(value),
+            "ferry.enroll" => self.enroll = need(value),
             "ferry.pin" => self.pin = need(value),
             "ferry.role" => match value {
                 Some("source") => self.role = Role::Source,
@@ -198,10 +201,13 @@ impl LiveConfig {
         if self.server.is_none() {
             m.push("ferry.server");
         }
-        if self.job.is_none() {
+        // A source may enroll instead of naming its job; a target always names the job it
+        // receives (the operator allows wiping it job by job).
+        let enrolls = self.enroll.is_some() && self.role == Role::Source && self.job.is_none();
+        if self.job.is_none() && !enrolls {
             m.push("ferry.job");
         }
-        if self.token.is_none() {
+        if self.token.is_none() && !enrolls {
             m.push("ferry.token");
         }
         if self.pin.is_none() && !self.plain_http {
@@ -308,6 +314,19 @@ mod tests {
         assert_eq!(c.errors.len(), 5, "{:?}", c.errors);
         assert_eq!(c.missing_keys(), ["ferry.server", "ferry.job", "ferry.token", "ferry.pin"]);
         assert_eq!(LiveConfig::from_cmdline("ferry.plain_http=1").missing_keys().len(), 3);
+    }
+
+    #[test]
+    fn a_source_may_enroll_instead_of_naming_its_job_a_target_may_not() {
+        let base = "ferry.server=https://10.0.2.2:8443 ferry.pin=ab ferry.enroll=e1";
+        let c = LiveConfig::from_cmdline(base);
+        assert_eq!(c.enroll.as_deref(), Some("e1"));
+        assert!(c.missing_keys().is_empty(), "{:?}", c.missing_keys());
+        let t = LiveConfig::from_cmdline(&format!("{base} ferry.role=target"));
+        assert_eq!(t.missing_keys(), ["ferry.job", "ferry.token"]);
+        // A job named with its token wins over an enrollment.
+        let j = LiveConfig::from_cmdline(&format!("{base} ferry.job=j1"));
+        assert_eq!(j.missing_keys(), ["ferry.token"]);
     }
 
     #[test]

@@ -167,7 +167,7 @@ async fn work(cfg: &mut LiveConfig, cmdline: &str) -> Result<Verdict, Failed> {
 
     crate::say!(
         "job {} ({}), receiver {}",
-        cfg.job.as_deref().unwrap_or("?"),
+        cfg.job.as_deref().unwrap_or(if cfg.enroll.is_some() { "to be given by the enrollment" } else { "?" }),
         match cfg.role {
             Role::Source => "source: this machine's disks are copied, never written",
             Role::Target => "target: this machine receives the job's disks",
@@ -214,14 +214,40 @@ async fn work(cfg: &mut LiveConfig, cmdline: &str) -> Result<Verdict, Failed> {
         configured.gateway.map(|g| g.to_string()).unwrap_or_else(|| "-".into()),
         configured.how
     );
-    let client = Client::new(&Endpoint {
+    let endpoint = |token: &str| Endpoint {
         server: cfg.server.clone().unwrap_or_default(),
-        token: cfg.token.clone().unwrap_or_default(),
+        token: token.to_string(),
         pin: cfg.pin.clone(),
         plain_http: cfg.plain_http,
         retry_for: Duration::from_secs(cfg.retry),
-    })
-    .map_err(|e| Failed::new(format!("{e:#}"), "Fix ferry.server / ferry.pin and boot again."))?;
+    };
+    if let (None, Some(enrollment)) = (&cfg.job, &cfg.enroll) {
+        let answer = crate::agent::enroll::enroll(&endpoint(enrollment), &machine).await.map_err(|e| {
+            let advice = match e.downcast_ref::<Refused>().map(|r| (r.status, r.code.as_str())) {
+                Some((_, "enrollment_revoked")) => {
+                    "The operator closed this enrollment: ask them for a job (ferry.job and ferry.token)."
+                }
+                Some((_, "no_identity")) => {
+                    "This machine cannot enroll: ask the operator for a job (ferry.job and ferry.token)."
+                }
+                Some((401 | 403, _)) => {
+                    "The receiver does not accept this enrollment token: check ferry.enroll with the operator."
+                }
+                _ => "Check that the receiver is running and reachable, then reboot from the stick.",
+            };
+            Failed::new(format!("{e:#}"), advice)
+        })?;
+        crate::say!(
+            "enrolled: job {} ({}){}",
+            answer.job,
+            answer.name,
+            if answer.created { "" } else { ", resuming this machine's unfinished job" }
+        );
+        cfg.job = Some(answer.job);
+        cfg.token = Some(answer.token);
+    }
+    let client = Client::new(&endpoint(cfg.token.as_deref().unwrap_or_default()))
+        .map_err(|e| Failed::new(format!("{e:#}"), "Fix ferry.server / ferry.pin and boot again."))?;
     let job = cfg.job.clone().unwrap_or_default();
 
     if !cov.storage_ok() {

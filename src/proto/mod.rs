@@ -104,6 +104,54 @@ pub struct CreateJob {
     pub target_spec: Option<TargetSpec>,
 }
 
+/// `POST /enrollments` (admin): a standing policy for a migration wave. Sources that boot with
+/// its token and no job (`ferry.enroll=`, `ferry send --enroll`) get a job of their own.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CreateEnrollment {
+    /// The wave's name; each machine's job is named `NAME-SERIAL` (or the MAC address).
+    pub name: String,
+    #[serde(default)]
+    pub target: TargetKind,
+    #[serde(default)]
+    pub options: JobOptions,
+}
+
+/// An enrollment as the receiver keeps it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Enrollment {
+    pub id: String,
+    pub name: String,
+    pub target: TargetKind,
+    pub options: JobOptions,
+    /// What sources boot with (admins only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    pub created_at: u64,
+    /// Once revoked, the token enrolls nothing more; jobs made before keep running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_at: Option<u64>,
+    /// The jobs this enrollment created, oldest first.
+    #[serde(default)]
+    pub jobs: Vec<String>,
+}
+
+/// `POST /enroll` (enrollment token): which job this machine works on.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EnrollRequest {
+    pub machine: MachineIdentity,
+}
+
+/// The answer to an enrollment: the machine's job and its agent token.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EnrollAnswer {
+    pub job: String,
+    pub name: String,
+    pub token: String,
+    /// False when the machine already had an unfinished job of this enrollment (a reboot, a
+    /// resumed migration): it gets that job again.
+    pub created: bool,
+}
+
 /// The target machine an `instance` job may write to, as the operator named it.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TargetSpec {
@@ -297,6 +345,9 @@ pub struct Job {
     /// `instance` jobs: the target side's state, once a target registered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delivery: Option<Delivery>,
+    /// The enrollment that created this job, when a source enrolled itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enrollment: Option<String>,
 }
 
 /// What identifies a machine: DMI and MAC addresses.

@@ -61,6 +61,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/jobs/{job}/cancel", post(cancel_job))
         .route("/jobs/{job}/log", post(post_log).get(get_log).layer(DefaultBodyLimit::max(LOG_BODY_LIMIT)))
         .route("/whoami", get(whoami))
+        .route("/enrollments", post(super::enroll_api::create).get(super::enroll_api::list))
+        .route("/enrollments/{id}/revoke", post(super::enroll_api::revoke))
+        .route("/enroll", post(super::enroll_api::enroll))
         .route("/jobs/{job}/target", post(super::target_api::set_target))
         .route("/jobs/{job}/target/register", post(super::target_api::register))
         .route("/jobs/{job}/target/begin", post(super::target_api::begin))
@@ -92,7 +95,7 @@ pub fn router(state: Arc<AppState>) -> Router {
 
 // ---- authentication ----
 
-fn bearer(headers: &HeaderMap) -> ApiResult<&str> {
+pub(super) fn bearer(headers: &HeaderMap) -> ApiResult<&str> {
     let value = headers.get(axum::http::header::AUTHORIZATION).ok_or_else(|| {
         ApiErr(StatusCode::UNAUTHORIZED, "no_token", "an Authorization: Bearer token is required".into())
     })?;
@@ -101,7 +104,7 @@ fn bearer(headers: &HeaderMap) -> ApiResult<&str> {
     })
 }
 
-fn tokens_equal(a: &str, b: &str) -> bool {
+pub(super) fn tokens_equal(a: &str, b: &str) -> bool {
     // Lengths are not secret (every token is 64 hex digits); the bytes are compared in
     // constant time.
     a.len() == b.len() && bool::from(a.as_bytes().ct_eq(b.as_bytes()))

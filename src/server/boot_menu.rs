@@ -2,6 +2,8 @@
 //! picks "Migrate this machine (source)" or "Receive a migration (target)"; the receiver's URL
 //! and certificate pin are baked in, the job and token come from the query string
 //! (`menu.ipxe?job=ID&token=TOKEN`, e.g. from per-host DHCP options) or are typed at a prompt.
+//! For a wave, `menu.ipxe?enroll=TOKEN` bakes in an enrollment token instead: every source
+//! booted from it gets a job of its own (a target still names its job).
 //! Kernel and initrd are fetched relative to the menu's own URL, from the same `/boot/`.
 
 use std::collections::HashMap;
@@ -29,6 +31,7 @@ pub fn menu(server: &str, pin: Option<&str>, query: &HashMap<String, String>) ->
          set ferry_server {server}\n\
          set ferry_job {job}\n\
          set ferry_token {token}\n\
+         set ferry_enroll {enroll}\n\
          :menu\n\
          menu ferry {version}: what should this machine do?\n\
          item --gap Receiver: {server}\n\
@@ -42,16 +45,24 @@ pub fn menu(server: &str, pin: Option<&str>, query: &HashMap<String, String>) ->
          shell\n\
          goto menu\n\
          :source\n\
+         isset ${{ferry_job}} && goto by_job ||\n\
+         isset ${{ferry_enroll}} && goto enrolled ||\n\
          :target\n\
+         :by_job\n\
          isset ${{ferry_job}} || echo Job id (from ferry job create):\n\
          isset ${{ferry_job}} || read ferry_job\n\
          isset ${{ferry_token}} || echo Token (the job's token; for a target, its target token):\n\
          isset ${{ferry_token}} || read ferry_token\n\
          kernel vmlinuz initrd=initrd.img console=ttyS0 console=tty0 panic=30 printk.devkmsg=on ip=dhcp ferry.role=${{ferry_role}} ferry.server=${{ferry_server}} {security} ferry.job=${{ferry_job}} ferry.token=${{ferry_token}} || goto menu\n\
          initrd initrd.img || goto menu\n\
+         boot || goto menu\n\
+         :enrolled\n\
+         kernel vmlinuz initrd=initrd.img console=ttyS0 console=tty0 panic=30 printk.devkmsg=on ip=dhcp ferry.role=source ferry.server=${{ferry_server}} {security} ferry.enroll=${{ferry_enroll}} || goto menu\n\
+         initrd initrd.img || goto menu\n\
          boot || goto menu\n",
         job = param("job"),
         token = param("token"),
+        enroll = param("enroll"),
         version = env!("CARGO_PKG_VERSION"),
     )
 }
@@ -76,6 +87,19 @@ mod tests {
         assert!(m.contains("--default source"));
         assert!(menu("http://x", None, &q(&[("role", "target")])).contains("--default target"));
         assert!(menu("http://x", None, &q(&[])).contains("ferry.plain_http=1"));
+    }
+
+    #[test]
+    fn an_enrollment_token_boots_sources_without_a_job() {
+        let m = menu("https://10.0.0.5:8443", Some("ab12"), &q(&[("enroll", "e0e0")]));
+        assert!(m.contains("set ferry_enroll e0e0\n"));
+        let enrolled = &m[m.find(":enrolled\n").expect("an enrolled section")..];
+        assert!(enrolled.contains("ferry.role=source ") && enrolled.contains("ferry.enroll=${ferry_enroll}"));
+        assert!(!enrolled.contains("ferry.job=") && !enrolled.contains("ferry.token="));
+        // A job named in the query wins; the target item never enrolls.
+        let source = &m[m.find(":source\n").unwrap()..m.find(":target\n").unwrap()];
+        assert!(source.find("goto by_job").unwrap() < source.find("goto enrolled").unwrap());
+        assert!(!m[m.find(":target\n").unwrap()..m.find(":enrolled\n").unwrap()].contains("enroll"));
     }
 
     #[test]

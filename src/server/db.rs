@@ -9,8 +9,8 @@ use anyhow::{Context, Result};
 use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::proto::{
-    BeginDisk, CreateJob, Delivery, DiskStatus, Job, JobEvent, JobOptions, JobState, MachineIdentity, TargetKind,
-    TargetSpec,
+    BeginDisk, CreateEnrollment, CreateJob, Delivery, DiskStatus, Enrollment, Job, JobEvent, JobOptions, JobState,
+    MachineIdentity, TargetKind, TargetSpec,
 };
 
 pub struct Db {
@@ -68,13 +68,68 @@ CREATE TABLE IF NOT EXISTS disks (
     verified INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (job_id, idx)
 );
+CREATE TABLE IF NOT EXISTS enrollments (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    target TEXT NOT NULL,
+    options TEXT NOT NULL,
+    token TEXT NOT NULL UNIQUE,
+    created_at INTEGER NOT NULL,
+    revoked_at INTEGER
+);
 ";
 
 /// Columns added after the first release, added to older databases on open.
-const ADDED_COLUMNS: &[(&str, &str)] = &[("target_token", "TEXT"), ("target_spec", "TEXT"), ("delivery", "TEXT")];
+const ADDED_COLUMNS: &[(&str, &str)] = &[
+    ("target_token", "TEXT"),
+    ("target_spec", "TEXT"),
+    ("delivery", "TEXT"),
+    // Jobs a source made for itself with an enrollment token, and the machine they are for.
+    ("enrollment", "TEXT"),
+    ("machine_key", "TEXT"),
+];
 
 fn json<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_string(v).expect("wire types always serialize")
+}
+
+/// The ids and tokens of a job about to be created.
+pub struct NewJobIds<'a> {
+    pub id: &'a str,
+    pub token: &'a str,
+    pub target_token: Option<&'a str>,
+}
+
+/// Inserts a Waiting job and its first event (inside the caller's transaction).
+fn insert_job(
+    tx: &rusqlite::Transaction,
+    req: &CreateJob,
+    id: &str,
+    token: &str,
+    target_token: Option<&str>,
+    enrolled: Option<(&str, &str)>,
+) -> Result<()> {
+    let t = now();
+    tx.execute(
+        "INSERT INTO jobs (id, name, target, state, options, token, client_token, created_at, updated_at,
+                           target_token, target_spec, enrollment, machine_key)
+         VALUES (?1, ?2, ?3, 'Waiting', ?4, ?5, ?6, ?7, ?7, ?8, ?9, ?10, ?11)",
+        params![
+            id,
+            req.name,
+            json(&req.target).trim_matches('"'),
+            json(&req.options),
+            token,
+            req.client_token,
+            t,
+            target_token,
+            req.target_spec.as_ref().map(json),
+            enrolled.map(|e| e.0),
+            enrolled.map(|e| e.1),
+        ],
+    )?;
+    tx.execute("INSERT INTO job_events (job_id, at, state) VALUES (?1, ?2, 'Waiting')", params![id, t])?;
+    Ok(())
 }
 
 impl Db {
@@ -115,27 +170,87 @@ impl Db {
                 return self.job(&existing, true)?.context("job vanished");
             }
         }
-        let t = now();
-        tx.execute(
-            "INSERT INTO jobs (id, name, target, state, options, token, client_token, created_at, updated_at,
-                               target_token, target_spec)
-             VALUES (?1, ?2, ?3, 'Waiting', ?4, ?5, ?6, ?7, ?7, ?8, ?9)",
-            params![
-                id,
-                req.name,
-                json(&req.target).trim_matches('"'),
-                json(&req.options),
-                token,
-                req.client_token,
-                t,
-                target_token,
-                req.target_spec.as_ref().map(json)
-            ],
-        )?;
-        tx.execute("INSERT INTO job_events (job_id, at, state) VALUES (?1, ?2, 'Waiting')", params![id, t])?;
+        insert_job(&tx, req, id, token, target_token, None)?;
         tx.commit()?;
         drop(conn);
         self.job(id, true)?.context("job vanished")
+    }
+
+    pub fn create_enrollment(&self, req: &CreateEnrollment, id: &str, token: &str) -> Result<Enrollment> {
+        self.conn().execute(
+            "INSERT INTO enrollments (id, name, target, options, token, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![id, req.name, json(&req.target).trim_matches('"'), json(&req.options), token, now()],
+        )?;
+        self.enrollments(true)?.into_iter().find(|e| e.id == id).context("enrollment vanished")
+    }
+
+    /// Every enrollment, oldest first, with the jobs each created; tokens only when `with_token`.
+    pub fn enrollments(&self, with_token: bool) -> Result<Vec<Enrollment>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT id, name, target, options, token, created_at, revoked_at FROM enrollments ORDER BY created_at, id",
+        )?;
+        let mut list = stmt
+            .query_map([], |r| {
+                Ok(Enrollment {
+                    id: r.get(0)?,
+                    name: r.get(1)?,
+                    target: if r.get::<_, String>(2)? == "instance" { TargetKind::Instance } else { TargetKind::Image },
+                    options: serde_json::from_str(&r.get::<_, String>(3)?).unwrap_or_default(),
+                    token: if with_token { Some(r.get(4)?) } else { None },
+                    created_at: r.get(5)?,
+                    revoked_at: r.get(6)?,
+                    jobs: vec![],
+                })
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        let mut jobs = conn.prepare("SELECT id FROM jobs WHERE enrollment = ?1 ORDER BY created_at, rowid")?;
+        for e in &mut list {
+            e.jobs = jobs.query_map([&e.id], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
+        }
+        Ok(list)
+    }
+
+    /// Stops an enrollment from enrolling more machines (its jobs go on). None: no such id.
+    pub fn revoke_enrollment(&self, id: &str) -> Result<Option<Enrollment>> {
+        self.conn().execute(
+            "UPDATE enrollments SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
+            params![id, now()],
+        )?;
+        Ok(self.enrollments(false)?.into_iter().find(|e| e.id == id))
+    }
+
+    /// The job a machine works on under an enrollment: its newest job that has not ended
+    /// (Finished or Cancelled), so a reboot or an interruption resumes the same job; otherwise
+    /// a new job (a machine migrated again after a pre-seed gets a fresh job, and the chunks
+    /// the receiver holds are not sent again). The bool says whether the job is new.
+    pub fn enrolled_job(
+        &self,
+        e: &Enrollment,
+        machine_key: &str,
+        new: &CreateJob,
+        ids: NewJobIds,
+    ) -> Result<(Job, bool)> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let existing: Option<String> = tx
+            .query_row(
+                "SELECT id FROM jobs WHERE enrollment = ?1 AND machine_key = ?2
+                   AND state NOT IN ('Finished', 'Cancelled') ORDER BY created_at DESC, rowid DESC LIMIT 1",
+                [&e.id, machine_key],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let (id, created) = match existing {
+            Some(id) => (id, false),
+            None => {
+                insert_job(&tx, new, ids.id, ids.token, ids.target_token, Some((&e.id, machine_key)))?;
+                (ids.id.to_string(), true)
+            }
+        };
+        tx.commit()?;
+        drop(conn);
+        Ok((self.job(&id, true)?.context("job vanished")?, created))
     }
 
     /// A job with its disks and history; the agent token only when `with_token`.
@@ -144,7 +259,7 @@ impl Db {
         let row = conn
             .query_row(
                 "SELECT id, name, target, state, error_code, error_reason, options, token, machine, created_at, updated_at,
-                        inventory, target_token, target_spec, delivery
+                        inventory, target_token, target_spec, delivery, enrollment
                  FROM jobs WHERE id = ?1",
                 [id],
                 |r| {
@@ -164,6 +279,7 @@ impl Db {
                         r.get::<_, Option<String>>(12)?,
                         r.get::<_, Option<String>>(13)?,
                         r.get::<_, Option<String>>(14)?,
+                        r.get::<_, Option<String>>(15)?,
                     ))
                 },
             )
@@ -184,6 +300,7 @@ impl Db {
             target_token,
             target_spec,
             delivery,
+            enrollment,
         )) = row
         else {
             return Ok(None);
@@ -251,6 +368,7 @@ impl Db {
             target_spec: target_spec.and_then(|t| serde_json::from_str(&t).ok()),
             target_token: if with_token { target_token } else { None },
             delivery: delivery.and_then(|d| serde_json::from_str(&d).ok()),
+            enrollment,
         }))
     }
 

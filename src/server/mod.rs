@@ -6,6 +6,7 @@ mod api;
 mod boot_menu;
 mod dashboard;
 pub mod db;
+mod enroll_api;
 mod metrics;
 mod target_api;
 pub mod tls;

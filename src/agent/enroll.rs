@@ -1,0 +1,16 @@
+//! Enrollment from the agent's side: with an enrollment token instead of a job, ask the receiver
+//! which job this machine works on (see `server::enroll_api` for the policy).
+
+use anyhow::{Context, Result};
+use reqwest::Method;
+
+use super::{Client, Endpoint};
+use crate::proto::{EnrollAnswer, EnrollRequest, MachineIdentity};
+
+/// The job and agent token for `machine`, from a receiver reached with an enrollment token in
+/// `ep`. The answer's token then replaces the enrollment token for everything else.
+pub async fn enroll(ep: &Endpoint, machine: &MachineIdentity) -> Result<EnrollAnswer> {
+    let client = Client::new(ep)?;
+    let req = EnrollRequest { machine: machine.clone() };
+    client.call(Method::POST, "/enroll", |r| r.json(&req)).await.context("enrolling this machine")
+}

@@ -1,0 +1,84 @@
+//! `ferry job enroll create|list|revoke`: enrollments for migration waves.
+
+use anyhow::Result;
+use reqwest::Method;
+
+use super::job::{admin_client, receiver_for_sources};
+use crate::cmdline::{EnrollCommand, TargetArg};
+use crate::proto::{CreateEnrollment, Enrollment, JobOptions, TargetKind};
+
+pub async fn run(cmd: EnrollCommand) -> Result<i32> {
+    match cmd {
+        EnrollCommand::Create { admin, name, target, compress, bandwidth_limit, chunk_size } => {
+            let c = admin_client(&admin)?;
+            let req = CreateEnrollment {
+                name,
+                target: match target {
+                    TargetArg::Image => TargetKind::Image,
+                    TargetArg::Instance => TargetKind::Instance,
+                },
+                options: JobOptions { compress, bandwidth_limit, chunk_size },
+            };
+            let e: Enrollment = c.call(Method::POST, "/enrollments", |r| r.json(&req)).await?;
+            if admin.json {
+                println!("{}", serde_json::to_string_pretty(&e)?);
+                return Ok(0);
+            }
+            let token = e.token.as_deref().unwrap_or("?");
+            println!(
+                "enrollment {} ({}) created: each source that boots with its token gets a job of its own",
+                e.id, e.name
+            );
+            println!("id:    {}", e.id);
+            println!("token: {token}");
+            if let Some((url, pin)) = receiver_for_sources(&admin) {
+                let security = match pin {
+                    Some(p) => format!("ferry.pin={p}"),
+                    None => "ferry.plain_http=1".into(),
+                };
+                println!("boot sources with: ferry.server={url} {security} ferry.enroll={token}");
+            }
+            println!("PXE: chain the receiver's /boot/menu.ipxe?enroll={token}");
+        }
+        EnrollCommand::List { admin } => {
+            let c = admin_client(&admin)?;
+            let list: Vec<Enrollment> = c.call(Method::GET, "/enrollments", |r| r).await?;
+            if admin.json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else if list.is_empty() {
+                println!("No enrollments.");
+            } else {
+                println!("{:<14} {:<20} {:<9} {:<8} {:>5}  CREATED", "ID", "NAME", "TARGET", "STATE", "JOBS");
+                for e in &list {
+                    println!(
+                        "{:<14} {:<20} {:<9} {:<8} {:>5}  {}",
+                        e.id,
+                        e.name,
+                        match e.target {
+                            TargetKind::Image => "image",
+                            TargetKind::Instance => "instance",
+                        },
+                        if e.revoked_at.is_some() { "revoked" } else { "active" },
+                        e.jobs.len(),
+                        crate::util::utc_time(e.created_at)
+                    );
+                }
+            }
+        }
+        EnrollCommand::Revoke { admin, id } => {
+            let c = admin_client(&admin)?;
+            let e: Enrollment = c.call(Method::POST, &format!("/enrollments/{id}/revoke"), |r| r).await?;
+            if admin.json {
+                println!("{}", serde_json::to_string_pretty(&e)?);
+            } else {
+                println!(
+                    "enrollment {} ({}) revoked: it creates no more jobs; its {} job(s) go on",
+                    e.id,
+                    e.name,
+                    e.jobs.len()
+                );
+            }
+        }
+    }
+    Ok(0)
+}

@@ -1,0 +1,198 @@
+//! Enrollment: a migration wave without a job per machine typed into each boot entry. The
+//! operator makes one enrollment (`ferry job enroll create`); every source that boots with its
+//! token and no job (`ferry.enroll=`, or `ferry send --enroll`) gets a job of its own, named after
+//! the machine, with the enrollment's target type and options.
+//!
+//! A machine is recognised by its DMI product UUID, else its DMI serial, else its lowest MAC
+//! address (placeholders that firmware puts in DMI do not count). A machine that enrolls again
+//! while its job has not ended gets the same job back (a reboot, a power cut: the migration
+//! resumes); once its job is Finished or Cancelled it gets a new one (the cutover after a
+//! pre-seed: only the chunks the receiver lacks travel).
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::Json;
+use bytes::Bytes;
+
+use super::api::{bad, bearer, parse_json, require_admin, require_reader, tokens_equal, ApiErr, ApiResult};
+use super::db::NewJobIds;
+use super::{random_hex, AppState};
+use crate::agent::identity::meaningful;
+use crate::image::treehash;
+use crate::proto::*;
+
+/// How the receiver tells machines apart (`key`), and the readable part of a job's name
+/// (`label`). None: the machine carries nothing that identifies it.
+pub fn machine_key(m: &MachineIdentity) -> Option<(String, String)> {
+    let usable = |v: &Option<String>| v.as_deref().map(str::trim).filter(|v| meaningful(v)).map(str::to_string);
+    let serial = usable(&m.serial);
+    let mac = m
+        .macs
+        .iter()
+        .map(|x| x.trim().to_ascii_lowercase())
+        .filter(|x| x.len() == 17 && meaningful(&x.replace(':', "")))
+        .min();
+    let label = serial.clone().or_else(|| mac.as_ref().map(|x| x.replace(':', "")));
+    if let Some(uuid) = usable(&m.product_uuid) {
+        let uuid = uuid.to_ascii_lowercase();
+        let label = label.unwrap_or_else(|| uuid.chars().take(8).collect());
+        return Some((format!("uuid:{uuid}"), label));
+    }
+    if let Some(serial) = serial {
+        return Some((format!("serial:{serial}"), serial));
+    }
+    mac.map(|mac| (format!("mac:{mac}"), mac.replace(':', "")))
+}
+
+/// Job names are shown everywhere: keep the machine's part to plain characters.
+fn job_name(wave: &str, label: &str) -> String {
+    let label: String =
+        label.chars().map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' }).take(64).collect();
+    format!("{wave}-{label}")
+}
+
+/// `POST /enrollments` (admin).
+pub async fn create(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<(StatusCode, Json<Enrollment>)> {
+    require_admin(&st, &headers)?;
+    let req: CreateEnrollment = parse_json(&body)?;
+    let name = req.name.trim();
+    if name.is_empty() || name.len() > 100 {
+        return Err(bad("bad_name", "an enrollment needs a name of 1-100 characters"));
+    }
+    if let Some(cs) = req.options.chunk_size {
+        treehash::validate_chunk_size(cs).map_err(|e| bad("bad_chunk_size", e))?;
+    }
+    let req = CreateEnrollment { name: name.to_string(), ..req };
+    let e = st.db.create_enrollment(&req, &random_hex(6), &random_hex(32))?;
+    log::info!("enrollment {} ({}) created", e.id, e.name);
+    Ok((StatusCode::CREATED, Json(e)))
+}
+
+/// `GET /enrollments` (admin with tokens; viewer without).
+pub async fn list(State(st): State<Arc<AppState>>, headers: HeaderMap) -> ApiResult<Json<Vec<Enrollment>>> {
+    require_reader(&st, &headers)?;
+    let admin = tokens_equal(bearer(&headers)?, &st.admin_token);
+    Ok(Json(st.db.enrollments(admin)?))
+}
+
+/// `POST /enrollments/{id}/revoke` (admin).
+pub async fn revoke(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Enrollment>> {
+    require_admin(&st, &headers)?;
+    if !valid_job_id(&id) {
+        return Err(bad("bad_enrollment_id", "an enrollment id is 1-64 lowercase letters, digits or '-'"));
+    }
+    let e = st
+        .db
+        .revoke_enrollment(&id)?
+        .ok_or_else(|| ApiErr(StatusCode::NOT_FOUND, "no_such_enrollment", format!("there is no enrollment {id}")))?;
+    log::info!("enrollment {id} revoked");
+    Ok(Json(e))
+}
+
+/// `POST /enroll` (enrollment token): the calling machine's job.
+pub async fn enroll(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<(StatusCode, Json<EnrollAnswer>)> {
+    let token = bearer(&headers)?;
+    // Every enrollment is compared, in constant time, whatever matches first.
+    let mut matching = None;
+    for e in st.db.enrollments(true)? {
+        if e.token.as_deref().is_some_and(|t| tokens_equal(token, t)) {
+            matching = Some(e);
+        }
+    }
+    let Some(e) = matching else {
+        return Err(ApiErr(StatusCode::FORBIDDEN, "forbidden", "this token is not an enrollment token".into()));
+    };
+    if e.revoked_at.is_some() {
+        return Err(ApiErr(
+            StatusCode::FORBIDDEN,
+            "enrollment_revoked",
+            format!("enrollment {} ({}) was revoked: ask the operator for a job", e.id, e.name),
+        ));
+    }
+    let req: EnrollRequest = parse_json(&body)?;
+    let Some((key, label)) = machine_key(&req.machine) else {
+        return Err(bad(
+            "no_identity",
+            "this machine has no DMI product UUID, serial or MAC address to tell it apart: give it a job instead",
+        ));
+    };
+    let new = CreateJob {
+        name: job_name(&e.name, &label),
+        target: e.target,
+        options: e.options.clone(),
+        client_token: None,
+        target_spec: None,
+    };
+    let target_token = (e.target == TargetKind::Instance).then(|| random_hex(32));
+    let ids = NewJobIds { id: &random_hex(6), token: &random_hex(32), target_token: target_token.as_deref() };
+    let (job, created) = st.db.enrolled_job(&e, &key, &new, ids)?;
+    if created {
+        log::info!("enrollment {}: job {} ({}) created for {key}", e.id, job.id, job.name);
+    }
+    let answer = EnrollAnswer { job: job.id, name: job.name, token: job.token.unwrap_or_default(), created };
+    Ok((if created { StatusCode::CREATED } else { StatusCode::OK }, Json(answer)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(uuid: Option<&str>, serial: Option<&str>, macs: &[&str]) -> MachineIdentity {
+        MachineIdentity {
+            product_uuid: uuid.map(str::to_string),
+            serial: serial.map(str::to_string),
+            macs: macs.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn machines_are_told_apart_by_uuid_then_serial_then_mac() {
+        let uuid = "4C4C4544-0042-3510-8052-B4C04F333732";
+        // (machine, key, label)
+        let cases: &[(MachineIdentity, Option<(&str, &str)>)] = &[
+            (
+                m(Some(uuid), Some("SRV-7"), &["52:54:00:12:34:56"]),
+                Some(("uuid:4c4c4544-0042-3510-8052-b4c04f333732", "SRV-7")),
+            ),
+            (m(Some(uuid), None, &[]), Some(("uuid:4c4c4544-0042-3510-8052-b4c04f333732", "4c4c4544"))),
+            (m(None, Some(" SRV-7 "), &["52:54:00:12:34:56"]), Some(("serial:SRV-7", "SRV-7"))),
+            // Placeholders that firmware writes identify nothing.
+            (
+                m(
+                    Some("00000000-0000-0000-0000-000000000000"),
+                    Some("To Be Filled By O.E.M."),
+                    &["52:54:00:AB:00:02", "52:54:00:ab:00:01"],
+                ),
+                Some(("mac:52:54:00:ab:00:01", "525400ab0001")),
+            ),
+            (m(None, Some("Default string"), &["00:00:00:00:00:00"]), None),
+            (m(None, None, &["garbage"]), None),
+            (m(None, None, &[]), None),
+        ];
+        for (machine, want) in cases {
+            let got = machine_key(machine);
+            assert_eq!(got.as_ref().map(|(k, l)| (k.as_str(), l.as_str())), *want, "{machine:?}");
+        }
+    }
+
+    #[test]
+    fn job_names_keep_to_plain_characters() {
+        assert_eq!(job_name("wave-3", "SRV 7/../x"), "wave-3-SRV_7_.._x");
+        assert_eq!(job_name("w", &"a".repeat(300)).len(), 2 + 64);
+    }
+}
