@@ -113,32 +113,55 @@ fn pxe_boot_menu_chain_loads_from_the_receiver_and_migrates() {
             "10.0.2.2",
         ],
     );
-    let (job, token) = r.create_job("vm-pxe");
-    // The TFTP side only chains iPXE into the receiver's boot menu (which bakes in the URL and
-    // pin); the menu's default item after its timeout is the source role. Kernel and initrd
-    // come over HTTP.
+    // A wave: one enrollment token, no job made for this machine beforehand.
+    let out = ferry(&["job", "enroll", "create", "--store", store.to_str().unwrap(), "--name", "vm-wave", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let enrollment: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let token = enrollment["token"].as_str().unwrap();
+    // The TFTP side only chains iPXE into the receiver's boot menu (which bakes in the URL, the
+    // pin and the enrollment token); the menu's default item after its timeout is the source
+    // role. Kernel and initrd come over HTTP.
     let tftp = t.path().join("tftp");
     std::fs::create_dir(&tftp).unwrap();
-    let menu = format!("http://10.0.2.2:{boot_port}/boot/menu.ipxe?job={job}&token={token}");
+    let menu = format!("http://10.0.2.2:{boot_port}/boot/menu.ipxe?enroll={token}");
     std::fs::write(tftp.join("boot.ipxe"), format!("#!ipxe\nchain {menu}\n")).unwrap();
     let text = std::process::Command::new("curl")
-        .args(["-sf", &format!("http://127.0.0.1:{boot_port}/boot/menu.ipxe?job={job}&token={token}")])
+        .args(["-sf", &format!("http://127.0.0.1:{boot_port}/boot/menu.ipxe?enroll={token}")])
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&text.stdout);
     assert!(text.contains(&format!("set ferry_server https://10.0.2.2:{}", r.port)), "{text}");
     assert!(text.contains(&format!("ferry.pin={}", r.pin().unwrap())), "{text}");
-    let log = t.path().join("serial.log");
-    let mut vm = Vm::base(&log);
-    vm.arg("-boot").arg("n");
-    vm.arg("-netdev").arg(&format!("user,id=n0,tftp={},bootfile=boot.ipxe", tftp.display()));
-    vm.arg("-device").arg("virtio-net-pci,netdev=n0,bootindex=1");
-    vm.disk(Disk::Virtio { file: &src, serial: "PXE-SRC", sector: 512 }, 0);
-    let (serial, took) = vm.run(BOOT_TIMEOUT);
+    assert!(text.contains(&format!("set ferry_enroll {token}")), "{text}");
+    let pxe_vm = |log: &str| {
+        let mut vm = Vm::base(&t.path().join(log));
+        vm.serial_number("PXE-SRV-1");
+        vm.arg("-boot").arg("n");
+        vm.arg("-netdev").arg(&format!("user,id=n0,tftp={},bootfile=boot.ipxe", tftp.display()));
+        vm.arg("-device").arg("virtio-net-pci,netdev=n0,bootindex=1");
+        vm.disk(Disk::Virtio { file: &src, serial: "PXE-SRC", sector: 512 }, 0);
+        vm
+    };
+    let (serial, took) = pxe_vm("serial.log").run(BOOT_TIMEOUT);
     eprintln!("PXE boot: {took:?}");
     assert!(serial.contains("M I G R A T E D"), "no MIGRATED verdict:\n{serial}");
-    assert_eq!(r.job(&job)["state"], "Finished");
-    assert_eq!(export_b3sum(&r, &job, 0, t.path()), b3sum(&src));
+    let out = ferry(&["job", "enroll", "list", "--store", store.to_str().unwrap(), "--json"]);
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let jobs = list[0]["jobs"].as_array().unwrap();
+    assert_eq!(jobs.len(), 1, "{list}");
+    let job = jobs[0].as_str().unwrap();
+    assert!(serial.contains(&format!("enrolled: job {job} (vm-wave-PXE-SRV-1)")), "{serial}");
+    let j = r.job(job);
+    assert_eq!((j["name"].as_str(), j["state"].as_str()), (Some("vm-wave-PXE-SRV-1"), Some("Finished")), "{j:#}");
+    assert_eq!(export_b3sum(&r, job, 0, t.path()), b3sum(&src));
+
+    // Left to boot from the network again, the machine is told it is migrated and powers off;
+    // it is not copied a second time.
+    let (serial, _) = pxe_vm("again.log").run(BOOT_TIMEOUT);
+    assert!(serial.contains("already migrated") && serial.contains("Powering off"), "{serial}");
+    let out = ferry(&["job", "enroll", "list", "--store", store.to_str().unwrap(), "--json"]);
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(list[0]["jobs"].as_array().unwrap().len(), 1, "{list}");
 }
 
 #[test]

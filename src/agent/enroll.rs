@@ -9,8 +9,9 @@ use crate::proto::{EnrollAnswer, EnrollRequest, MachineIdentity};
 
 /// The job and agent token for `machine`, from a receiver reached with an enrollment token in
 /// `ep`. The answer's token then replaces the enrollment token for everything else.
-pub async fn enroll(ep: &Endpoint, machine: &MachineIdentity) -> Result<EnrollAnswer> {
+/// `offline`: the live image is asking (the disks are at rest).
+pub async fn enroll(ep: &Endpoint, machine: &MachineIdentity, offline: bool) -> Result<EnrollAnswer> {
     let client = Client::new(ep)?;
-    let req = EnrollRequest { machine: machine.clone() };
+    let req = EnrollRequest { machine: machine.clone(), offline };
     client.call(Method::POST, "/enroll", |r| r.json(&req)).await.context("enrolling this machine")
 }

@@ -17,7 +17,7 @@ pub fn run(a: SendArgs) -> Result<i32> {
     let (job, token) = match (&a.enroll, &a.job, &a.token) {
         (Some(enrollment), _, _) => {
             let machine = crate::agent::identity::machine_identity();
-            let e = rt.block_on(enroll(&a.agent.endpoint(enrollment), &machine))?;
+            let e = rt.block_on(enroll(&a.agent.endpoint(enrollment), &machine, false))?;
             eprintln!(
                 "enrolled: {} job {} ({})",
                 if e.created { "new" } else { "this machine's unfinished" },

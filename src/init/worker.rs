@@ -222,7 +222,7 @@ async fn work(cfg: &mut LiveConfig, cmdline: &str) -> Result<Verdict, Failed> {
         retry_for: Duration::from_secs(cfg.retry),
     };
     if let (None, Some(enrollment)) = (&cfg.job, &cfg.enroll) {
-        let answer = crate::agent::enroll::enroll(&endpoint(enrollment), &machine).await.map_err(|e| {
+        let answer = crate::agent::enroll::enroll(&endpoint(enrollment), &machine, true).await.map_err(|e| {
             let advice = match e.downcast_ref::<Refused>().map(|r| (r.status, r.code.as_str())) {
                 Some((_, "enrollment_revoked")) => {
                     "The operator closed this enrollment: ask them for a job (ferry.job and ferry.token)."
@@ -243,8 +243,24 @@ async fn work(cfg: &mut LiveConfig, cmdline: &str) -> Result<Verdict, Failed> {
             answer.name,
             if answer.created { "" } else { ", resuming this machine's unfinished job" }
         );
-        cfg.job = Some(answer.job);
+        cfg.job = Some(answer.job.clone());
         cfg.token = Some(answer.token);
+        if answer.state == crate::proto::JobState::Finished {
+            return Ok(Verdict {
+                ok: true,
+                headline: "MIGRATED".into(),
+                lines: vec![format!(
+                    "this machine was already migrated (job {}, {}); nothing was sent now",
+                    answer.job, answer.name
+                )],
+                advice: vec![
+                    "Remove the ferry stick (or the PXE entry). It powers off now rather than start ferry again; to copy it once more, the operator restarts the job."
+                        .into(),
+                ],
+                on_finish: Some(super::cmdline::OnFinish::Poweroff),
+                countdown: None,
+            });
+        }
     }
     let client = Client::new(&endpoint(cfg.token.as_deref().unwrap_or_default()))
         .map_err(|e| Failed::new(format!("{e:#}"), "Fix ferry.server / ferry.pin and boot again."))?;

@@ -139,6 +139,10 @@ pub struct Enrollment {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct EnrollRequest {
     pub machine: MachineIdentity,
+    /// The live image asks (the disks are at rest): once such a copy is Finished it is the
+    /// migration, and the machine booting ferry again is told so instead of copied again.
+    #[serde(default)]
+    pub offline: bool,
 }
 
 /// The answer to an enrollment: the machine's job and its agent token.
@@ -147,9 +151,10 @@ pub struct EnrollAnswer {
     pub job: String,
     pub name: String,
     pub token: String,
-    /// False when the machine already had an unfinished job of this enrollment (a reboot, a
-    /// resumed migration): it gets that job again.
+    /// False when the machine gets a job it already had: an unfinished one (a reboot, a
+    /// resumed migration), or, for the live image, the offline copy that already Finished.
     pub created: bool,
+    pub state: JobState,
 }
 
 /// The target machine an `instance` job may write to, as the operator named it.

@@ -87,6 +87,8 @@ const ADDED_COLUMNS: &[(&str, &str)] = &[
     // Jobs a source made for itself with an enrollment token, and the machine they are for.
     ("enrollment", "TEXT"),
     ("machine_key", "TEXT"),
+    // 1 once the live image (disks at rest) enrolled into the job.
+    ("enrolled_offline", "INTEGER"),
 ];
 
 fn json<T: serde::Serialize>(v: &T) -> String {
@@ -220,34 +222,43 @@ impl Db {
         Ok(self.enrollments(false)?.into_iter().find(|e| e.id == id))
     }
 
-    /// The job a machine works on under an enrollment: its newest job that has not ended
-    /// (Finished or Cancelled), so a reboot or an interruption resumes the same job; otherwise
-    /// a new job (a machine migrated again after a pre-seed gets a fresh job, and the chunks
-    /// the receiver holds are not sent again). The bool says whether the job is new.
+    /// The job a machine works on under an enrollment: its newest job, so that a reboot or an
+    /// interruption resumes it, and a job the operator cancelled or must restart stays with
+    /// the operator; but once that job Finished, a new job (the cutover after a pre-seed: the
+    /// chunks the receiver holds are not sent again), unless the Finished copy was made by the
+    /// live image and the live image asks again (the migration is done; a machine left to
+    /// boot the stick must not copy itself over and over). The bool says whether it is new.
     pub fn enrolled_job(
         &self,
         e: &Enrollment,
         machine_key: &str,
+        offline: bool,
         new: &CreateJob,
         ids: NewJobIds,
     ) -> Result<(Job, bool)> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        let existing: Option<String> = tx
+        let newest: Option<(String, String, Option<i64>)> = tx
             .query_row(
-                "SELECT id FROM jobs WHERE enrollment = ?1 AND machine_key = ?2
-                   AND state NOT IN ('Finished', 'Cancelled') ORDER BY created_at DESC, rowid DESC LIMIT 1",
+                "SELECT id, state, enrolled_offline FROM jobs WHERE enrollment = ?1 AND machine_key = ?2
+                 ORDER BY created_at DESC, rowid DESC LIMIT 1",
                 [&e.id, machine_key],
-                |r| r.get(0),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )
             .optional()?;
-        let (id, created) = match existing {
-            Some(id) => (id, false),
+        let reuse = newest.filter(|(_, state, was_offline)| {
+            state != JobState::Finished.as_str() || (offline && was_offline.unwrap_or(0) != 0)
+        });
+        let (id, created) = match reuse {
+            Some((id, _, _)) => (id, false),
             None => {
                 insert_job(&tx, new, ids.id, ids.token, ids.target_token, Some((&e.id, machine_key)))?;
                 (ids.id.to_string(), true)
             }
         };
+        if offline {
+            tx.execute("UPDATE jobs SET enrolled_offline = 1 WHERE id = ?1", [&id])?;
+        }
         tx.commit()?;
         drop(conn);
         Ok((self.job(&id, true)?.context("job vanished")?, created))

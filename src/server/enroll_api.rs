@@ -4,10 +4,10 @@
 //! the machine, with the enrollment's target type and options.
 //!
 //! A machine is recognised by its DMI product UUID, else its DMI serial, else its lowest MAC
-//! address (placeholders that firmware puts in DMI do not count). A machine that enrolls again
-//! while its job has not ended gets the same job back (a reboot, a power cut: the migration
-//! resumes); once its job is Finished or Cancelled it gets a new one (the cutover after a
-//! pre-seed: only the chunks the receiver lacks travel).
+//! address (placeholders that firmware puts in DMI do not count). Which job it gets is
+//! `Db::enrolled_job`'s rule: its newest job until that one Finished; then a new one (the
+//! cutover after a pre-seed sends only what the receiver lacks), except that the live image
+//! is told its offline copy is done rather than copy the machine again.
 
 use std::sync::Arc;
 
@@ -139,11 +139,12 @@ pub async fn enroll(
     };
     let target_token = (e.target == TargetKind::Instance).then(|| random_hex(32));
     let ids = NewJobIds { id: &random_hex(6), token: &random_hex(32), target_token: target_token.as_deref() };
-    let (job, created) = st.db.enrolled_job(&e, &key, &new, ids)?;
+    let (job, created) = st.db.enrolled_job(&e, &key, req.offline, &new, ids)?;
     if created {
         log::info!("enrollment {}: job {} ({}) created for {key}", e.id, job.id, job.name);
     }
-    let answer = EnrollAnswer { job: job.id, name: job.name, token: job.token.unwrap_or_default(), created };
+    let answer =
+        EnrollAnswer { job: job.id, name: job.name, token: job.token.unwrap_or_default(), created, state: job.state };
     Ok((if created { StatusCode::CREATED } else { StatusCode::OK }, Json(answer)))
 }
 

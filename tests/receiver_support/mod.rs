@@ -90,6 +90,13 @@ impl Receiver {
         serde_json::from_slice(&out.stdout).unwrap()
     }
 
+    /// How many jobs the receiver has (`ferry job list`).
+    pub fn job_count(&self) -> usize {
+        let out = ferry(&["job", "list", "--store", self.store.to_str().unwrap(), "--json"]);
+        assert!(out.status.success(), "job list failed: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout).unwrap().len()
+    }
+
     /// The arguments of `ferry send` for this receiver and job.
     pub fn send_args(&self, id: &str, token: &str) -> Vec<String> {
         let mut a: Vec<String> =
