@@ -195,6 +195,9 @@ fn print_job(j: &Job) {
             .join(" ");
         println!("machine: {what} macs {}", m.macs.join(","));
     }
+    if let Some(e) = &j.enrollment {
+        println!("enrolled itself with enrollment {e}");
+    }
     for d in &j.disks {
         let eta = d.eta_seconds.map(|s| format!(", ETA {}", human_duration(s))).unwrap_or_default();
         println!(

@@ -227,6 +227,12 @@ pub fn ferry_toml(keys: &[(String, String)]) -> String {
              # for that job only.",
         ),
         (
+            "enroll",
+            "<enrollment token>",
+            "Instead of job and token, on the sticks of a whole wave: an enrollment token\n\
+             # (`ferry job enroll create`). Each source gets a job of its own, named after its serial.",
+        ),
+        (
             "role",
             "source",
             "\"source\" (the default): send this machine's disks, never writing them. \"target\":\n\

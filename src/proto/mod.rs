@@ -13,6 +13,9 @@
 //!    ids merge to the whole-disk hash and that it holds every chunk.
 //! 5. `POST /jobs/{job}/finish`: the job becomes Finished only when every disk is verified.
 //!
+//! A source that has an enrollment token instead of a job first calls `POST /enroll` with its
+//! identity ([`EnrollRequest`]) and goes on with the job and token of the answer.
+//!
 //! A target agent's conversation (job target `instance`, with the job's target token), once the
 //! job is Finished:
 //! 1. `POST /jobs/{job}/target/register` with the target's identity and disks; the receiver

@@ -170,18 +170,18 @@ pub async fn serve(cfg: ServeConfig) -> Result<()> {
     println!("admin token:  {}", cfg.store.join("admin.token").display());
     println!("viewer token: {} (read-only dashboard)", cfg.store.join("viewer.token").display());
     println!("dashboard:    {local_url}/");
-    match &pin {
+    let security = match &pin {
         Some(pin) => {
             println!("certificate pin (SHA-256): {pin}");
-            println!(
-                "boot sources with:\n  ferry.server={url} ferry.pin={pin} ferry.job=<JOB> ferry.token=<TOKEN> ip=dhcp"
-            );
+            format!("ferry.pin={pin}")
         }
         None => {
             println!("WARNING: plain HTTP: disk data and tokens travel unencrypted");
-            println!("boot sources with:\n  ferry.server={url} ferry.job=<JOB> ferry.token=<TOKEN> ip=dhcp");
+            "ferry.plain_http=1".to_string()
         }
-    }
+    };
+    println!("boot sources with:\n  ferry.server={url} {security} ferry.job=<JOB> ferry.token=<TOKEN> ip=dhcp");
+    println!("  (a wave: ferry.enroll=<TOKEN> instead of job and token; see ferry job enroll create)");
     use std::io::Write as _;
     let _ = std::io::stdout().flush();
     if cfg.plain_http {
