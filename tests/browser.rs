@@ -57,7 +57,8 @@ fn dashboard_follows_a_real_send_to_finished() {
         "04-finished",
         "05-job-page",
         "06-cancel-restart",
-        "07-viewer",
+        "07-enrollment",
+        "08-viewer",
     ] {
         let p = artifacts.join(format!("{shot}.png"));
         assert!(std::fs::metadata(&p).map(|m| m.len() > 1000).unwrap_or(false), "no screenshot {}", p.display());
@@ -72,4 +73,16 @@ fn dashboard_follows_a_real_send_to_finished() {
     let states: Vec<&str> =
         jobs[1]["history"].as_array().unwrap().iter().map(|e| e["state"].as_str().unwrap()).collect();
     assert_eq!(states, ["Waiting", "Cancelled", "Waiting"], "the page's buttons cancelled and restarted it");
+    assert_eq!(
+        (jobs[2]["name"].as_str(), jobs[2]["state"].as_str()),
+        (Some("browser-wave-BROWSER-SRV"), Some("Finished"))
+    );
+    // The enrollment the page made and revoked, by the CLI's account.
+    let list: serde_json::Value = serde_json::from_slice(
+        &ferry(&["job", "enroll", "list", "--store", r.store.to_str().unwrap(), "--json"]).stdout,
+    )
+    .unwrap();
+    assert_eq!(list[0]["name"], "browser-wave");
+    assert!(list[0]["revoked_at"].as_u64().is_some(), "the page's button revoked it: {list}");
+    assert_eq!(list[0]["jobs"][0], jobs[2]["id"]);
 }

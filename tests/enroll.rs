@@ -152,6 +152,20 @@ fn each_machine_gets_its_own_job_the_same_one_until_it_ends_then_a_new_one() {
     let (status, online) = post(&r, "enroll", &token, r#"{"machine": {"serial": "SRV-E"}}"#);
     assert_eq!((status, online["state"].as_str()), (201, Some("Waiting")), "{online}");
     assert_ne!(online["job"].as_str(), Some(job_e));
+    // Begun by the live image, then finished by a running system (an online pass took it over):
+    // that copy is not the offline migration, so the live image gets a new job at cutover.
+    let f_off = r#"{"machine": {"serial": "SRV-F"}, "offline": true}"#;
+    let (_, live_f) = post(&r, "enroll", &token, f_off);
+    let (status, online_f) = post(&r, "enroll", &token, r#"{"machine": {"serial": "SRV-F"}}"#);
+    assert_eq!((status, &online_f["job"]), (200, &live_f["job"]), "{online_f}");
+    sent(&r.send(online_f["job"].as_str().unwrap(), online_f["token"].as_str().unwrap(), &[&img_e], &[]));
+    let (status, cutover_f) = post(&r, "enroll", &token, f_off);
+    assert_eq!(
+        (status, cutover_f["created"].as_bool(), cutover_f["state"].as_str()),
+        (201, Some(true), Some("Waiting"))
+    );
+    assert_ne!(cutover_f["job"], live_f["job"]);
+
     // A job the operator cancelled stays cancelled: the machine is given it back, not a new one.
     let cancel = ferry(&["job", "cancel", "--store", r.store.to_str().unwrap(), online["job"].as_str().unwrap()]);
     assert!(cancel.status.success());
@@ -164,7 +178,7 @@ fn each_machine_gets_its_own_job_the_same_one_until_it_ends_then_a_new_one() {
     let list: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
     let jobs: Vec<&str> = list[0]["jobs"].as_array().unwrap().iter().map(|j| j.as_str().unwrap()).collect();
     assert_eq!(jobs[..3], [job_a.as_str(), job_b.as_str(), job_a2.as_str()]);
-    assert_eq!(jobs.len(), 7);
+    assert_eq!(jobs.len(), 9);
     let viewer = std::fs::read_to_string(r.store.join("viewer.token")).unwrap();
     let out = Command::new("curl")
         .args(["-sk", "-H", &format!("Authorization: Bearer {}", viewer.trim())])
@@ -191,11 +205,28 @@ fn refusals_enroll_nothing() {
     let jobs_before = r.job_count();
 
     let m = r#"{"machine": {"serial": "SRV-X"}}"#;
-    // Not an enrollment token: the admin's, a job's, or garbage.
+    // Not an enrollment token: the admin's, a job's, the viewer's, or garbage; or none.
     let (job, job_token) = r.create_job("plain job");
-    for bad in [r.admin_token(), job_token, "0".repeat(64)] {
+    let viewer = std::fs::read_to_string(r.store.join("viewer.token")).unwrap().trim().to_string();
+    for bad in [r.admin_token(), job_token, viewer, "0".repeat(64)] {
         let (status, body) = post(&r, "enroll", &bad, m);
         assert_eq!((status, body["code"].as_str()), (403, Some("forbidden")), "{body}");
+    }
+    let out = Command::new("curl")
+        .args(["-sk", "-X", "POST", "-d", m])
+        .arg(format!("{}/api/v1/enroll", r.url))
+        .output()
+        .unwrap();
+    let body: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(body["code"], "no_token");
+    // The enrollment token is good for nothing else: no job, enrollment or identity to read.
+    for path in ["jobs", "enrollments", &format!("jobs/{job}"), &format!("jobs/{job}/log"), "whoami"] {
+        let out = Command::new("curl")
+            .args(["-sk", "-o", "/dev/null", "-w", "%{http_code}", "-H", &format!("Authorization: Bearer {token}")])
+            .arg(format!("{}/api/v1/{path}", r.url))
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "403", "GET {path} with an enrollment token");
     }
     // A machine with nothing that tells it apart (firmware placeholders only).
     let (status, body) = post(
@@ -222,15 +253,20 @@ fn refusals_enroll_nothing() {
     let out = send_enrolled(&r, &token, &machine(t.path(), "SRV-X", None), &img);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("enrollment_revoked") && err.contains("revoked"), "{err}");
+    assert!(err.contains("enrollment_revoked") && err.contains("ask the operator for a job"), "{err}");
     assert_eq!(r.job_count(), jobs_before + 1);
     let (status, body) = post(&r, "enrollments/nope/revoke", &r.admin_token(), "");
     assert_eq!((status, body["code"].as_str()), (404, Some("no_such_enrollment")));
     assert_eq!(r.job(&job)["state"], "Waiting");
 
     // send needs a job and its token, or an enrollment token: not both, not neither.
-    let usage = ferry(&["send", "--server", &r.url, "--job", "abc", "--enroll", &token, "x.img"]);
+    let usage = ferry(&["send", "--server", &r.url, "--job", "abc", "--token", "x", "--enroll", &token, "x.img"]);
     assert_eq!(usage.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&usage.stderr).contains("cannot be used with"),
+        "{}",
+        String::from_utf8_lossy(&usage.stderr)
+    );
     let usage =
         Command::new(FERRY).args(["send", "--server", &r.url, "x.img"]).env_remove("FERRY_TOKEN").output().unwrap();
     assert_eq!(usage.status.code(), Some(2));

@@ -162,6 +162,14 @@ fn pxe_boot_menu_chain_loads_from_the_receiver_and_migrates() {
     let out = ferry(&["job", "enroll", "list", "--store", store.to_str().unwrap(), "--json"]);
     let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(list[0]["jobs"].as_array().unwrap().len(), 1, "{list}");
+
+    // The same through the menu's other branch, the job and its token in the query: Finished by
+    // this very machine, it is migrated.
+    let job_token = j["token"].as_str().unwrap();
+    let by_job = format!("http://10.0.2.2:{boot_port}/boot/menu.ipxe?job={job}&token={job_token}");
+    std::fs::write(tftp.join("boot.ipxe"), format!("#!ipxe\nchain {by_job}\n")).unwrap();
+    let (serial, _) = pxe_vm("by-job.log").run(BOOT_TIMEOUT);
+    assert!(serial.contains(&format!("job {job} is Finished")) && serial.contains("Powering off"), "{serial}");
 }
 
 #[test]

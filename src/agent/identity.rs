@@ -11,7 +11,8 @@ fn read(path: &Path) -> Option<String> {
     (!s.is_empty()).then_some(s)
 }
 
-/// Reads `/sys/class/dmi/id` and `/sys/class/net` (the product UUID and serial need root).
+/// Reads `/sys/class/dmi/id` and the network cards' addresses in `/sys/class/net` (the product
+/// UUID and serial need root).
 /// `FERRY_SYS_ROOT` names another sysfs root: containers without DMI, and tests that play two
 /// machines on one host.
 pub fn machine_identity() -> MachineIdentity {
@@ -26,7 +27,9 @@ pub fn machine_identity_from(sys: &Path) -> MachineIdentity {
     let mut macs: Vec<String> = fs::read_dir(sys.join("class/net"))
         .map(|rd| {
             rd.filter_map(Result::ok)
-                .filter(|e| e.file_name() != "lo")
+                // Only network cards (they have a `device`): bridges, bonds, veth pairs and
+                // docker0 have made-up addresses that change between boots and systems.
+                .filter(|e| e.path().join("device").exists())
                 .filter_map(|e| read(&e.path().join("address")))
                 .filter(|m| m != "00:00:00:00:00:00")
                 .collect()
@@ -45,6 +48,22 @@ pub fn machine_identity_from(sys: &Path) -> MachineIdentity {
     }
 }
 
+/// Whether two machine identities are the same machine: an equal meaningful UUID or serial, or
+/// neither carrying any (virtual machines without DMI), compared by their network cards.
+pub fn same_machine(a: &MachineIdentity, b: &MachineIdentity) -> bool {
+    let eq = |x: &Option<String>, y: &Option<String>| match (x, y) {
+        (Some(x), Some(y)) => meaningful(x) && x.eq_ignore_ascii_case(y),
+        _ => false,
+    };
+    if eq(&a.product_uuid, &b.product_uuid) || eq(&a.serial, &b.serial) {
+        return true;
+    }
+    let blank = |m: &MachineIdentity| {
+        !m.product_uuid.as_deref().is_some_and(meaningful) && !m.serial.as_deref().is_some_and(meaningful)
+    };
+    blank(a) && blank(b) && a.macs == b.macs
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -61,8 +80,12 @@ mod tests {
         w("class/dmi/id/sys_vendor", "Dell Inc.\n");
         w("class/dmi/id/product_name", "PowerEdge R640\n");
         w("class/net/eth0/address", "52:54:00:12:34:56\n");
+        w("class/net/eth0/device/vendor", "0x1af4\n");
+        w("class/net/eth1/address", "00:00:00:00:00:00\n");
+        w("class/net/eth1/device/vendor", "0x8086\n");
         w("class/net/lo/address", "00:00:00:00:00:00\n");
-        w("class/net/bond0/address", "00:00:00:00:00:00\n");
+        w("class/net/docker0/address", "02:42:0a:00:00:01\n");
+        w("class/net/br0/address", "00:11:22:33:44:55\n");
         let m = machine_identity_from(t.path());
         assert_eq!(m.product_uuid.as_deref(), Some("4c4c4544-0031-3210-8052-b4c04f4e3732"));
         assert_eq!(m.vendor.as_deref(), Some("Dell Inc."));

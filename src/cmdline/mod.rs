@@ -267,11 +267,12 @@ pub struct SendArgs {
     #[arg(long, required_unless_present = "enroll", requires = "token")]
     pub job: Option<String>,
     /// The job's agent token.
-    #[arg(long, env = "FERRY_TOKEN", hide_env_values = true)]
+    #[arg(long, env = "FERRY_TOKEN", hide_env_values = true, value_parser = clap::builder::NonEmptyStringValueParser::new())]
     pub token: Option<String>,
     /// Instead of a job: an enrollment token (`ferry job enroll create`); the receiver gives
-    /// this machine its own job, or its unfinished one again.
-    #[arg(long, env = "FERRY_ENROLL", hide_env_values = true, conflicts_with = "job")]
+    /// this machine its own job, or its unfinished one again. Run as root: the receiver tells
+    /// machines apart by their DMI UUID or serial, which only root can read.
+    #[arg(long, conflicts_with = "job", value_parser = clap::builder::NonEmptyStringValueParser::new())]
     pub enroll: Option<String>,
     /// Disks or image files, in order (disk 0, 1, ...).
     #[arg(required = true)]

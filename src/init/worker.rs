@@ -241,25 +241,16 @@ async fn work(cfg: &mut LiveConfig, cmdline: &str) -> Result<Verdict, Failed> {
             "enrolled: job {} ({}){}",
             answer.job,
             answer.name,
-            if answer.created { "" } else { ", resuming this machine's unfinished job" }
+            match (answer.created, answer.state) {
+                (true, _) => "",
+                (false, crate::proto::JobState::Finished) => ", already Finished",
+                (false, _) => ", this machine's job from before",
+            }
         );
         cfg.job = Some(answer.job.clone());
         cfg.token = Some(answer.token);
         if answer.state == crate::proto::JobState::Finished {
-            return Ok(Verdict {
-                ok: true,
-                headline: "MIGRATED".into(),
-                lines: vec![format!(
-                    "this machine was already migrated (job {}, {}); nothing was sent now",
-                    answer.job, answer.name
-                )],
-                advice: vec![
-                    "Remove the ferry stick (or the PXE entry). It powers off now rather than start ferry again; to copy it once more, the operator restarts the job."
-                        .into(),
-                ],
-                on_finish: Some(super::cmdline::OnFinish::Poweroff),
-                countdown: None,
-            });
+            return Ok(already_migrated(&answer.job));
         }
     }
     let client = Client::new(&endpoint(cfg.token.as_deref().unwrap_or_default()))
@@ -333,10 +324,43 @@ async fn work(cfg: &mut LiveConfig, cmdline: &str) -> Result<Verdict, Failed> {
                 countdown: None,
             })
         }
+        Err(e) if e.downcast_ref::<Refused>().is_some_and(|r| r.code == "job_finished") => {
+            // Finished by this machine before (booted into ferry again), or by another machine
+            // whose job this one was given by mistake: only the first is "migrated".
+            let finished: Option<crate::proto::Job> =
+                client.call(reqwest::Method::GET, &format!("/jobs/{job}"), |r| r).await.ok();
+            let by = finished.and_then(|j| j.machine);
+            match by {
+                Some(m) if crate::agent::identity::same_machine(&m, &machine) => Ok(already_migrated(&job)),
+                other => Err(Failed::new(
+                    format!(
+                        "job {job} is already Finished, copied from another machine (serial {}); this machine was NOT migrated",
+                        other.and_then(|m| m.serial).unwrap_or_else(|| "unknown".into())
+                    ),
+                    "Check ferry.job and ferry.token with the operator: they belong to another machine.",
+                )),
+            }
+        }
         Err(e) => {
             let advice = advice_for(&e, cfg);
             Err(Failed { lines: vec![format!("{e:#}")], advice: vec![advice] })
         }
+    }
+}
+
+/// The verdict for a source whose job is already Finished: booted into ferry again (the stick
+/// left in, the PXE entry still set), it sends nothing and powers off rather than loop.
+fn already_migrated(job: &str) -> Verdict {
+    Verdict {
+        ok: true,
+        headline: "MIGRATED".into(),
+        lines: vec![format!("already migrated: job {job} is Finished; nothing sent now")],
+        advice: vec![
+            "Remove the ferry stick (or the PXE entry). It powers off now rather than start ferry again; to copy it once more, the operator restarts the job."
+                .into(),
+        ],
+        on_finish: Some(super::cmdline::OnFinish::Poweroff),
+        countdown: None,
     }
 }
 

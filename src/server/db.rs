@@ -152,6 +152,9 @@ impl Db {
                     .with_context(|| format!("adding column {column} to the job table"))?;
             }
         }
+        // After the added columns exist (an older database gets them just above).
+        conn.execute_batch("CREATE INDEX IF NOT EXISTS jobs_by_machine ON jobs (enrollment, machine_key)")
+            .context("indexing jobs by enrollment")?;
         Ok(Self { conn: Mutex::new(conn) })
     }
 
@@ -188,11 +191,23 @@ impl Db {
 
     /// Every enrollment, oldest first, with the jobs each created; tokens only when `with_token`.
     pub fn enrollments(&self, with_token: bool) -> Result<Vec<Enrollment>> {
+        let mut list = self.enrollment_rows(with_token)?;
+        let conn = self.conn();
+        let mut jobs = conn.prepare("SELECT id FROM jobs WHERE enrollment = ?1 ORDER BY rowid")?;
+        for e in &mut list {
+            e.jobs = jobs.query_map([&e.id], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
+        }
+        Ok(list)
+    }
+
+    /// The enrollments without their jobs: what checking an enrollment token needs (cheap:
+    /// every `POST /enroll` compares its token with all of them).
+    pub fn enrollment_rows(&self, with_token: bool) -> Result<Vec<Enrollment>> {
         let conn = self.conn();
         let mut stmt = conn.prepare(
-            "SELECT id, name, target, options, token, created_at, revoked_at FROM enrollments ORDER BY created_at, id",
+            "SELECT id, name, target, options, token, created_at, revoked_at FROM enrollments ORDER BY rowid",
         )?;
-        let mut list = stmt
+        let list = stmt
             .query_map([], |r| {
                 Ok(Enrollment {
                     id: r.get(0)?,
@@ -206,10 +221,6 @@ impl Db {
                 })
             })?
             .collect::<rusqlite::Result<Vec<_>>>()?;
-        let mut jobs = conn.prepare("SELECT id FROM jobs WHERE enrollment = ?1 ORDER BY created_at, rowid")?;
-        for e in &mut list {
-            e.jobs = jobs.query_map([&e.id], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
-        }
         Ok(list)
     }
 
@@ -228,6 +239,12 @@ impl Db {
     /// chunks the receiver holds are not sent again), unless the Finished copy was made by the
     /// live image and the live image asks again (the migration is done; a machine left to
     /// boot the stick must not copy itself over and over). The bool says whether it is new.
+    ///
+    /// `offline` is recorded on the job at every enrollment: the agent that enrolled last is
+    /// the one that finishes it, so a job a running system finished (a pre-seed, even one the
+    /// live image had begun) never counts as the offline migration.
+    ///
+    /// None: the enrollment was revoked (checked here, in the same transaction).
     pub fn enrolled_job(
         &self,
         e: &Enrollment,
@@ -235,13 +252,20 @@ impl Db {
         offline: bool,
         new: &CreateJob,
         ids: NewJobIds,
-    ) -> Result<(Job, bool)> {
+    ) -> Result<Option<(Job, bool)>> {
         let mut conn = self.conn();
-        let tx = conn.transaction()?;
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let revoked: Option<Option<u64>> =
+            tx.query_row("SELECT revoked_at FROM enrollments WHERE id = ?1", [&e.id], |r| r.get(0)).optional()?;
+        if !matches!(revoked, Some(None)) {
+            return Ok(None);
+        }
+        // Newest by insertion order, not by clock: a receiver whose clock stepped back still
+        // finds the machine's latest job.
         let newest: Option<(String, String, Option<i64>)> = tx
             .query_row(
                 "SELECT id, state, enrolled_offline FROM jobs WHERE enrollment = ?1 AND machine_key = ?2
-                 ORDER BY created_at DESC, rowid DESC LIMIT 1",
+                 ORDER BY rowid DESC LIMIT 1",
                 [&e.id, machine_key],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )
@@ -256,12 +280,10 @@ impl Db {
                 (ids.id.to_string(), true)
             }
         };
-        if offline {
-            tx.execute("UPDATE jobs SET enrolled_offline = 1 WHERE id = ?1", [&id])?;
-        }
+        tx.execute("UPDATE jobs SET enrolled_offline = ?2 WHERE id = ?1", params![id, offline as i64])?;
         tx.commit()?;
         drop(conn);
-        Ok((self.job(&id, true)?.context("job vanished")?, created))
+        Ok(Some((self.job(&id, true)?.context("job vanished")?, created)))
     }
 
     /// A job with its disks and history; the agent token only when `with_token`.
@@ -416,7 +438,8 @@ impl Db {
 
     pub fn job_ids(&self) -> Result<Vec<String>> {
         let conn = self.conn();
-        let mut stmt = conn.prepare("SELECT id FROM jobs ORDER BY created_at, id")?;
+        // Creation order (rowids only grow: no job is deleted), exact within a second too.
+        let mut stmt = conn.prepare("SELECT id FROM jobs ORDER BY rowid")?;
         let ids = stmt.query_map([], |r| r.get(0))?.collect::<rusqlite::Result<Vec<String>>>()?;
         Ok(ids)
     }

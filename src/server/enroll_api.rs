@@ -26,7 +26,13 @@ use crate::proto::*;
 /// How the receiver tells machines apart (`key`), and the readable part of a job's name
 /// (`label`). None: the machine carries nothing that identifies it.
 pub fn machine_key(m: &MachineIdentity) -> Option<(String, String)> {
-    let usable = |v: &Option<String>| v.as_deref().map(str::trim).filter(|v| meaningful(v)).map(str::to_string);
+    // Identifiers come from the caller: short printable text only (they are stored and logged).
+    let usable = |v: &Option<String>| {
+        v.as_deref()
+            .map(str::trim)
+            .filter(|v| v.len() <= 128 && v.chars().all(|c| c.is_ascii_graphic() || c == ' ') && meaningful(v))
+            .map(str::to_string)
+    };
     let serial = usable(&m.serial);
     let mac = m
         .macs
@@ -108,7 +114,7 @@ pub async fn enroll(
     let token = bearer(&headers)?;
     // Every enrollment is compared, in constant time, whatever matches first.
     let mut matching = None;
-    for e in st.db.enrollments(true)? {
+    for e in st.db.enrollment_rows(true)? {
         if e.token.as_deref().is_some_and(|t| tokens_equal(token, t)) {
             matching = Some(e);
         }
@@ -116,12 +122,15 @@ pub async fn enroll(
     let Some(e) = matching else {
         return Err(ApiErr(StatusCode::FORBIDDEN, "forbidden", "this token is not an enrollment token".into()));
     };
-    if e.revoked_at.is_some() {
-        return Err(ApiErr(
+    let revoked = || {
+        ApiErr(
             StatusCode::FORBIDDEN,
             "enrollment_revoked",
             format!("enrollment {} ({}) was revoked: ask the operator for a job", e.id, e.name),
-        ));
+        )
+    };
+    if e.revoked_at.is_some() {
+        return Err(revoked());
     }
     let req: EnrollRequest = parse_json(&body)?;
     let Some((key, label)) = machine_key(&req.machine) else {
@@ -139,9 +148,10 @@ pub async fn enroll(
     };
     let target_token = (e.target == TargetKind::Instance).then(|| random_hex(32));
     let ids = NewJobIds { id: &random_hex(6), token: &random_hex(32), target_token: target_token.as_deref() };
-    let (job, created) = st.db.enrolled_job(&e, &key, req.offline, &new, ids)?;
+    // Revoked meanwhile: the database checks again inside its transaction.
+    let (job, created) = st.db.enrolled_job(&e, &key, req.offline, &new, ids)?.ok_or_else(revoked)?;
     if created {
-        log::info!("enrollment {}: job {} ({}) created for {key}", e.id, job.id, job.name);
+        log::info!("enrollment {}: job {} ({}) created for {key:?}", e.id, job.id, job.name);
     }
     let answer =
         EnrollAnswer { job: job.id, name: job.name, token: job.token.unwrap_or_default(), created, state: job.state };
@@ -183,6 +193,11 @@ mod tests {
             ),
             (m(None, Some("Default string"), &["00:00:00:00:00:00"]), None),
             (m(None, None, &["garbage"]), None),
+            // Text nobody's firmware writes: too long, or with control characters.
+            (
+                m(Some(&"a".repeat(129)), Some("SRV\n7"), &["52:54:00:00:00:07"]),
+                Some(("mac:52:54:00:00:00:07", "525400000007")),
+            ),
             (m(None, None, &[]), None),
         ];
         for (machine, want) in cases {

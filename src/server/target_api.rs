@@ -136,22 +136,6 @@ pub fn refuse_target(
     None
 }
 
-/// Whether two machine identities are the same machine: an equal meaningful UUID or serial, or
-/// neither carrying any (virtual machines without DMI), compared with everything else equal.
-fn same_identity(a: &MachineIdentity, b: &MachineIdentity) -> bool {
-    let eq = |x: &Option<String>, y: &Option<String>| match (x, y) {
-        (Some(x), Some(y)) => meaningful(x) && x.eq_ignore_ascii_case(y),
-        _ => false,
-    };
-    if eq(&a.product_uuid, &b.product_uuid) || eq(&a.serial, &b.serial) {
-        return true;
-    }
-    let blank = |m: &MachineIdentity| {
-        !m.product_uuid.as_deref().is_some_and(meaningful) && !m.serial.as_deref().is_some_and(meaningful)
-    };
-    blank(a) && blank(b) && a.macs == b.macs
-}
-
 fn new_delivery() -> Delivery {
     Delivery {
         state: JobState::Waiting,
@@ -205,7 +189,7 @@ pub async fn register(
         })
     });
     let same_machine = |d: &Delivery| {
-        d.machine.as_ref().is_some_and(|m| same_identity(m, &req.machine))
+        d.machine.as_ref().is_some_and(|m| crate::agent::identity::same_machine(m, &req.machine))
             && d.target_disks
                 .iter()
                 .map(|x| (&x.serial, &x.wwn, x.size))

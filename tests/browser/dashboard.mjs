@@ -1,10 +1,14 @@
 // The dashboard in a real browser (Debian's Chromium, headless, driven by playwright-core):
 // a wrong token is refused; the admin signs in, creates a job, watches a real `ferry send` move
-// its progress bar to Finished, and reads the whole-disk hash on the job page; the viewer token
-// sees the same jobs without the buttons that change them. Screenshots go to $ARTIFACTS.
+// its progress bar to Finished, and reads the whole-disk hash on the job page; creates an
+// enrollment that a real `ferry send --enroll` uses, and revokes it; the viewer token sees the
+// same jobs and enrollments without the buttons that change them. Screenshots go to $ARTIFACTS.
 // Run by tests/browser.rs, which starts the receiver and passes everything in the environment.
 import { chromium } from "playwright-core";
-import { spawn } from "node:child_process";
+import { spawn, spawnSync } from "node:child_process";
+import { mkdirSync, mkdtempSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import assert from "node:assert/strict";
 
 const env = (k) => {
@@ -100,7 +104,37 @@ await spareRow.locator("button.restart").click();
 await spareRow.locator(".job-state").filter({ hasText: "Waiting" }).waitFor();
 await shot(page, "06-cancel-restart");
 
-// 6. The viewer sees the jobs but cannot change them.
+// 6. A wave: the admin creates an enrollment; a source enrolls itself with its token (a real
+// `ferry send --enroll`, as the machine with DMI serial BROWSER-SRV) and its job shows up named
+// after it; then the admin revokes the enrollment.
+await page.fill("#enroll-name", "browser-wave");
+await page.click("#enroll-form button");
+await page.locator("#enroll-created").waitFor();
+const eid = (await page.textContent("#enroll-created-id")).trim();
+const etoken = (await page.textContent("#enroll-created-token")).trim();
+assert.match(etoken, /^[0-9a-f]{64}$/);
+const bootLine = (await page.textContent("#enroll-created-cmdline")).trim();
+assert.ok(bootLine.includes(`ferry.pin=${env("FERRY_PIN")} ferry.enroll=${etoken}`), bootLine);
+const erow = page.locator(`tr[data-enrollment="${eid}"]`);
+await erow.locator(".enrollment-state").filter({ hasText: "active" }).waitFor();
+const sys = mkdtempSync(join(tmpdir(), "ferry-sys-"));
+mkdirSync(join(sys, "class/dmi/id"), { recursive: true });
+writeFileSync(join(sys, "class/dmi/id/product_serial"), "BROWSER-SRV");
+const enrolled = spawnSync(env("FERRY_BIN"), [
+  "send", "--server", url, "--pin", env("FERRY_PIN"), "--enroll", etoken, "--json", env("FERRY_IMAGE"),
+], { env: { ...process.env, FERRY_SYS_ROOT: sys }, encoding: "utf8" });
+assert.equal(enrolled.status, 0, `ferry send --enroll failed: ${enrolled.stderr}`);
+const enrolledJob = JSON.parse(enrolled.stdout).job;
+const enrolledRow = page.locator(`tr[data-job="${enrolledJob}"]`);
+await enrolledRow.locator(".job-state").filter({ hasText: "Finished" }).waitFor();
+assert.equal((await enrolledRow.locator("td").nth(1).textContent()).trim(), "browser-wave-BROWSER-SRV");
+await erow.locator(".enrollment-jobs").filter({ hasText: "1" }).waitFor();
+await shot(page, "07-enrollment");
+await erow.locator("button.revoke").click();
+await erow.locator(".enrollment-state").filter({ hasText: "revoked" }).waitFor();
+assert.equal(await erow.locator("button.revoke").count(), 0, "a revoked enrollment has no revoke button");
+
+// 7. The viewer sees the jobs and enrollments but cannot change them, nor see a token.
 const viewer = await (await browser.newContext({ ignoreHTTPSErrors: true })).newPage();
 await viewer.goto(url + "/");
 await viewer.fill("#token", env("FERRY_VIEWER_TOKEN"));
@@ -109,7 +143,11 @@ await viewer.locator("#who").filter({ hasText: "read-only" }).waitFor();
 await viewer.locator(`tr[data-job="${id}"]`).waitFor();
 assert.ok(await viewer.locator("#create").isHidden(), "no job creation for the viewer");
 assert.equal(await viewer.locator("button.restart, button.cancel").count(), 0, "no restart/cancel for the viewer");
-await shot(viewer, "07-viewer");
+await viewer.locator(`tr[data-enrollment="${eid}"]`).waitFor();
+assert.ok(await viewer.locator("#enroll-form").isHidden(), "no enrollment creation for the viewer");
+assert.equal(await viewer.locator("button.revoke").count(), 0, "no revoke for the viewer");
+assert.ok(!(await viewer.content()).includes(etoken), "the viewer never sees an enrollment token");
+await shot(viewer, "08-viewer");
 
 await browser.close();
 assert.deepEqual(problems, [], "the page logged errors");
