@@ -299,9 +299,25 @@ fn a_killed_pull_leaves_no_table_and_the_next_one_finishes() {
     assert!(bytes[..1024].iter().all(|&b| b == 0), "LBA 0-1 (MBR, GPT header) are written last");
     assert!(bytes[bytes.len() - 512..].iter().all(|&b| b == 0), "so is the backup GPT header");
 
-    pulled(&job.pull(&tgt, &[&target], &[]));
+    // The next pull keeps what the killed one wrote (each chunk found on the disk with its id)
+    // and pulls only the rest over the network.
+    let served = |r: &Receiver| -> u64 {
+        let out = Command::new("curl").args(["-sk", &format!("{}/metrics", r.url)]).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let line = text.lines().find(|l| l.starts_with("ferry_chunk_bytes_served_total ")).expect("served metric");
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    let before = served(&job.r);
+    let out = pulled(&job.pull(&tgt, &[&target], &[]));
     assert!(files_equal(&target, &src));
+    let reused = out["disks"][0]["reused_chunks"].as_u64().unwrap();
+    // 64 chunks of 4 MiB; 26 hold data (chunk 0 with the GPT, chunks 25-49), 104 MiB in all,
+    // and the killed pull had written data at 104 MiB (chunk 26).
+    assert!(reused > 0 && reused < 64, "reused {reused} chunks: {out}");
+    let pulled_bytes = served(&job.r) - before;
+    assert!(pulled_bytes < 104 * MIB, "{pulled_bytes} bytes pulled again: no data chunk was kept");
     assert_eq!(job.delivery()["state"], "Finished");
+    assert_eq!(job.delivery()["disks"][0]["reused_chunks"].as_u64(), Some(reused));
 }
 
 #[test]

@@ -400,6 +400,9 @@ fn target_role_writes_a_bootable_server_that_then_boots_from_its_disk() {
         .unwrap();
     assert_eq!(by_source(boot_index)["target"]["serial"], "TGT-BIG", "largest source to the only disk that fits");
     assert_eq!(by_source(1 - boot_index)["target"]["serial"], "TGT-SMALL");
+    // It resumed: what the cut attempt had written was found on the disk and kept.
+    assert!(by_source(boot_index)["reused_chunks"].as_u64().unwrap() > 0, "nothing was kept after the cut: {d:#}");
+    assert!(serial.contains("written before the interruption were kept"), "{serial}");
 
     // What the target holds: the data disk bit for bit; the boot disk up to its size except the
     // protective MBR's size and the primary GPT header, and a GPT sgdisk finds no fault with.

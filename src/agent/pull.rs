@@ -165,6 +165,7 @@ async fn write_all(
                 blake3: None,
                 verified: false,
                 changed: vec![],
+                reused_chunks: 0,
             })
             .collect(),
     };
@@ -176,7 +177,7 @@ async fn write_all(
     let mut result: Result<()> = Ok(());
     for (&(s, _), writer) in mapping.iter().zip(&writers) {
         let src = plan.disks.iter().find(|d| d.index == s).context("the plan lost a disk")?;
-        match write_body(client, job, src, writer.clone(), opts, on).await {
+        match write_body(client, job, src, writer.clone(), plan.rewriting, opts, on).await {
             Ok(b) => bodies.push(b),
             Err(e) => {
                 result = Err(e);
@@ -209,6 +210,7 @@ async fn write_all(
                 delivered.verified = true;
                 delivered.bytes_written = b.written;
                 delivered.changed = changed;
+                delivered.reused_chunks = b.reused;
                 done.push(delivered);
             }
             let body = TargetDone { disks: done.clone() };
@@ -249,6 +251,7 @@ struct Body {
     tail: Option<(u64, Vec<u8>)>,
     blake3: String,
     written: u64,
+    reused: u64,
 }
 
 /// The byte ranges held back from the body: LBA 0-1 and the source's last sector.
@@ -260,11 +263,14 @@ fn held_ranges(size: u64, sector: u64) -> (u64, Option<u64>) {
 
 /// Writes one source disk onto `writer` but for its table sectors, and reads it back: every
 /// chunk id and the whole-disk BLAKE3 must be the source's, with the held-back sectors in.
+/// `resume`: this machine's earlier attempt may have written chunks already; each chunk on the
+/// disk whose bytes hash to the source's id is kept instead of pulled again.
 async fn write_body(
     client: &Client,
     job: &str,
     src: &SourceDisk,
     writer: Arc<DiskWriter>,
+    resume: bool,
     opts: &PullOptions,
     on: &mut (dyn FnMut(PullEvent) + Send),
 ) -> Result<Body> {
@@ -292,6 +298,8 @@ async fn write_body(
         head_len,
         tail_at,
         sector,
+        resume,
+        reused: Arc::new(AtomicU64::new(0)),
     };
     let mut last_report = Instant::now();
     let mut writes =
@@ -312,6 +320,10 @@ async fn write_body(
         .map_err(|e| failure("write_failed", format!("{e:#}")))?;
     let total = written.load(Ordering::Relaxed);
     report_progress(client, job, n, total).await;
+    let reused = ctx.reused.load(Ordering::Relaxed);
+    if reused > 0 {
+        log::info!("{path}: {reused} of {count} chunks were already on the disk from an earlier attempt: kept");
+    }
     let Held { head, tail } = std::mem::take(&mut *held.lock().unwrap_or_else(|p| p.into_inner()));
     let blake3 = read_back(&ctx, &path, &head, tail.as_ref(), opts, on).await?;
     Ok(Body {
@@ -324,6 +336,7 @@ async fn write_body(
         tail,
         blake3,
         written: total,
+        reused,
     })
 }
 
@@ -388,6 +401,9 @@ struct ChunkCtx {
     head_len: u64,
     tail_at: Option<u64>,
     sector: u64,
+    /// Look for the chunk on the disk before pulling it (see `write_body`).
+    resume: bool,
+    reused: Arc<AtomicU64>,
 }
 
 impl ChunkCtx {
@@ -396,7 +412,14 @@ impl ChunkCtx {
     async fn fetch_and_write(self, i: u64) -> Result<u64> {
         let (offset, len) = self.m.chunk_range(i);
         let entry = &self.m.chunks[i as usize];
-        let data: Vec<u8> = if entry.zero {
+        // The disk may hold the chunk already (an interrupted attempt): its bytes, when they
+        // hash to the chunk's id, are the source's, and need neither the network nor a write.
+        let on_disk = if self.resume { self.already_on_disk(i).await? } else { None };
+        let keep = on_disk.is_some();
+        let data: Vec<u8> = if let Some(bytes) = on_disk {
+            self.reused.fetch_add(1, Ordering::Relaxed);
+            bytes
+        } else if entry.zero {
             vec![0u8; len as usize]
         } else {
             let path = format!("/jobs/{}/disks/{}/chunks/{i}/data", self.job, self.disk);
@@ -406,7 +429,11 @@ impl ChunkCtx {
         let ctx = self.clone();
         tokio::task::spawn_blocking(move || -> Result<u64> {
             let m = &ctx.m;
-            if data.len() as u64 != len || chunk_id(&data, offset, m.size, m.chunk_size) != m.chunks[i as usize].id {
+            // (Bytes kept from the disk were checked as they were read.)
+            if !keep
+                && (data.len() as u64 != len
+                    || chunk_id(&data, offset, m.size, m.chunk_size) != m.chunks[i as usize].id)
+            {
                 return Err(failure(
                     "chunk_corrupt",
                     format!("chunk {i} of disk {} arrived with other bytes than its id says", ctx.disk),
@@ -425,11 +452,26 @@ impl ChunkCtx {
                 ctx.held.lock().unwrap_or_else(|p| p.into_inner()).tail = Some((t, bytes));
                 to = t.max(from);
             }
-            if from < to {
+            if from < to && !keep {
                 let slice = &data[(from - offset) as usize..(to - offset) as usize];
                 ctx.writer.write_at(slice, from).map_err(|e| failure("write_failed", format!("{e:#}")))?;
             }
             Ok(len)
+        })
+        .await?
+    }
+}
+
+impl ChunkCtx {
+    /// Chunk `i` as the disk holds it, if those bytes are the source's (their id matches).
+    async fn already_on_disk(&self, i: u64) -> Result<Option<Vec<u8>>> {
+        let (offset, len) = self.m.chunk_range(i);
+        let ctx = self.clone();
+        tokio::task::spawn_blocking(move || -> Result<Option<Vec<u8>>> {
+            let mut buf = vec![0u8; len as usize];
+            ctx.writer.read_at(&mut buf, offset).map_err(|e| failure("read_failed", format!("{e:#}")))?;
+            let m = &ctx.m;
+            Ok((chunk_id(&buf, offset, m.size, m.chunk_size) == m.chunks[i as usize].id).then_some(buf))
         })
         .await?
     }

@@ -57,6 +57,12 @@ pub fn run(a: PullArgs) -> Result<i32> {
                         d.target.path,
                         d.blake3.as_deref().unwrap_or("?")
                     );
+                    if d.reused_chunks > 0 {
+                        println!(
+                            "  {} chunks an interrupted pull had written were kept (found with their ids)",
+                            d.reused_chunks
+                        );
+                    }
                     for c in &d.changed {
                         println!("  then changed {} bytes at {} ({})", c.length, c.offset, c.what);
                     }

@@ -79,6 +79,9 @@ pub(super) async fn run(client: &Client, job: &str, disks: &[PathBuf], started: 
                     d.target.path,
                     d.blake3.as_deref().unwrap_or("?")
                 ));
+                if d.reused_chunks > 0 {
+                    lines.push(format!("  ({} chunks written before the interruption were kept)", d.reused_chunks));
+                }
             }
             Ok(Verdict {
                 ok: true,

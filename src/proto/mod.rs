@@ -205,6 +205,10 @@ pub struct DeliveredDisk {
     pub verified: bool,
     #[serde(default)]
     pub changed: Vec<ChangedRange>,
+    /// Chunks an interrupted attempt of this machine had already written: found on the disk
+    /// with their ids (read and hashed), and not pulled or written again.
+    #[serde(default)]
+    pub reused_chunks: u64,
 }
 
 /// The target side of an `instance` job: its own state and history, apart from the source's.
