@@ -245,6 +245,23 @@ fn refusals_enroll_nothing() {
     assert_eq!((status, body["code"].as_str()), (400, Some("bad_name")));
     assert_eq!(r.job_count(), jobs_before + 1, "only the plain job was created");
 
+    // A capped wave: its one machine keeps getting its job; a second machine is refused.
+    let capped = enroll_create(&r, &["--name", "wave-cap", "--max-jobs", "1", "--json"]);
+    assert!(capped.status.success(), "{}", String::from_utf8_lossy(&capped.stderr));
+    let capped: serde_json::Value = serde_json::from_slice(&capped.stdout).unwrap();
+    let cap_token = capped["token"].as_str().unwrap();
+    assert_eq!(capped["max_jobs"], 1);
+    let (status, first) = post(&r, "enroll", cap_token, r#"{"machine": {"serial": "CAP-1"}}"#);
+    assert_eq!(status, 201, "{first}");
+    let (status, again) = post(&r, "enroll", cap_token, r#"{"machine": {"serial": "CAP-1"}}"#);
+    assert_eq!((status, &again["job"]), (200, &first["job"]));
+    let (status, body) = post(&r, "enroll", cap_token, r#"{"machine": {"serial": "CAP-2"}}"#);
+    assert_eq!((status, body["code"].as_str()), (409, Some("enrollment_full")), "{body}");
+    let (status, body) = post(&r, "enrollments", &r.admin_token(), r#"{"name": "w", "max_jobs": 0}"#);
+    assert_eq!((status, body["code"].as_str()), (400, Some("bad_max_jobs")));
+    assert_eq!(enroll_create(&r, &["--name", "w", "--max-jobs", "0"]).status.code(), Some(2));
+    assert_eq!(r.job_count(), jobs_before + 2, "the plain job and CAP-1's");
+
     // Revoked: the token enrolls nothing more, and the source is told so.
     let out = ferry(&["job", "enroll", "revoke", "--store", r.store.to_str().unwrap(), &eid]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -254,7 +271,7 @@ fn refusals_enroll_nothing() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("enrollment_revoked") && err.contains("ask the operator for a job"), "{err}");
-    assert_eq!(r.job_count(), jobs_before + 1);
+    assert_eq!(r.job_count(), jobs_before + 2);
     let (status, body) = post(&r, "enrollments/nope/revoke", &r.admin_token(), "");
     assert_eq!((status, body["code"].as_str()), (404, Some("no_such_enrollment")));
     assert_eq!(r.job(&job)["state"], "Waiting");

@@ -427,3 +427,32 @@ fn job_creation_with_a_client_token_is_idempotent_and_jobs_can_be_cancelled() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("may not read jobs"));
 }
+
+#[test]
+fn a_boot_log_keeps_one_entry_per_boot_replaced_as_the_boot_goes_on() {
+    let t = tempfile::tempdir().unwrap();
+    let r = Receiver::start(&t.path().join("store"), false);
+    let (id, token) = r.create_job("logs");
+    let post = |query: &str, text: &str| -> String {
+        let out = Command::new("curl")
+            .args(["-sk", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST", "--data-binary", text])
+            .args(["-H", &format!("Authorization: Bearer {token}")])
+            .arg(format!("{}/api/v1/jobs/{id}/log{query}", r.url))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // The live image streams its screen as it runs, then sends it once more with the verdict.
+    assert_eq!(post("?boot=3f0c-aa", "ferry live image\nnetwork: up\n"), "204");
+    assert_eq!(post("?boot=3f0c-aa", "ferry live image\nnetwork: up\nM I G R A T E D\n"), "204");
+    // A second boot has its own entry; an older client without a boot id gets one per call.
+    assert_eq!(post("?boot=77aa", "second boot\n"), "204");
+    assert_eq!(post("", "no boot id\n"), "204");
+    assert_eq!(post("?boot=../x", "bad\n"), "400");
+    let out = ferry(&["job", "log", "--store", r.store.to_str().unwrap(), &id, "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let logs: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let texts: Vec<&str> = logs.as_array().unwrap().iter().map(|l| l["text"].as_str().unwrap()).collect();
+    assert_eq!(texts, ["ferry live image\nnetwork: up\nM I G R A T E D\n", "second boot\n", "no boot id\n"]);
+    assert!(logs.as_array().unwrap().iter().all(|l| l["role"] == "source"));
+}

@@ -65,6 +65,10 @@ fn direct_boot_migrates_three_disks_and_never_writes_them() {
     let log = ferry(&["job", "log", "--store", r.store.to_str().unwrap(), &job]);
     let log = String::from_utf8_lossy(&log.stdout);
     assert!(log.contains("source live image") && log.contains("M I G R A T E D"), "boot log: {log}");
+    // Streamed while it ran and sent again with the verdict: still one entry for the one boot.
+    let logs = ferry(&["job", "log", "--store", r.store.to_str().unwrap(), &job, "--json"]);
+    let logs: serde_json::Value = serde_json::from_slice(&logs.stdout).unwrap();
+    assert_eq!(logs.as_array().unwrap().len(), 1, "{logs:#}");
 
     let j = r.job(&job);
     assert_eq!(j["state"], "Finished", "{j:#}");
@@ -367,20 +371,31 @@ fn target_role_writes_a_bootable_server_that_then_boots_from_its_disk() {
     // 1. Interrupted: power is cut while the big disk is half written (its writes are slowed).
     let mut child = target_vm("target-cut.log", true).spawn();
     let file = std::fs::File::open(&big).unwrap();
+    let store = r.store.to_str().unwrap().to_string();
+    let target_log = || {
+        let out = ferry(&["job", "log", "--store", &store, &job]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // Cut when half the disk is written and the receiver has the target's screen so far (the
+    // live image streams it every 5 s).
     let half_written = wait_until(BOOT_TIMEOUT, || {
         use std::os::unix::fs::FileExt;
         let mut b = [0u8; 16];
         file.read_exact_at(&mut b, 40 << 20).unwrap();
-        b != [0xa5; 16]
+        b != [0xa5; 16] && target_log().contains("WILL BE OVERWRITTEN")
     });
     let _ = child.kill();
     let _ = child.wait();
     assert!(
         half_written,
-        "the target never wrote:\n{}",
-        std::fs::read_to_string(t.path().join("target-cut.log")).unwrap()
+        "the target never wrote, or its screen never reached the receiver:\n{}\nreceiver's log: {}",
+        std::fs::read_to_string(t.path().join("target-cut.log")).unwrap(),
+        target_log()
     );
     assert_ne!(r.job(&job)["delivery"]["state"], "Finished", "the cut came too late to prove anything");
+    // The machine died without a verdict, but the operator has its screen up to the cut.
+    let log = target_log();
+    assert!(log.contains("target live image") && !log.contains("M I G R A T E D"), "{log}");
     let serial = uefi_boot("cut-boot.log");
     assert!(!serial.contains("FERRY-BOOT-MARKER"), "a half-written disk booted:\n{serial}");
 

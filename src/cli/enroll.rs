@@ -9,7 +9,7 @@ use crate::proto::{CreateEnrollment, Enrollment, JobOptions, TargetKind};
 
 pub async fn run(cmd: EnrollCommand) -> Result<i32> {
     match cmd {
-        EnrollCommand::Create { admin, name, target, compress, bandwidth_limit, chunk_size } => {
+        EnrollCommand::Create { admin, name, target, compress, bandwidth_limit, chunk_size, max_jobs } => {
             let c = admin_client(&admin)?;
             let req = CreateEnrollment {
                 name,
@@ -18,6 +18,7 @@ pub async fn run(cmd: EnrollCommand) -> Result<i32> {
                     TargetArg::Instance => TargetKind::Instance,
                 },
                 options: JobOptions { compress, bandwidth_limit, chunk_size },
+                max_jobs,
             };
             let e: Enrollment = c.call(Method::POST, "/enrollments", |r| r.json(&req)).await?;
             if admin.json {
@@ -59,7 +60,10 @@ pub async fn run(cmd: EnrollCommand) -> Result<i32> {
                             TargetKind::Instance => "instance",
                         },
                         if e.revoked_at.is_some() { "revoked" } else { "active" },
-                        e.jobs.len(),
+                        match e.max_jobs {
+                            Some(max) => format!("{}/{max}", e.jobs.len()),
+                            None => e.jobs.len().to_string(),
+                        },
                         crate::util::utc_time(e.created_at)
                     );
                 }

@@ -141,7 +141,7 @@ async fn run_async(cmd: JobCommand) -> Result<i32> {
             if admin.json {
                 println!("{}", serde_json::to_string_pretty(&logs)?);
             } else if logs.is_empty() {
-                println!("No boot log yet: the live image sends its console when it reaches a verdict.");
+                println!("No boot log yet: the live image sends its console every few seconds once its network is up.");
             }
             for l in logs.iter().filter(|_| !admin.json) {
                 println!("==== {} live image, {}", l.role, crate::util::utc_time(l.at));

@@ -104,11 +104,44 @@ fn upload_transcript(cfg: &LiveConfig) {
     };
     let Ok(client) = Client::new(&ep) else { return };
     let text = crate::init::console::transcript();
-    let path = format!("/jobs/{job}/log");
+    let path = log_path(job);
     let call = client.call::<serde_json::Value>(reqwest::Method::POST, &path, |r| r.body(text.clone()));
     if let Err(e) = rt.block_on(async { tokio::time::timeout(Duration::from_secs(15), call).await }) {
         log::warn!("sending the boot log: {e}");
     }
+}
+
+/// Where this boot's console transcript goes: one entry per boot on the receiver (the kernel's
+/// boot id), replaced each time, so the operator follows the screen while it runs and keeps it
+/// when the machine dies mid-way.
+fn log_path(job: &str) -> String {
+    let boot = fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
+    let boot = boot.trim();
+    if crate::proto::valid_job_id(boot) {
+        format!("/jobs/{job}/log?boot={boot}")
+    } else {
+        format!("/jobs/{job}/log")
+    }
+}
+
+/// Sends the transcript every 5 s (the progress lines' pace) while it changes; ends with the
+/// worker's runtime.
+fn stream_transcript(client: &Client, job: &str) {
+    let (client, path) = (client.clone(), log_path(job));
+    tokio::spawn(async move {
+        let mut sent = String::new();
+        loop {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            let text = crate::init::console::transcript();
+            if text == sent {
+                continue;
+            }
+            let call = client.call::<serde_json::Value>(reqwest::Method::POST, &path, |r| r.body(text.clone()));
+            if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(10), call).await {
+                sent = text;
+            }
+        }
+    });
 }
 
 fn write_verdict(v: &Verdict) {
@@ -230,6 +263,9 @@ async fn work(cfg: &mut LiveConfig, cmdline: &str) -> Result<Verdict, Failed> {
                 Some((_, "no_identity")) => {
                     "This machine cannot enroll: ask the operator for a job (ferry.job and ferry.token)."
                 }
+                Some((_, "enrollment_full")) => {
+                    "The wave has all its machines: check this is one of them, then ask the operator (a job, or a larger enrollment)."
+                }
                 Some((401 | 403, _)) => {
                     "The receiver does not accept this enrollment token: check ferry.enroll with the operator."
                 }
@@ -256,6 +292,7 @@ async fn work(cfg: &mut LiveConfig, cmdline: &str) -> Result<Verdict, Failed> {
     let client = Client::new(&endpoint(cfg.token.as_deref().unwrap_or_default()))
         .map_err(|e| Failed::new(format!("{e:#}"), "Fix ferry.server / ferry.pin and boot again."))?;
     let job = cfg.job.clone().unwrap_or_default();
+    stream_transcript(&client, &job);
 
     if !cov.storage_ok() {
         let ids: Vec<String> =

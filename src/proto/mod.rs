@@ -117,6 +117,9 @@ pub struct CreateEnrollment {
     pub target: TargetKind,
     #[serde(default)]
     pub options: JobOptions,
+    /// At most this many jobs (machines); a machine beyond them is refused (`enrollment_full`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_jobs: Option<u64>,
 }
 
 /// An enrollment as the receiver keeps it.
@@ -133,6 +136,8 @@ pub struct Enrollment {
     /// Once revoked, the token enrolls nothing more; jobs made before keep running.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revoked_at: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_jobs: Option<u64>,
     /// The jobs this enrollment created, oldest first.
     #[serde(default)]
     pub jobs: Vec<String>,

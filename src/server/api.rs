@@ -629,10 +629,17 @@ async fn whoami(State(st): State<Arc<AppState>>, headers: HeaderMap) -> ApiResul
 }
 
 /// `POST /jobs/{job}/log` (source or target agent): the live image's console transcript.
+/// `?boot=ID` on `POST /jobs/{job}/log`: which boot of the live image the transcript is from.
+#[derive(serde::Deserialize)]
+struct LogQuery {
+    boot: Option<String>,
+}
+
 async fn post_log(
     State(st): State<Arc<AppState>>,
     headers: HeaderMap,
     Path(job): Path<String>,
+    Query(q): Query<LogQuery>,
     body: Bytes,
 ) -> ApiResult<StatusCode> {
     let (caller, _) = job_caller(&st, &headers, &job)?;
@@ -641,8 +648,11 @@ async fn post_log(
         Caller::Target => "target",
         _ => return Err(ApiErr(StatusCode::FORBIDDEN, "forbidden", "only a job's agents send boot logs".into())),
     };
+    if q.boot.as_deref().is_some_and(|b| !valid_job_id(b)) {
+        return Err(bad("bad_boot_id", "a boot id is 1-64 lowercase letters, digits or '-'"));
+    }
     let text = String::from_utf8_lossy(&body);
-    st.db.add_log(&job, role, &text)?;
+    st.db.add_log(&job, role, &text, q.boot.as_deref())?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -79,20 +79,34 @@ CREATE TABLE IF NOT EXISTS enrollments (
 );
 ";
 
-/// Columns added after the first release, added to older databases on open.
-const ADDED_COLUMNS: &[(&str, &str)] = &[
-    ("target_token", "TEXT"),
-    ("target_spec", "TEXT"),
-    ("delivery", "TEXT"),
+/// Columns added after the first release, added to older databases on open: (table, column,
+/// type).
+const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
+    ("jobs", "target_token", "TEXT"),
+    ("jobs", "target_spec", "TEXT"),
+    ("jobs", "delivery", "TEXT"),
     // Jobs a source made for itself with an enrollment token, and the machine they are for.
-    ("enrollment", "TEXT"),
-    ("machine_key", "TEXT"),
-    // 1 once the live image (disks at rest) enrolled into the job.
-    ("enrolled_offline", "INTEGER"),
+    ("jobs", "enrollment", "TEXT"),
+    ("jobs", "machine_key", "TEXT"),
+    // 1 when the live image (disks at rest) enrolled into the job last.
+    ("jobs", "enrolled_offline", "INTEGER"),
+    // One entry per boot of the live image, replaced as the boot goes on.
+    ("job_logs", "boot", "TEXT"),
+    ("enrollments", "max_jobs", "INTEGER"),
 ];
 
 fn json<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_string(v).expect("wire types always serialize")
+}
+
+/// What an enrollment gave a machine.
+pub enum Enrolled {
+    /// Its job, and whether it is new.
+    Job(Box<Job>, bool),
+    /// The enrollment was revoked.
+    Revoked,
+    /// The enrollment already made its `max_jobs` jobs (how many), and this machine has none.
+    Full(u64),
 }
 
 /// The ids and tokens of a job about to be created.
@@ -142,14 +156,14 @@ impl Db {
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA).context("creating the job tables")?;
-        let existing: Vec<String> = conn
-            .prepare("SELECT name FROM pragma_table_info('jobs')")?
-            .query_map([], |r| r.get(0))?
-            .collect::<rusqlite::Result<_>>()?;
-        for (column, ty) in ADDED_COLUMNS {
+        for (table, column, ty) in ADDED_COLUMNS {
+            let existing: Vec<String> = conn
+                .prepare("SELECT name FROM pragma_table_info(?1)")?
+                .query_map([table], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
             if !existing.iter().any(|c| c == column) {
-                conn.execute_batch(&format!("ALTER TABLE jobs ADD COLUMN {column} {ty}"))
-                    .with_context(|| format!("adding column {column} to the job table"))?;
+                conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {ty}"))
+                    .with_context(|| format!("adding column {column} to table {table}"))?;
             }
         }
         // After the added columns exist (an older database gets them just above).
@@ -183,8 +197,9 @@ impl Db {
 
     pub fn create_enrollment(&self, req: &CreateEnrollment, id: &str, token: &str) -> Result<Enrollment> {
         self.conn().execute(
-            "INSERT INTO enrollments (id, name, target, options, token, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![id, req.name, json(&req.target).trim_matches('"'), json(&req.options), token, now()],
+            "INSERT INTO enrollments (id, name, target, options, token, created_at, max_jobs)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![id, req.name, json(&req.target).trim_matches('"'), json(&req.options), token, now(), req.max_jobs],
         )?;
         self.enrollments(true)?.into_iter().find(|e| e.id == id).context("enrollment vanished")
     }
@@ -205,7 +220,7 @@ impl Db {
     pub fn enrollment_rows(&self, with_token: bool) -> Result<Vec<Enrollment>> {
         let conn = self.conn();
         let mut stmt = conn.prepare(
-            "SELECT id, name, target, options, token, created_at, revoked_at FROM enrollments ORDER BY rowid",
+            "SELECT id, name, target, options, token, created_at, revoked_at, max_jobs FROM enrollments ORDER BY rowid",
         )?;
         let list = stmt
             .query_map([], |r| {
@@ -217,6 +232,7 @@ impl Db {
                     token: if with_token { Some(r.get(4)?) } else { None },
                     created_at: r.get(5)?,
                     revoked_at: r.get(6)?,
+                    max_jobs: r.get(7)?,
                     jobs: vec![],
                 })
             })?
@@ -244,7 +260,7 @@ impl Db {
     /// the one that finishes it, so a job a running system finished (a pre-seed, even one the
     /// live image had begun) never counts as the offline migration.
     ///
-    /// None: the enrollment was revoked (checked here, in the same transaction).
+    /// Revocation and the job cap are checked here, in the same transaction.
     pub fn enrolled_job(
         &self,
         e: &Enrollment,
@@ -252,14 +268,18 @@ impl Db {
         offline: bool,
         new: &CreateJob,
         ids: NewJobIds,
-    ) -> Result<Option<(Job, bool)>> {
+    ) -> Result<Enrolled> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let revoked: Option<Option<u64>> =
-            tx.query_row("SELECT revoked_at FROM enrollments WHERE id = ?1", [&e.id], |r| r.get(0)).optional()?;
-        if !matches!(revoked, Some(None)) {
-            return Ok(None);
-        }
+        let row: Option<(Option<u64>, Option<u64>)> = tx
+            .query_row("SELECT revoked_at, max_jobs FROM enrollments WHERE id = ?1", [&e.id], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()?;
+        let max_jobs = match row {
+            Some((None, max)) => max,
+            _ => return Ok(Enrolled::Revoked),
+        };
         // Newest by insertion order, not by clock: a receiver whose clock stepped back still
         // finds the machine's latest job.
         let newest: Option<(String, String, Option<i64>)> = tx
@@ -276,6 +296,11 @@ impl Db {
         let (id, created) = match reuse {
             Some((id, _, _)) => (id, false),
             None => {
+                let made: u64 =
+                    tx.query_row("SELECT COUNT(*) FROM jobs WHERE enrollment = ?1", [&e.id], |r| r.get(0))?;
+                if max_jobs.is_some_and(|max| made >= max) {
+                    return Ok(Enrolled::Full(made));
+                }
                 insert_job(&tx, new, ids.id, ids.token, ids.target_token, Some((&e.id, machine_key)))?;
                 (ids.id.to_string(), true)
             }
@@ -283,7 +308,7 @@ impl Db {
         tx.execute("UPDATE jobs SET enrolled_offline = ?2 WHERE id = ?1", params![id, offline as i64])?;
         tx.commit()?;
         drop(conn);
-        Ok(Some((self.job(&id, true)?.context("job vanished")?, created)))
+        Ok(Enrolled::Job(Box::new(self.job(&id, true)?.context("job vanished")?), created))
     }
 
     /// A job with its disks and history; the agent token only when `with_token`.
@@ -405,18 +430,30 @@ impl Db {
         }))
     }
 
-    /// Keeps a console transcript; only the newest few per job are kept.
-    pub fn add_log(&self, id: &str, role: &str, text: &str) -> Result<()> {
-        let conn = self.conn();
-        conn.execute(
-            "INSERT INTO job_logs (job_id, at, role, text) VALUES (?1, ?2, ?3, ?4)",
-            params![id, now(), role, text],
-        )?;
-        conn.execute(
+    /// Keeps a console transcript; only the newest 20 per job are kept. With `boot`, the entry of that boot is replaced (the live image sends its screen as it
+    /// goes, then once more with the verdict).
+    pub fn add_log(&self, id: &str, role: &str, text: &str, boot: Option<&str>) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let replaced = match boot {
+            Some(b) => tx.execute(
+                "UPDATE job_logs SET at = ?3, role = ?4, text = ?5 WHERE job_id = ?1 AND boot = ?2",
+                params![id, b, now(), role, text],
+            )?,
+            None => 0,
+        };
+        if replaced == 0 {
+            tx.execute(
+                "INSERT INTO job_logs (job_id, at, role, text, boot) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![id, now(), role, text, boot],
+            )?;
+        }
+        tx.execute(
             "DELETE FROM job_logs WHERE job_id = ?1 AND seq NOT IN
                  (SELECT seq FROM job_logs WHERE job_id = ?1 ORDER BY seq DESC LIMIT 20)",
             [id],
         )?;
+        tx.commit()?;
         Ok(())
     }
 
@@ -576,5 +613,62 @@ impl Db {
             params![id, idx, blake3, size],
         )?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The first release's tables, before any column was added.
+    const FIRST_SCHEMA: &str = "
+        CREATE TABLE jobs (id TEXT PRIMARY KEY, name TEXT NOT NULL, target TEXT NOT NULL, state TEXT NOT NULL,
+            error_code TEXT, error_reason TEXT, options TEXT NOT NULL, token TEXT NOT NULL, client_token TEXT UNIQUE,
+            machine TEXT, inventory TEXT, disk_count INTEGER, created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL);
+        CREATE TABLE job_events (job_id TEXT NOT NULL REFERENCES jobs(id), seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            at INTEGER NOT NULL, state TEXT NOT NULL, code TEXT, reason TEXT);
+        CREATE TABLE job_logs (job_id TEXT NOT NULL REFERENCES jobs(id), seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            at INTEGER NOT NULL, role TEXT NOT NULL, text TEXT NOT NULL);
+        INSERT INTO jobs (id, name, target, state, options, token, created_at, updated_at)
+            VALUES ('old1', 'old job', 'image', 'Finished', '{}', 'tok', 1, 1);
+    ";
+
+    #[test]
+    fn an_older_database_opens_and_takes_enrollments_and_boot_logs() {
+        let t = tempfile::tempdir().unwrap();
+        let path = t.path().join("jobs.db");
+        Connection::open(&path).unwrap().execute_batch(FIRST_SCHEMA).unwrap();
+        let db = Db::open(&path).unwrap();
+        assert_eq!(db.job("old1", false).unwrap().unwrap().state, JobState::Finished);
+
+        let req = CreateEnrollment {
+            name: "w".into(),
+            target: TargetKind::Image,
+            options: Default::default(),
+            max_jobs: Some(1),
+        };
+        let e = db.create_enrollment(&req, "e1", &"a".repeat(64)).unwrap();
+        let new = CreateJob {
+            name: "w-S1".into(),
+            target: TargetKind::Image,
+            options: Default::default(),
+            client_token: None,
+            target_spec: None,
+        };
+        let ids = NewJobIds { id: "j1", token: "t1", target_token: None };
+        let Enrolled::Job(job, true) = db.enrolled_job(&e, "serial:S1", true, &new, ids).unwrap() else {
+            panic!("no new job")
+        };
+        assert_eq!(job.enrollment.as_deref(), Some("e1"));
+        let ids = NewJobIds { id: "j2", token: "t2", target_token: None };
+        assert!(matches!(db.enrolled_job(&e, "serial:S2", true, &new, ids).unwrap(), Enrolled::Full(1)));
+
+        db.add_log("j1", "source", "first", Some("b1")).unwrap();
+        db.add_log("j1", "source", "second", Some("b1")).unwrap();
+        let logs = db.logs("j1").unwrap();
+        assert_eq!(logs.iter().map(|l| l.text.as_str()).collect::<Vec<_>>(), ["second"]);
+        // Opening again changes nothing more.
+        drop(db);
+        assert_eq!(Db::open(&path).unwrap().enrollments(false).unwrap()[0].jobs, ["j1"]);
     }
 }

@@ -17,7 +17,7 @@ use axum::Json;
 use bytes::Bytes;
 
 use super::api::{bad, bearer, parse_json, require_admin, require_reader, tokens_equal, ApiErr, ApiResult};
-use super::db::NewJobIds;
+use super::db::{Enrolled, NewJobIds};
 use super::{random_hex, AppState};
 use crate::agent::identity::meaningful;
 use crate::image::treehash;
@@ -73,6 +73,9 @@ pub async fn create(
     }
     if let Some(cs) = req.options.chunk_size {
         treehash::validate_chunk_size(cs).map_err(|e| bad("bad_chunk_size", e))?;
+    }
+    if req.max_jobs == Some(0) {
+        return Err(bad("bad_max_jobs", "max_jobs must be at least 1 (leave it out for no limit)"));
     }
     let req = CreateEnrollment { name: name.to_string(), ..req };
     let e = st.db.create_enrollment(&req, &random_hex(6), &random_hex(32))?;
@@ -148,8 +151,21 @@ pub async fn enroll(
     };
     let target_token = (e.target == TargetKind::Instance).then(|| random_hex(32));
     let ids = NewJobIds { id: &random_hex(6), token: &random_hex(32), target_token: target_token.as_deref() };
-    // Revoked meanwhile: the database checks again inside its transaction.
-    let (job, created) = st.db.enrolled_job(&e, &key, req.offline, &new, ids)?.ok_or_else(revoked)?;
+    // Revoked meanwhile, or full: the database checks inside its transaction.
+    let (job, created) = match st.db.enrolled_job(&e, &key, req.offline, &new, ids)? {
+        Enrolled::Job(job, created) => (*job, created),
+        Enrolled::Revoked => return Err(revoked()),
+        Enrolled::Full(made) => {
+            return Err(ApiErr(
+                StatusCode::CONFLICT,
+                "enrollment_full",
+                format!(
+                    "enrollment {} ({}) already made its {made} jobs, and this machine ({label}) is not one of them: ask the operator",
+                    e.id, e.name
+                ),
+            ))
+        }
+    };
     if created {
         log::info!("enrollment {}: job {} ({}) created for {key:?}", e.id, job.id, job.name);
     }
