@@ -394,8 +394,18 @@ fn target_role_writes_a_bootable_server_that_then_boots_from_its_disk() {
     );
     assert_ne!(r.job(&job)["delivery"]["state"], "Finished", "the cut came too late to prove anything");
     // The machine died without a verdict, but the operator has its screen up to the cut.
-    let log = target_log();
-    assert!(log.contains("target live image") && !log.contains("M I G R A T E D"), "{log}");
+    let logs = ferry(&["job", "log", "--store", &store, &job, "--json"]);
+    let logs: serde_json::Value = serde_json::from_slice(&logs.stdout).unwrap();
+    let target_screens: Vec<&str> = logs
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["role"] == "target")
+        .map(|l| l["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(target_screens.len(), 1, "{logs:#}");
+    assert!(target_screens[0].contains("WILL BE OVERWRITTEN"), "{}", target_screens[0]);
+    assert!(!target_screens[0].contains("M I G R A T E D"), "{}", target_screens[0]);
     let serial = uefi_boot("cut-boot.log");
     assert!(!serial.contains("FERRY-BOOT-MARKER"), "a half-written disk booted:\n{serial}");
 
