@@ -260,18 +260,26 @@ fn refusals_enroll_nothing() {
     let (status, body) = post(&r, "enrollments", &r.admin_token(), r#"{"name": "w", "max_jobs": 0}"#);
     assert_eq!((status, body["code"].as_str()), (400, Some("bad_max_jobs")));
     assert_eq!(enroll_create(&r, &["--name", "w", "--max-jobs", "0"]).status.code(), Some(2));
-    assert_eq!(r.job_count(), jobs_before + 2, "the plain job and CAP-1's");
+    // The cap counts machines: CAP-1's cutover after its pre-seed gets a new job.
+    let img = t.path().join("cap.img");
+    random_image(&img, 2 * MIB, 6);
+    sent(&r.send(first["job"].as_str().unwrap(), first["token"].as_str().unwrap(), &[&img], &[]));
+    let (status, cutover) = post(&r, "enroll", cap_token, r#"{"machine": {"serial": "CAP-1"}, "offline": true}"#);
+    assert_eq!((status, cutover["created"].as_bool()), (201, Some(true)), "{cutover}");
+    let (status, body) = post(&r, "enroll", cap_token, r#"{"machine": {"serial": "CAP-2"}, "offline": true}"#);
+    assert_eq!((status, body["code"].as_str()), (409, Some("enrollment_full")), "{body}");
+    assert_eq!(r.job_count(), jobs_before + 3, "the plain job and CAP-1's two");
 
     // Revoked: the token enrolls nothing more, and the source is told so.
     let out = ferry(&["job", "enroll", "revoke", "--store", r.store.to_str().unwrap(), &eid]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let img = t.path().join("x.img");
-    random_image(&img, 2 * MIB, 5);
+    random_image(&img, 2 * MIB, 7);
     let out = send_enrolled(&r, &token, &machine(t.path(), "SRV-X", None), &img);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("enrollment_revoked") && err.contains("ask the operator for a job"), "{err}");
-    assert_eq!(r.job_count(), jobs_before + 2);
+    assert_eq!(r.job_count(), jobs_before + 3);
     let (status, body) = post(&r, "enrollments/nope/revoke", &r.admin_token(), "");
     assert_eq!((status, body["code"].as_str()), (404, Some("no_such_enrollment")));
     assert_eq!(r.job(&job)["state"], "Waiting");

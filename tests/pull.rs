@@ -278,13 +278,18 @@ fn a_killed_pull_leaves_no_table_and_the_next_one_finishes() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    // Kill it as soon as data chunks land, long before the last one.
+    // Kill it as soon as two whole data chunks landed (chunks 25 and 26, 100-108 MiB: their
+    // last bytes are the source's), long before the last one.
     let file = std::fs::File::open(&target).unwrap();
+    let source = std::fs::File::open(&src).unwrap();
     let landed = wait_until(Duration::from_secs(60), || {
         use std::os::unix::fs::FileExt;
-        let mut b = [0u8; 16];
-        file.read_exact_at(&mut b, 104 * MIB).unwrap();
-        b != [0xa5; 16]
+        [104 * MIB - 16, 108 * MIB - 16].iter().all(|&at| {
+            let (mut b, mut want) = ([0u8; 16], [0u8; 16]);
+            file.read_exact_at(&mut b, at).unwrap();
+            source.read_exact_at(&mut want, at).unwrap();
+            b == want
+        })
     });
     child.kill().unwrap();
     let status = child.wait().unwrap();
@@ -311,11 +316,12 @@ fn a_killed_pull_leaves_no_table_and_the_next_one_finishes() {
     let out = pulled(&job.pull(&tgt, &[&target], &[]));
     assert!(files_equal(&target, &src));
     let reused = out["disks"][0]["reused_chunks"].as_u64().unwrap();
-    // 64 chunks of 4 MiB; 26 hold data (chunk 0 with the GPT, chunks 25-49), 104 MiB in all,
-    // and the killed pull had written data at 104 MiB (chunk 26).
-    assert!(reused > 0 && reused < 64, "reused {reused} chunks: {out}");
+    // 64 chunks of 4 MiB; 27 hold data (chunk 0 with the GPT, chunks 25-49, chunk 63 with the
+    // backup GPT), 108 MiB in all. Only data chunks are kept (zeros are always written), chunk
+    // 0 never (its table was cleared), and the killed pull had written chunks 25 and 26 whole.
+    assert!((2..27).contains(&reused), "reused {reused} chunks: {out}");
     let pulled_bytes = served(&job.r) - before;
-    assert!(pulled_bytes < 104 * MIB, "{pulled_bytes} bytes pulled again: no data chunk was kept");
+    assert_eq!(pulled_bytes, (27 - reused) * 4 * MIB, "every chunk not kept is pulled, once");
     assert_eq!(job.delivery()["state"], "Finished");
     assert_eq!(job.delivery()["disks"][0]["reused_chunks"].as_u64(), Some(reused));
 }

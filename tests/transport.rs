@@ -443,8 +443,10 @@ fn a_boot_log_keeps_one_entry_per_boot_replaced_as_the_boot_goes_on() {
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     // The live image streams its screen as it runs, then sends it once more with the verdict.
-    assert_eq!(post("?boot=3f0c-aa", "ferry live image\nnetwork: up\n"), "204");
-    assert_eq!(post("?boot=3f0c-aa", "ferry live image\nnetwork: up\nM I G R A T E D\n"), "204");
+    assert_eq!(post("?boot=3f0c-aa&seq=5000", "ferry live image\nnetwork: up\n"), "204");
+    assert_eq!(post("?boot=3f0c-aa&seq=9000", "ferry live image\nnetwork: up\nM I G R A T E D\n"), "204");
+    // A slow request with an earlier screen, arriving last, changes nothing.
+    assert_eq!(post("?boot=3f0c-aa&seq=7000", "ferry live image\n"), "204");
     // A second boot has its own entry; an older client without a boot id gets one per call.
     assert_eq!(post("?boot=77aa", "second boot\n"), "204");
     assert_eq!(post("", "no boot id\n"), "204");

@@ -298,7 +298,8 @@ async fn write_body(
         head_len,
         tail_at,
         sector,
-        resume,
+        resume: Arc::new(std::sync::atomic::AtomicBool::new(resume)),
+        highest_kept: Arc::new(AtomicU64::new(0)),
         reused: Arc::new(AtomicU64::new(0)),
     };
     let mut last_report = Instant::now();
@@ -401,8 +402,10 @@ struct ChunkCtx {
     head_len: u64,
     tail_at: Option<u64>,
     sector: u64,
-    /// Look for the chunk on the disk before pulling it (see `write_body`).
-    resume: bool,
+    /// Look for the chunk on the disk before pulling it (see `write_body`); turned off once
+    /// the chunks are well past the last one found (the earlier attempt stopped there).
+    resume: Arc<std::sync::atomic::AtomicBool>,
+    highest_kept: Arc<AtomicU64>,
     reused: Arc<AtomicU64>,
 }
 
@@ -414,7 +417,25 @@ impl ChunkCtx {
         let entry = &self.m.chunks[i as usize];
         // The disk may hold the chunk already (an interrupted attempt): its bytes, when they
         // hash to the chunk's id, are the source's, and need neither the network nor a write.
-        let on_disk = if self.resume { self.already_on_disk(i).await? } else { None };
+        // Not zero chunks: a disk may read zeros where nothing was ever written (a new or
+        // discarded SSD) and other bytes later; zeros are always written.
+        let on_disk = if self.resume.load(Ordering::Relaxed) && !entry.zero {
+            let found = self.already_on_disk(i).await;
+            match &found {
+                Some(_) => {
+                    self.highest_kept.fetch_max(i, Ordering::Relaxed);
+                }
+                // The earlier attempt wrote in order, a few chunks in flight: far past the last
+                // chunk found, nothing more is there to find.
+                None if i > self.highest_kept.load(Ordering::Relaxed) + RESUME_LOOKAHEAD => {
+                    self.resume.store(false, Ordering::Relaxed);
+                }
+                None => {}
+            }
+            found
+        } else {
+            None
+        };
         let keep = on_disk.is_some();
         let data: Vec<u8> = if let Some(bytes) = on_disk {
             self.reused.fetch_add(1, Ordering::Relaxed);
@@ -462,18 +483,34 @@ impl ChunkCtx {
     }
 }
 
+/// How many chunks past the last one found on the disk a resuming target keeps looking.
+const RESUME_LOOKAHEAD: u64 = 64;
+
 impl ChunkCtx {
-    /// Chunk `i` as the disk holds it, if those bytes are the source's (their id matches).
-    async fn already_on_disk(&self, i: u64) -> Result<Option<Vec<u8>>> {
+    /// Chunk `i` as the disk holds it, if those bytes are the source's (their id matches). A
+    /// sector that cannot be read is simply written again (a drive remaps it on write); the
+    /// read-back afterwards checks everything.
+    async fn already_on_disk(&self, i: u64) -> Option<Vec<u8>> {
         let (offset, len) = self.m.chunk_range(i);
         let ctx = self.clone();
-        tokio::task::spawn_blocking(move || -> Result<Option<Vec<u8>>> {
+        let found = tokio::task::spawn_blocking(move || -> Result<Option<Vec<u8>>> {
             let mut buf = vec![0u8; len as usize];
-            ctx.writer.read_at(&mut buf, offset).map_err(|e| failure("read_failed", format!("{e:#}")))?;
+            ctx.writer.read_at(&mut buf, offset)?;
             let m = &ctx.m;
             Ok((chunk_id(&buf, offset, m.size, m.chunk_size) == m.chunks[i as usize].id).then_some(buf))
         })
-        .await?
+        .await;
+        match found {
+            Ok(Ok(found)) => found,
+            Ok(Err(e)) => {
+                log::warn!("chunk {i} could not be read to check it, writing it again: {e:#}");
+                None
+            }
+            Err(e) => {
+                log::warn!("chunk {i} check failed, writing it again: {e}");
+                None
+            }
+        }
     }
 }
 

@@ -208,8 +208,8 @@ pub enum EnrollCommand {
         /// Chunk size for the jobs' disks.
         #[arg(long, value_parser = parse_chunk_size)]
         chunk_size: Option<u64>,
-        /// At most this many machines (jobs); one more is refused (default: no limit).
-        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        /// At most this many machines; one more is refused (default: no limit).
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..=i64::MAX as u64))]
         max_jobs: Option<u64>,
     },
     /// List enrollments and the jobs each created.

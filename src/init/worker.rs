@@ -104,7 +104,7 @@ fn upload_transcript(cfg: &LiveConfig) {
     };
     let Ok(client) = Client::new(&ep) else { return };
     let text = crate::init::console::transcript();
-    let path = log_path(job);
+    let path = log_path(job, true).unwrap_or_else(|| format!("/jobs/{job}/log"));
     let call = client.call::<serde_json::Value>(reqwest::Method::POST, &path, |r| r.body(text.clone()));
     if let Err(e) = rt.block_on(async { tokio::time::timeout(Duration::from_secs(15), call).await }) {
         log::warn!("sending the boot log: {e}");
@@ -112,27 +112,38 @@ fn upload_transcript(cfg: &LiveConfig) {
 }
 
 /// Where this boot's console transcript goes: one entry per boot on the receiver (the kernel's
-/// boot id), replaced each time, so the operator follows the screen while it runs and keeps it
-/// when the machine dies mid-way.
-fn log_path(job: &str) -> String {
-    let boot = fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
+/// boot id), replaced by later ones (`seq`: milliseconds since boot; the verdict's is the
+/// highest), so the operator follows the screen while it runs and keeps it when the machine
+/// dies mid-way. None without a boot id (then only the verdict's transcript is sent).
+fn log_path(job: &str, last: bool) -> Option<String> {
+    let boot = fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
     let boot = boot.trim();
-    if crate::proto::valid_job_id(boot) {
-        format!("/jobs/{job}/log?boot={boot}")
-    } else {
-        format!("/jobs/{job}/log")
+    if !crate::proto::valid_job_id(boot) {
+        return None;
     }
+    let seq = if last {
+        i64::MAX as u64
+    } else {
+        let uptime = fs::read_to_string("/proc/uptime").ok()?;
+        let secs: f64 = uptime.split_whitespace().next()?.parse().ok()?;
+        (secs * 1000.0) as u64
+    };
+    Some(format!("/jobs/{job}/log?boot={boot}&seq={seq}"))
 }
 
 /// Sends the transcript every 5 s (the progress lines' pace) while it changes; ends with the
 /// worker's runtime.
 fn stream_transcript(client: &Client, job: &str) {
-    let (client, path) = (client.clone(), log_path(job));
+    if log_path(job, false).is_none() {
+        return;
+    }
+    let (client, job) = (client.clone(), job.to_string());
     tokio::spawn(async move {
         let mut sent = String::new();
         loop {
             tokio::time::sleep(Duration::from_secs(5)).await;
             let text = crate::init::console::transcript();
+            let Some(path) = log_path(&job, false) else { return };
             if text == sent {
                 continue;
             }

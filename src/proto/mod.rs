@@ -117,7 +117,8 @@ pub struct CreateEnrollment {
     pub target: TargetKind,
     #[serde(default)]
     pub options: JobOptions,
-    /// At most this many jobs (machines); a machine beyond them is refused (`enrollment_full`).
+    /// At most this many machines; one more is refused (`enrollment_full`). A machine that has
+    /// a job here always gets its next one (the cutover after a pre-seed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_jobs: Option<u64>,
 }

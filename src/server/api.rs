@@ -628,13 +628,16 @@ async fn whoami(State(st): State<Arc<AppState>>, headers: HeaderMap) -> ApiResul
     })))
 }
 
-/// `POST /jobs/{job}/log` (source or target agent): the live image's console transcript.
-/// `?boot=ID` on `POST /jobs/{job}/log`: which boot of the live image the transcript is from.
+/// `?boot=ID&seq=N` on `POST /jobs/{job}/log`: which boot of the live image the transcript is
+/// from, and how late in that boot (a higher `seq` replaces a lower one).
 #[derive(serde::Deserialize)]
 struct LogQuery {
     boot: Option<String>,
+    #[serde(default)]
+    seq: u64,
 }
 
+/// `POST /jobs/{job}/log` (source or target agent): the live image's console transcript.
 async fn post_log(
     State(st): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -652,7 +655,8 @@ async fn post_log(
         return Err(bad("bad_boot_id", "a boot id is 1-64 lowercase letters, digits or '-'"));
     }
     let text = String::from_utf8_lossy(&body);
-    st.db.add_log(&job, role, &text, q.boot.as_deref())?;
+    let seq = q.seq.min(i64::MAX as u64) as i64;
+    st.db.add_log(&job, role, &text, q.boot.as_deref().map(|b| (b, seq)))?;
     Ok(StatusCode::NO_CONTENT)
 }
 

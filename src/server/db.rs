@@ -92,6 +92,8 @@ const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ("jobs", "enrolled_offline", "INTEGER"),
     // One entry per boot of the live image, replaced as the boot goes on.
     ("job_logs", "boot", "TEXT"),
+    // Which of a boot's transcripts this is (later ones replace earlier ones, never the reverse).
+    ("job_logs", "boot_seq", "INTEGER"),
     ("enrollments", "max_jobs", "INTEGER"),
 ];
 
@@ -105,7 +107,7 @@ pub enum Enrolled {
     Job(Box<Job>, bool),
     /// The enrollment was revoked.
     Revoked,
-    /// The enrollment already made its `max_jobs` jobs (how many), and this machine has none.
+    /// The enrollment already has its `max_jobs` machines (how many), and this is not one.
     Full(u64),
 }
 
@@ -167,8 +169,11 @@ impl Db {
             }
         }
         // After the added columns exist (an older database gets them just above).
-        conn.execute_batch("CREATE INDEX IF NOT EXISTS jobs_by_machine ON jobs (enrollment, machine_key)")
-            .context("indexing jobs by enrollment")?;
+        conn.execute_batch(
+            "CREATE INDEX IF NOT EXISTS jobs_by_machine ON jobs (enrollment, machine_key);
+             CREATE INDEX IF NOT EXISTS logs_by_boot ON job_logs (job_id, boot, role);",
+        )
+        .context("indexing jobs by enrollment and logs by boot")?;
         Ok(Self { conn: Mutex::new(conn) })
     }
 
@@ -290,16 +295,21 @@ impl Db {
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )
             .optional()?;
+        let newest_known = newest.is_some();
         let reuse = newest.filter(|(_, state, was_offline)| {
             state != JobState::Finished.as_str() || (offline && was_offline.unwrap_or(0) != 0)
         });
         let (id, created) = match reuse {
             Some((id, _, _)) => (id, false),
             None => {
-                let made: u64 =
-                    tx.query_row("SELECT COUNT(*) FROM jobs WHERE enrollment = ?1", [&e.id], |r| r.get(0))?;
-                if max_jobs.is_some_and(|max| made >= max) {
-                    return Ok(Enrolled::Full(made));
+                // The cap counts machines: one that has a job here (a pre-seed, then its
+                // cutover) is always let through.
+                let machines: u64 =
+                    tx.query_row("SELECT COUNT(DISTINCT machine_key) FROM jobs WHERE enrollment = ?1", [&e.id], |r| {
+                        r.get(0)
+                    })?;
+                if !newest_known && max_jobs.is_some_and(|max| machines >= max) {
+                    return Ok(Enrolled::Full(machines));
                 }
                 insert_job(&tx, new, ids.id, ids.token, ids.target_token, Some((&e.id, machine_key)))?;
                 (ids.id.to_string(), true)
@@ -432,21 +442,37 @@ impl Db {
 
     /// Keeps a console transcript; only the newest 20 per job are kept. With `boot`, the entry of that boot is replaced (the live image sends its screen as it
     /// goes, then once more with the verdict).
-    pub fn add_log(&self, id: &str, role: &str, text: &str, boot: Option<&str>) -> Result<()> {
+    /// `seq` orders a boot's transcripts: one that arrives after a later one (a slow request)
+    /// changes nothing.
+    pub fn add_log(&self, id: &str, role: &str, text: &str, boot: Option<(&str, i64)>) -> Result<()> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        let replaced = match boot {
-            Some(b) => tx.execute(
-                "UPDATE job_logs SET at = ?3, role = ?4, text = ?5 WHERE job_id = ?1 AND boot = ?2",
-                params![id, b, now(), role, text],
-            )?,
-            None => 0,
+        let existing: Option<Option<i64>> = match boot {
+            Some((b, _)) => tx
+                .query_row(
+                    "SELECT boot_seq FROM job_logs WHERE job_id = ?1 AND boot = ?2 AND role = ?3",
+                    params![id, b, role],
+                    |r| r.get(0),
+                )
+                .optional()?,
+            None => None,
         };
-        if replaced == 0 {
-            tx.execute(
-                "INSERT INTO job_logs (job_id, at, role, text, boot) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![id, now(), role, text, boot],
-            )?;
+        match (boot, existing) {
+            (Some((b, seq)), Some(stored)) => {
+                if stored.unwrap_or(0) <= seq {
+                    tx.execute(
+                        "UPDATE job_logs SET at = ?4, text = ?5, boot_seq = ?6
+                         WHERE job_id = ?1 AND boot = ?2 AND role = ?3",
+                        params![id, b, role, now(), text, seq],
+                    )?;
+                }
+            }
+            _ => {
+                tx.execute(
+                    "INSERT INTO job_logs (job_id, at, role, text, boot, boot_seq) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    params![id, now(), role, text, boot.map(|b| b.0), boot.map(|b| b.1)],
+                )?;
+            }
         }
         tx.execute(
             "DELETE FROM job_logs WHERE job_id = ?1 AND seq NOT IN
@@ -663,10 +689,14 @@ mod tests {
         let ids = NewJobIds { id: "j2", token: "t2", target_token: None };
         assert!(matches!(db.enrolled_job(&e, "serial:S2", true, &new, ids).unwrap(), Enrolled::Full(1)));
 
-        db.add_log("j1", "source", "first", Some("b1")).unwrap();
-        db.add_log("j1", "source", "second", Some("b1")).unwrap();
+        db.add_log("j1", "source", "first", Some(("b1", 5))).unwrap();
+        db.add_log("j1", "source", "final", Some(("b1", i64::MAX))).unwrap();
+        // A slow request with an earlier screen arrives last: it changes nothing.
+        db.add_log("j1", "source", "stale", Some(("b1", 10))).unwrap();
+        // The other role's screen of the same boot id is its own entry.
+        db.add_log("j1", "target", "target's", Some(("b1", 1))).unwrap();
         let logs = db.logs("j1").unwrap();
-        assert_eq!(logs.iter().map(|l| l.text.as_str()).collect::<Vec<_>>(), ["second"]);
+        assert_eq!(logs.iter().map(|l| l.text.as_str()).collect::<Vec<_>>(), ["final", "target's"]);
         // Opening again changes nothing more.
         drop(db);
         assert_eq!(Db::open(&path).unwrap().enrollments(false).unwrap()[0].jobs, ["j1"]);

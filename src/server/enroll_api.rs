@@ -74,7 +74,7 @@ pub async fn create(
     if let Some(cs) = req.options.chunk_size {
         treehash::validate_chunk_size(cs).map_err(|e| bad("bad_chunk_size", e))?;
     }
-    if req.max_jobs == Some(0) {
+    if req.max_jobs.is_some_and(|m| m == 0 || m > i64::MAX as u64) {
         return Err(bad("bad_max_jobs", "max_jobs must be at least 1 (leave it out for no limit)"));
     }
     let req = CreateEnrollment { name: name.to_string(), ..req };
@@ -160,7 +160,7 @@ pub async fn enroll(
                 StatusCode::CONFLICT,
                 "enrollment_full",
                 format!(
-                    "enrollment {} ({}) already made its {made} jobs, and this machine ({label}) is not one of them: ask the operator",
+                    "enrollment {} ({}) already has its {made} machines, and this machine ({label}) is not one of them: ask the operator",
                     e.id, e.name
                 ),
             ))

@@ -221,10 +221,9 @@ pub async fn register(
                 }
             }
             Some((code, reason)) => transition(d, JobState::InError, Some(code), Some(reason)),
-            None => {
-                d.disks.clear();
-                transition(d, JobState::Waiting, None, None)
-            }
+            // The mapping of an earlier attempt stays until `begin` replaces it: an attempt
+            // cut between register and begin must not cost the next one its resume.
+            None => transition(d, JobState::Waiting, None, None),
         }
     })?;
     if let Some((code, reason)) = refusal {
