@@ -4,22 +4,14 @@ use anyhow::Result;
 use reqwest::Method;
 
 use super::job::{admin_client, receiver_for_sources};
-use crate::cmdline::{EnrollCommand, TargetArg};
-use crate::proto::{CreateEnrollment, Enrollment, JobOptions, TargetKind};
+use crate::cmdline::EnrollCommand;
+use crate::proto::{CreateEnrollment, Enrollment, TargetKind};
 
 pub async fn run(cmd: EnrollCommand) -> Result<i32> {
     match cmd {
-        EnrollCommand::Create { admin, name, target, compress, bandwidth_limit, chunk_size, max_jobs } => {
+        EnrollCommand::Create { admin, name, job, max_jobs } => {
             let c = admin_client(&admin)?;
-            let req = CreateEnrollment {
-                name,
-                target: match target {
-                    TargetArg::Image => TargetKind::Image,
-                    TargetArg::Instance => TargetKind::Instance,
-                },
-                options: JobOptions { compress, bandwidth_limit, chunk_size },
-                max_jobs,
-            };
+            let req = CreateEnrollment { name, target: job.target_kind(), options: job.options(), max_jobs };
             let e: Enrollment = c.call(Method::POST, "/enrollments", |r| r.json(&req)).await?;
             if admin.json {
                 println!("{}", serde_json::to_string_pretty(&e)?);

@@ -6,8 +6,8 @@ use anyhow::{bail, Context, Result};
 use reqwest::Method;
 
 use crate::agent::{Client, Endpoint};
-use crate::cmdline::{AdminArgs, JobCommand, TargetArg, TargetSpecArgs};
-use crate::proto::{CreateJob, Job, JobOptions, TargetKind, TargetSpec};
+use crate::cmdline::{AdminArgs, JobCommand, TargetSpecArgs};
+use crate::proto::{CreateJob, Job, TargetKind, TargetSpec};
 use crate::server::ReceiverInfo;
 use crate::util::{human_bytes, human_duration};
 
@@ -60,24 +60,12 @@ pub fn run(cmd: JobCommand) -> Result<i32> {
 
 async fn run_async(cmd: JobCommand) -> Result<i32> {
     match cmd {
-        JobCommand::Create {
-            admin,
-            name,
-            target,
-            compress,
-            bandwidth_limit,
-            chunk_size,
-            client_token,
-            target_spec,
-        } => {
+        JobCommand::Create { admin, name, job, client_token, target_spec } => {
             let c = admin_client(&admin)?;
             let req = CreateJob {
                 name,
-                target: match target {
-                    TargetArg::Image => TargetKind::Image,
-                    TargetArg::Instance => TargetKind::Instance,
-                },
-                options: JobOptions { compress, bandwidth_limit, chunk_size },
+                target: job.target_kind(),
+                options: job.options(),
                 client_token,
                 target_spec: spec_of(&target_spec),
             };

@@ -127,18 +127,8 @@ pub enum JobCommand {
         /// A name people recognise, e.g. the server's host name.
         #[arg(long)]
         name: String,
-        /// Destination: disk images, or a target machine.
-        #[arg(long, value_enum, default_value = "image")]
-        target: TargetArg,
-        /// Compress chunks with zstd on the wire.
-        #[arg(long)]
-        compress: bool,
-        /// Upload rate limit in bytes per second (suffixes K, M, G).
-        #[arg(long, value_parser = parse_size)]
-        bandwidth_limit: Option<u64>,
-        /// Chunk size for this job's disks.
-        #[arg(long, value_parser = parse_chunk_size)]
-        chunk_size: Option<u64>,
+        #[command(flatten)]
+        job: JobArgs,
         /// Makes creation idempotent: the same client token returns the same job.
         #[arg(long)]
         client_token: Option<String>,
@@ -196,18 +186,9 @@ pub enum EnrollCommand {
         /// The wave's name; each machine's job is named NAME-SERIAL (or NAME-MAC).
         #[arg(long)]
         name: String,
-        /// Destination of the jobs it creates.
-        #[arg(long, value_enum, default_value = "image")]
-        target: TargetArg,
-        /// Compress chunks with zstd on the wire.
-        #[arg(long)]
-        compress: bool,
-        /// Upload rate limit per source in bytes per second (suffixes K, M, G).
-        #[arg(long, value_parser = parse_size)]
-        bandwidth_limit: Option<u64>,
-        /// Chunk size for the jobs' disks.
-        #[arg(long, value_parser = parse_chunk_size)]
-        chunk_size: Option<u64>,
+        /// The target and options of every job it creates.
+        #[command(flatten)]
+        job: JobArgs,
         /// At most this many machines; one more is refused (default: no limit).
         #[arg(long, value_parser = clap::value_parser!(u64).range(1..=i64::MAX as u64))]
         max_jobs: Option<u64>,
@@ -243,6 +224,40 @@ pub struct TargetSpecArgs {
 pub enum TargetArg {
     Image,
     Instance,
+}
+
+/// A job's destination and options: `job create`, and the jobs an enrollment creates.
+#[derive(Debug, Args, Clone)]
+pub struct JobArgs {
+    /// Destination: disk images, or a target machine.
+    #[arg(long, value_enum, default_value = "image")]
+    pub target: TargetArg,
+    /// Compress chunks with zstd on the wire.
+    #[arg(long)]
+    pub compress: bool,
+    /// Upload rate limit per source in bytes per second (suffixes K, M, G).
+    #[arg(long, value_parser = parse_size)]
+    pub bandwidth_limit: Option<u64>,
+    /// Chunk size for the job's disks.
+    #[arg(long, value_parser = parse_chunk_size)]
+    pub chunk_size: Option<u64>,
+}
+
+impl JobArgs {
+    pub fn target_kind(&self) -> crate::proto::TargetKind {
+        match self.target {
+            TargetArg::Image => crate::proto::TargetKind::Image,
+            TargetArg::Instance => crate::proto::TargetKind::Instance,
+        }
+    }
+
+    pub fn options(&self) -> crate::proto::JobOptions {
+        crate::proto::JobOptions {
+            compress: self.compress,
+            bandwidth_limit: self.bandwidth_limit,
+            chunk_size: self.chunk_size,
+        }
+    }
 }
 
 /// How an agent (`send`, `pull`) reaches the receiver.

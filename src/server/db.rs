@@ -206,7 +206,8 @@ impl Db {
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             params![id, req.name, json(&req.target).trim_matches('"'), json(&req.options), token, now(), req.max_jobs],
         )?;
-        self.enrollments(true)?.into_iter().find(|e| e.id == id).context("enrollment vanished")
+        // A new enrollment has no jobs yet.
+        self.enrollment_rows(true)?.into_iter().find(|e| e.id == id).context("enrollment vanished")
     }
 
     /// Every enrollment, oldest first, with the jobs each created; tokens only when `with_token`.
