@@ -5,6 +5,7 @@
 //! The library holds every part; the `ferry` binary is a thin dispatcher over [`cli`].
 
 pub mod agent;
+pub mod boot;
 pub mod cli;
 pub mod cmdline;
 pub mod disk;

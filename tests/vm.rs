@@ -1,5 +1,5 @@
-//! The live image booted for real in QEMU: direct kernel boot, PXE through iPXE, a UEFI USB
-//! stick, and the failure paths. Each run ends with the guest's verdict on its serial console
+//! The live image booted for real in QEMU: direct kernel boot, PXE through iPXE, and the
+//! failure paths (USB sticks and every firmware: tests/vm_boot.rs). Each run ends with the guest's verdict on its serial console
 //! and the receiver's job state; exported disks are compared with `b3sum`.
 
 mod receiver_support;
@@ -174,68 +174,6 @@ fn pxe_boot_menu_chain_loads_from_the_receiver_and_migrates() {
     std::fs::write(tftp.join("boot.ipxe"), format!("#!ipxe\nchain {by_job}\n")).unwrap();
     let (serial, _) = pxe_vm("by-job.log").run(BOOT_TIMEOUT);
     assert!(serial.contains(&format!("job {job} is Finished")) && serial.contains("Powering off"), "{serial}");
-}
-
-#[test]
-#[ignore = "boots QEMU (minutes under TCG); scripts/test runs these with --ignored"]
-fn uefi_usb_stick_reads_ferry_toml_and_migrates() {
-    vm_ready();
-    let usb_image = image_dir().join("ferry-usb.img");
-    let code = Path::new("/usr/share/OVMF/OVMF_CODE_4M.fd");
-    assert!(usb_image.exists() && code.exists(), "needs {} and OVMF", usb_image.display());
-    let t = tempfile::tempdir().unwrap();
-    let src = t.path().join("src.img");
-    gpt_disk(&src, 32, 5);
-    let r = Receiver::start(&t.path().join("store"), false);
-    let (job, token) = r.create_job("vm-usb");
-    let pin = r.pin().unwrap();
-    // The technician edits ferry.toml on the stick's FAT partition; do the same with mtools.
-    let usb = t.path().join("usb.img");
-    std::fs::copy(&usb_image, &usb).unwrap();
-    let toml = t.path().join("ferry.toml");
-    std::fs::write(
-        &toml,
-        format!("server = \"{}\"\npin = \"{pin}\"\njob = \"{job}\"\ntoken = \"{token}\"\non_finish = \"poweroff\"\ncountdown = 0\n", guest_url(r.port, true)),
-    )
-    .unwrap();
-    let offset = esp_offset(&usb);
-    run_ok(
-        std::process::Command::new("mcopy")
-            .args(["-o", "-i", &format!("{}@@{offset}", usb.display())])
-            .arg(&toml)
-            .arg("::ferry.toml"),
-    );
-    let vars = t.path().join("vars.fd");
-    std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars).unwrap();
-    let log = t.path().join("serial.log");
-    let mut vm = Vm::base(&log);
-    vm.arg("-machine").arg("q35");
-    vm.arg("-drive").arg(&format!("if=pflash,format=raw,unit=0,readonly=on,file={}", code.display()));
-    vm.arg("-drive").arg(&format!("if=pflash,format=raw,unit=1,file={}", vars.display()));
-    vm.arg("-netdev").arg("user,id=n0").arg("-device").arg("virtio-net-pci,netdev=n0,romfile=");
-    vm.disk(Disk::UsbStick { file: &usb }, 0);
-    vm.disk(Disk::Virtio { file: &src, serial: "USB-SRC", sector: 512 }, 1);
-    let (serial, took) = vm.run(BOOT_TIMEOUT);
-    eprintln!("UEFI USB boot: {took:?}");
-    assert!(serial.contains("M I G R A T E D"), "no MIGRATED verdict:\n{serial}");
-    assert!(serial.contains("(not migrated)"), "the stick itself must be left out:\n{serial}");
-    let j = r.job(&job);
-    assert_eq!(j["state"], "Finished");
-    assert_eq!(j["disks"].as_array().unwrap().len(), 1, "only the source disk, not the stick");
-    assert_eq!(export_b3sum(&r, &job, 0, t.path()), b3sum(&src));
-}
-
-/// Byte offset of the first partition (the ESP) of a GPT image, from sgdisk.
-fn esp_offset(img: &Path) -> u64 {
-    let out = std::process::Command::new("sgdisk").arg("-i").arg("1").arg(img).output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    let first: u64 = text
-        .lines()
-        .find_map(|l| l.strip_prefix("First sector: "))
-        .and_then(|s| s.split_whitespace().next())
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no first sector in {text}"));
-    first * 512
 }
 
 fn failing_boot(

@@ -71,25 +71,33 @@ pub struct ImageBuildArgs {
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// Store directory: jobs database, chunks, manifests, admin token, TLS identity.
-    #[arg(long)]
+    #[arg(long, env = "FERRY_STORE")]
     pub store: PathBuf,
     /// Address and port to listen on.
-    #[arg(long, default_value = "127.0.0.1:8443")]
+    #[arg(long, env = "FERRY_LISTEN", default_value = "127.0.0.1:8443")]
     pub listen: std::net::SocketAddr,
     /// Serve plain HTTP instead of HTTPS (disk data and tokens travel unencrypted).
     #[arg(long)]
     pub plain_http: bool,
     /// Host or IP that sources should use, for the printed kernel command line and certificate.
-    #[arg(long)]
+    #[arg(long, env = "FERRY_ADVERTISE")]
     pub advertise: Option<String>,
     /// Serve the live image built by `ferry image build` from this directory under /boot/
-    /// (boot.ipxe, vmlinuz, initrd.img) so that iPXE can chain-load it over HTTP.
-    #[arg(long)]
+    /// (kernel, initrd, iPXE, shim and GRUB, the USB image) for PXE and UEFI HTTP Boot.
+    #[arg(long, env = "FERRY_BOOT_DIR")]
     pub boot_dir: Option<PathBuf>,
     /// Also serve /boot/ over plain HTTP here (iPXE cannot check the receiver's certificate;
     /// PXE is unauthenticated anyway). Only the boot files are served on this address.
-    #[arg(long, requires = "boot_dir")]
+    #[arg(long, env = "FERRY_BOOT_LISTEN", requires = "boot_dir")]
     pub boot_listen: Option<std::net::SocketAddr>,
+    /// Serve the boot files over TFTP on this UDP address (PXE firmware uses port 69), with a
+    /// GRUB menu carrying this receiver's URL and pin for Secure Boot PXE clients.
+    #[arg(long, env = "FERRY_TFTP_LISTEN", requires = "boot_dir")]
+    pub tftp_listen: Option<std::net::SocketAddr>,
+    /// An enrollment token that network boots naming no job or enrollment get (TFTP cannot
+    /// carry one per request): every such source enrolls into that wave.
+    #[arg(long, env = "FERRY_BOOT_ENROLL", hide_env_values = true, requires = "boot_dir")]
+    pub boot_enroll: Option<String>,
 }
 
 /// How an admin command reaches the receiver.

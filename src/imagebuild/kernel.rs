@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
+use super::packages;
 use super::tools::{self, cmd};
 
 /// An unpacked kernel package.
@@ -23,8 +24,6 @@ pub struct Kernel {
 
 pub const DEFAULT_CACHE: &str = "/var/cache/ferry";
 const META: &str = "linux-image-amd64";
-/// Written last into an unpacked tree: a tree without it is incomplete and is redone.
-const DONE: &str = ".ferry-unpacked";
 
 /// The kernel package `linux-image-amd64` currently depends on, from `apt-cache depends`.
 pub fn current_kernel_package() -> Result<String> {
@@ -50,101 +49,13 @@ pub fn parse_depends(text: &str) -> Option<String> {
         .map(str::to_string)
 }
 
-/// The candidate version of a package, as apt would download it.
-fn candidate_version(pkg: &str) -> Result<String> {
-    let text = tools::output(cmd("apt-cache").args(["policy", pkg]))?;
-    text.lines()
-        .filter_map(|l| l.trim().strip_prefix("Candidate:"))
-        .map(str::trim)
-        .find(|v| !v.is_empty() && *v != "(none)")
-        .map(str::to_string)
-        .with_context(|| format!("apt has no candidate version of {pkg}"))
-}
-
-/// Fetches `pkg` into `cache` with `apt-get download`, unless the same version is there.
-pub fn fetch(pkg: &str, cache: &Path) -> Result<PathBuf> {
-    let version = candidate_version(pkg)?;
-    // apt names the file PKG_VERSION_ARCH.deb with ':' (an epoch) escaped as %3a.
-    let prefix = format!("{pkg}_{}_", version.replace(':', "%3a"));
-    let find = |dir: &Path| -> Option<PathBuf> {
-        let mut v: Vec<PathBuf> = fs::read_dir(dir)
-            .ok()?
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| {
-                let n = p.file_name().unwrap_or_default().to_string_lossy().into_owned();
-                n.starts_with(&prefix) && n.ends_with(".deb")
-            })
-            .collect();
-        v.sort();
-        v.pop()
-    };
-    if let Some(p) = find(cache) {
-        log::info!("using cached {}", p.display());
-        return Ok(p);
-    }
-    fs::create_dir_all(cache).with_context(|| format!("creating the cache {}", cache.display()))?;
-    // Download into a scratch directory and move the finished file into place, so an
-    // interrupted download is never mistaken for a package.
-    let tmp = cache.join(format!(".download-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&tmp);
-    fs::create_dir_all(&tmp)?;
-    log::info!("downloading {pkg} {version} (about 70 MB) into {}", cache.display());
-    let got = tools::run(cmd("apt-get").args(["download", "-q"]).arg(format!("{pkg}={version}")).current_dir(&tmp));
-    if let Err(e) = got {
-        let _ = fs::remove_dir_all(&tmp);
-        return Err(e);
-    }
-    let file = find(&tmp).with_context(|| format!("apt-get download left no {prefix}*.deb"));
-    let file = match file {
-        Ok(f) => f,
-        Err(e) => {
-            let _ = fs::remove_dir_all(&tmp);
-            return Err(e);
-        }
-    };
-    let dst = cache.join(file.file_name().unwrap());
-    fs::rename(&file, &dst)?;
-    let _ = fs::remove_dir_all(&tmp);
-    Ok(dst)
-}
-
-/// Unpacks a kernel package into `cache/<package file stem>/` (once) and runs depmod there.
+/// Unpacks a kernel package into the cache (once) and runs depmod there.
 pub fn unpack(deb: &Path, cache: &Path) -> Result<Kernel> {
-    let stem = deb
-        .file_name()
-        .map(|n| n.to_string_lossy().trim_end_matches(".deb").to_string())
-        .with_context(|| format!("{} is not a package file", deb.display()))?;
-    // Key the tree by size too, so a different file with the same name is not mixed up.
-    let size = fs::metadata(deb).with_context(|| format!("reading {}", deb.display()))?.len();
-    let root = cache.join(format!("{stem}.{size}"));
-    if !root.join(DONE).is_file() {
-        let tmp = cache.join(format!(".unpack-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&tmp);
-        fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-        log::info!("unpacking {}", deb.display());
-        let res = (|| -> Result<()> {
-            tools::run(cmd("dpkg-deb").arg("-x").arg(deb).arg(&tmp))?;
-            let version = find_version(&tmp)?;
-            log::info!("running depmod for {version}");
-            tools::run(cmd("depmod").arg("-b").arg(&tmp).arg(&version))?;
-            fs::write(tmp.join(DONE), format!("{version}\n"))?;
-            if root.join(DONE).is_file() {
-                // Another build finished the same tree meanwhile: keep that one.
-                let _ = fs::remove_dir_all(&tmp);
-                return Ok(());
-            }
-            let _ = fs::remove_dir_all(&root);
-            fs::rename(&tmp, &root)?;
-            Ok(())
-        })();
-        if let Err(e) = res {
-            let _ = fs::remove_dir_all(&tmp);
-            return Err(e);
-        }
-    } else {
-        log::info!("using unpacked kernel in {}", root.display());
-    }
+    let root = packages::unpack(deb, cache, |tree| {
+        let version = find_version(tree)?;
+        log::info!("running depmod for {version}");
+        tools::run(cmd("depmod").arg("-b").arg(tree).arg(&version))
+    })?;
     let version = find_version(&root)?;
     let moddir = root.join("lib/modules").join(&version);
     if !moddir.join("modules.dep").is_file() {
@@ -186,7 +97,7 @@ pub fn prepare(kernel_deb: Option<&Path>, cache: &Path) -> Result<Kernel> {
         None => {
             let pkg = current_kernel_package()?;
             log::info!("kernel package: {pkg}");
-            fetch(&pkg, cache)?
+            packages::fetch(&pkg, cache)?
         }
     };
     unpack(&deb, cache)

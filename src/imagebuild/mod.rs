@@ -5,15 +5,22 @@
 //! - `initrd.img`: a zstd-compressed newc cpio with ferry as `/init`, the storage, network and
 //!   FAT drivers of `initrd/modules.list` (closed over their dependencies) and their index;
 //! - `boot.ipxe`: an iPXE script loading both, by paths relative to the script's own URL;
-//! - `ferry-usb.img` (+ `.bmap`): a GPT disk image whose one EFI system partition, named
-//!   `ferry-boot`, holds a unified kernel image as `EFI/BOOT/BOOTX64.EFI` and an editable
-//!   `ferry.toml`.
+//! - `shimx64.efi`, `grubx64.efi`, `mmx64.efi`, `grub/grub.cfg`: PXE under UEFI, Secure Boot on
+//!   or off (Microsoft-signed shim, Debian-signed network GRUB); `undionly.kpxe`, `snponly.efi`:
+//!   iPXE for BIOS and non-Secure-Boot UEFI PXE clients;
+//! - `ferry-usb.img` (+ `.bmap`): a GPT disk image that boots under UEFI (shim, GRUB, the signed
+//!   kernel: Secure Boot on or off) and legacy BIOS (GRUB in a BIOS boot partition), with an
+//!   editable `ferry.toml` on its EFI system partition, named `ferry-boot`;
+//! - `image.json`: what was built from which packages, read by `ferry serve --boot-dir`.
 //!
 //! See image-build/README.md for the recipe and how to use each output.
 
+pub mod bios;
+pub mod bootloaders;
 pub mod cpio;
 pub mod kernel;
 pub mod modules;
+pub mod packages;
 pub mod tools;
 pub mod usb;
 
@@ -24,6 +31,8 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 
+use crate::boot::files::{self as names, ImageInfo, Package};
+use crate::boot::grub;
 use crate::cmdline::ImageBuildArgs;
 use cpio::{Archive, Data};
 
@@ -49,13 +58,16 @@ pub struct BuildOutputs {
     pub cmdline: String,
     /// The kernel package used.
     pub kernel_package: PathBuf,
+    /// PXE files besides the kernel and initramfs: shim, network GRUB and its menu, MOK
+    /// manager, iPXE for BIOS and UEFI.
+    pub pxe_files: Vec<PathBuf>,
+    /// `image.json`, with the packages of the boot chain.
+    pub image_json: PathBuf,
+    pub packages: Vec<Package>,
     pub seconds: f64,
 }
 
-/// The command line every boot path gets before `--cmdline`: both consoles (the last one,
-/// the screen, becomes /dev/console), reboot 30 s after a kernel panic, unthrottled kmsg for
-/// ferry's log, DHCP.
-pub const BASE_CMDLINE: &str = "console=ttyS0 console=tty0 panic=30 printk.devkmsg=on ip=dhcp";
+pub use crate::boot::BASE_CMDLINE;
 
 /// Stays under this, or the image is too slow to load over TFTP and too big for some firmware.
 const INITRD_GOAL: u64 = 32 << 20;
@@ -373,33 +385,35 @@ pub fn build(args: &ImageBuildArgs) -> Result<BuildOutputs> {
     let init = choose_init(args.init.as_deref())?;
     let cache = args.cache.clone().unwrap_or_else(default_cache);
 
-    // Host tools first, so a missing one fails before the long steps.
-    let mut need: Vec<(&str, &str)> = vec![("dpkg-deb", "dpkg"), ("depmod", "kmod")];
-    if args.kernel_deb.is_none() {
-        need.extend([("apt-get", "apt"), ("apt-cache", "apt")]);
-    }
+    // Host tools first, so a missing one fails before the long steps. The boot chain's
+    // packages always come from apt (only the kernel can be given as a file).
+    let mut need: Vec<(&str, &str)> =
+        vec![("dpkg-deb", "dpkg"), ("depmod", "kmod"), ("apt-get", "apt"), ("apt-cache", "apt")];
     if !args.no_usb {
         need.extend([
-            ("objcopy", "binutils"),
             ("sgdisk", "gdisk"),
             ("mkfs.vfat", "dosfstools"),
             ("mcopy", "mtools"),
             ("mmd", "mtools"),
             ("bmaptool", "bmap-tools"),
         ]);
-        need.push((tools::EFI_STUB, "systemd-boot-efi"));
     }
     tools::ensure(&need)?;
 
     step(format!("kernel: preparing (cache {})", cache.display()));
     let kernel = kernel::prepare(args.kernel_deb.as_deref(), &cache)?;
     step(format!("kernel: {} from {}", kernel.version, kernel.deb.display()));
+    let loaders = bootloaders::prepare(&cache)?;
+    step(format!(
+        "boot chain: {}",
+        loaders.packages.iter().map(|p| format!("{} {}", p.name, p.version)).collect::<Vec<_>>().join(", ")
+    ));
 
     fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
     let work = args.out.join(format!(".ferry-build-{}", std::process::id()));
     let _ = fs::remove_dir_all(&work);
     fs::create_dir_all(&work)?;
-    let result = build_in(args, &init, &kernel, &work, started);
+    let result = build_in(args, &init, &kernel, &loaders, &work, started);
     let _ = fs::remove_dir_all(&work);
     result
 }
@@ -408,79 +422,55 @@ fn build_in(
     args: &ImageBuildArgs,
     init: &Path,
     kernel: &kernel::Kernel,
+    loaders: &bootloaders::BootLoaders,
     work: &Path,
     started: Instant,
 ) -> Result<BuildOutputs> {
     let out = &args.out;
     let mtime = Archive::mtime_from_env();
-    let (archive, shipped) = assemble(init, kernel, &work.join("modules"), mtime)?;
-    step(format!(
-        "initramfs: /init = {}, {} modules ({} requested names missing, built in: {})",
-        init.display(),
-        shipped.modules.len(),
-        shipped.missing.len(),
-        if shipped.builtin.is_empty() { "none".to_string() } else { shipped.builtin.join(" ") }
-    ));
-    let initrd = out.join("initrd.img");
-    let t = Instant::now();
-    let level = zstd_level();
-    let initrd_bytes = write_initrd(&archive, &initrd, level)?;
-    step(format!(
-        "initramfs: {} ({} bytes, zstd -{level} in {:.1} s)",
-        initrd.display(),
-        initrd_bytes,
-        t.elapsed().as_secs_f64()
-    ));
-    if initrd_bytes > INITRD_GOAL {
-        log::warn!("initrd.img is {initrd_bytes} bytes, over the 32 MiB goal: trim initrd/modules.list or the binary");
-    }
-    let vmlinuz = out.join("vmlinuz");
+    let (initrd, initrd_bytes, shipped) = build_initramfs(init, kernel, work, out, mtime)?;
+    let vmlinuz = out.join(names::KERNEL);
     let kernel_bytes = copy_atomic(&kernel.vmlinuz, &vmlinuz)?;
 
     let cmdline = full_cmdline(&split_words(&args.cmdline));
-    let ipxe = out.join("boot.ipxe");
+    let ipxe = out.join(names::IPXE_SCRIPT);
     write_atomic(&ipxe, &ipxe_script(&cmdline, &kernel.version))?;
-    step(format!("PXE: {} and {}", ipxe.display(), vmlinuz.display()));
+    let pxe_files = write_pxe_files(out, loaders, &cmdline, &kernel.version)?;
+    step(format!("PXE: {}, {} and {} more", ipxe.display(), vmlinuz.display(), pxe_files.len()));
 
+    let mut info = ImageInfo {
+        ferry_version: env!("CARGO_PKG_VERSION").into(),
+        kernel_version: kernel.version.clone(),
+        packages: std::iter::once(&kernel.deb)
+            .filter_map(|d| packages::name_and_version(d))
+            .map(|(name, version)| Package { name, version })
+            .chain(loaders.packages.iter().cloned())
+            .collect(),
+        usb_grub_cfg: None,
+    };
     let (mut usb, mut bmap, mut usb_bytes) = (None, None, None);
     if args.no_usb {
         // A stick image from an earlier build would not match the new initrd.
-        for stale in ["ferry-usb.img", "ferry-usb.img.bmap"] {
+        for stale in [names::USB, names::USB_BMAP] {
             if fs::remove_file(out.join(stale)).is_ok() {
                 step(format!("removed the earlier {stale} (--no-usb)"));
             }
         }
     } else {
-        let (kwords, keys) = split_cmdline(&args.cmdline);
-        let usb_cmdline = full_cmdline(&kwords);
-        let osrel = format!(
-            "NAME=\"ferry\"\nID=ferry\nVERSION_ID=\"{v}\"\nPRETTY_NAME=\"ferry live image {v} (kernel {k})\"\n",
-            v = env!("CARGO_PKG_VERSION"),
-            k = kernel.version
-        );
-        let uki = work.join("BOOTX64.EFI");
-        usb::build_uki(&kernel.vmlinuz, &initrd, &usb_cmdline, &osrel, work, &uki, mtime)?;
-        let toml_path = work.join("ferry.toml");
-        fs::write(&toml_path, ferry_toml(&keys))?;
-        let img = out.join("ferry-usb.img");
-        // GUIDs and the volume id follow from the contents: the same inputs, the same image.
-        let mut seed = blake3::Hasher::new();
-        seed.update_reader(File::open(&uki)?)?;
-        seed.update_reader(File::open(&toml_path)?)?;
-        let bytes = usb::build_disk(
-            &usb::StickFiles { uki: &uki, ferry_toml: &toml_path },
-            work,
-            &img,
-            seed.finalize().as_bytes(),
-            // FAT cannot store times before 1980.
-            i64::from(mtime).max(315_532_800),
-        )?;
-        usb::verify_disk(&img)?;
+        let img = out.join(names::USB);
+        let stick = build_stick(&args.cmdline, &initrd, kernel, loaders, work, &img, mtime)?;
         bmap = Some(usb::bmap(&img)?);
-        step(format!("USB: {} ({bytes} bytes, UKI {} bytes)", img.display(), fs::metadata(&uki)?.len()));
+        step(format!(
+            "USB: {} ({} bytes; UEFI with or without Secure Boot, and legacy BIOS)",
+            img.display(),
+            stick.bytes
+        ));
+        info.usb_grub_cfg = Some(stick.menu);
         usb = Some(img);
-        usb_bytes = Some(bytes);
+        usb_bytes = Some(stick.bytes);
     }
+    let image_json = out.join(names::IMAGE_JSON);
+    write_atomic(&image_json, &(serde_json::to_string_pretty(&info)? + "\n"))?;
 
     Ok(BuildOutputs {
         kernel: vmlinuz,
@@ -496,8 +486,135 @@ fn build_in(
         missing_modules: shipped.missing.clone(),
         cmdline,
         kernel_package: kernel.deb.clone(),
+        pxe_files,
+        image_json,
+        packages: info.packages,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// The initramfs: ferry as /init, the drivers, their index; written as `initrd.img`.
+fn build_initramfs(
+    init: &Path,
+    kernel: &kernel::Kernel,
+    work: &Path,
+    out: &Path,
+    mtime: u32,
+) -> Result<(PathBuf, u64, modules::Shipped)> {
+    let (archive, shipped) = assemble(init, kernel, &work.join("modules"), mtime)?;
+    step(format!(
+        "initramfs: /init = {}, {} modules ({} requested names missing, built in: {})",
+        init.display(),
+        shipped.modules.len(),
+        shipped.missing.len(),
+        if shipped.builtin.is_empty() { "none".to_string() } else { shipped.builtin.join(" ") }
+    ));
+    let initrd = out.join(names::INITRD);
+    let t = Instant::now();
+    let level = zstd_level();
+    let initrd_bytes = write_initrd(&archive, &initrd, level)?;
+    step(format!(
+        "initramfs: {} ({} bytes, zstd -{level} in {:.1} s)",
+        initrd.display(),
+        initrd_bytes,
+        t.elapsed().as_secs_f64()
+    ));
+    if initrd_bytes > INITRD_GOAL {
+        log::warn!("initrd.img is {initrd_bytes} bytes, over the 32 MiB goal: trim initrd/modules.list or the binary");
+    }
+    Ok((initrd, initrd_bytes, shipped))
+}
+
+/// The PXE files beside kernel and initramfs: the signed chain for UEFI (shim as the DHCP boot
+/// file, the network GRUB under the name shim loads, the MOK manager) with a GRUB menu carrying
+/// `--cmdline` (`ferry serve --tftp-listen` serves its own instead, with the receiver's URL and
+/// pin), and iPXE for the rest.
+fn write_pxe_files(
+    out: &Path,
+    bl: &bootloaders::BootLoaders,
+    cmdline: &str,
+    kernel_version: &str,
+) -> Result<Vec<PathBuf>> {
+    let mut written = vec![];
+    for (name, src) in [
+        (names::SHIM, &bl.shim),
+        (names::GRUB_NET, &bl.grub_net_efi),
+        (names::MOK_MANAGER, &bl.mok_manager),
+        (names::IPXE_BIOS, &bl.ipxe_bios),
+        (names::IPXE_EFI, &bl.ipxe_efi),
+    ] {
+        let dst = out.join(name);
+        copy_atomic(src, &dst)?;
+        written.push(dst);
+    }
+    let comment = format!(
+        "PXE boot under UEFI (shim, then this network GRUB), kernel {kernel_version}, ferry {}.\n\
+         Kernel and initramfs come from the TFTP root. `ferry serve --tftp-listen` serves its\n\
+         own menu here, with the receiver's URL and pin.",
+        env!("CARGO_PKG_VERSION")
+    );
+    let menu = grub::Menu {
+        kernel: &format!("/{}", names::KERNEL),
+        initrd: &format!("/{}", names::INITRD),
+        entries: vec![grub::Entry { title: "ferry live image".into(), args: cmdline.to_string() }],
+        timeout: 0,
+        netboot: true,
+        comment: &comment,
+    };
+    let cfg = out.join(names::GRUB_NET_CFG);
+    fs::create_dir_all(cfg.parent().expect("grub/"))?;
+    write_atomic(&cfg, &grub::render(&menu))?;
+    written.push(cfg);
+    Ok(written)
+}
+
+/// The USB stick image: the signed chain for UEFI, GRUB for BIOS, the menu with the non-ferry
+/// words of `--cmdline`, ferry.toml with its ferry.* keys.
+fn build_stick(
+    cmdline: &str,
+    initrd: &Path,
+    kernel: &kernel::Kernel,
+    bl: &bootloaders::BootLoaders,
+    work: &Path,
+    img: &Path,
+    mtime: u32,
+) -> Result<usb::Stick> {
+    let (kwords, keys) = split_cmdline(cmdline);
+    let comment = format!(
+        "The USB stick, for UEFI (shim and GRUB, Secure Boot on or off) and legacy BIOS.\n\
+         Kernel {}, ferry {}. Settings for the technician go in /ferry.toml, not here.",
+        kernel.version,
+        env!("CARGO_PKG_VERSION")
+    );
+    let menu = grub::stick_menu(&full_cmdline(&kwords), &comment)?;
+    let toml_path = work.join("ferry.toml");
+    fs::write(&toml_path, ferry_toml(&keys))?;
+    let boot_sector = fs::read(bl.grub_pc_dir.join("boot.img"))?;
+    let core = bios::core_image(bl, work)?;
+    let contents = usb::StickContents {
+        files: vec![
+            ("EFI/BOOT/BOOTX64.EFI", bl.shim.clone()),
+            ("EFI/BOOT/grubx64.efi", bl.grub_efi.clone()),
+            ("EFI/BOOT/mmx64.efi", bl.mok_manager.clone()),
+            (names::STICK_KERNEL, kernel.vmlinuz.clone()),
+            (names::STICK_INITRD, initrd.to_path_buf()),
+            ("ferry.toml", toml_path.clone()),
+        ],
+        menu: &menu,
+        bios_boot_sector: &boot_sector,
+        bios_core: &core,
+    };
+    // GUIDs and the volume id follow from the contents: the same inputs, the same image.
+    let mut seed = blake3::Hasher::new();
+    for (_, f) in &contents.files {
+        seed.update_reader(File::open(f)?)?;
+    }
+    seed.update(&menu);
+    seed.update(&core);
+    // FAT cannot store times before 1980.
+    let stick = usb::build_disk(&contents, work, img, seed.finalize().as_bytes(), i64::from(mtime).max(315_532_800))?;
+    usb::verify_disk(img)?;
+    Ok(stick)
 }
 
 #[cfg(test)]

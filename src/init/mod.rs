@@ -3,6 +3,7 @@
 pub mod cmdline;
 pub mod console;
 pub mod coverage;
+pub mod firmware;
 pub mod kmsg;
 pub mod modules;
 pub mod net;

@@ -166,8 +166,9 @@ fn write_verdict(v: &Verdict) {
 async fn work(cfg: &mut LiveConfig, cmdline: &str) -> Result<Verdict, Failed> {
     let started = Instant::now();
     // 1. Drivers.
-    let loader = load_drivers();
+    let mut loader = load_drivers();
     crate::say!("drivers: {} modules loaded", loader.loaded.len());
+    crate::say!("{}", super::firmware::Firmware::read(&mut loader).line());
 
     // 2. Every disk read-only at the kernel level before anything reads a byte of it (the boot
     // stick too: ferry only ever mounts it read-only).

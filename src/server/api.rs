@@ -87,7 +87,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/", get(super::dashboard::page))
         .nest(API_PREFIX, api)
-        .route("/boot/{file}", get(boot_file))
+        .route("/boot/{*file}", get(super::boot_http::boot_file))
         .route("/metrics", get(super::metrics::metrics))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), super::metrics::track))
         .with_state(state)
@@ -675,38 +675,5 @@ async fn get_log(
 
 /// Only the boot files, for the plain-HTTP boot listener.
 pub fn boot_router(state: Arc<AppState>) -> Router {
-    Router::new().route("/boot/{file}", get(boot_file)).with_state(state)
-}
-
-/// The files of the live image that iPXE fetches; nothing else under the boot directory is served.
-const BOOT_FILES: &[(&str, &str)] = &[
-    ("boot.ipxe", "text/plain; charset=utf-8"),
-    ("vmlinuz", "application/octet-stream"),
-    ("initrd.img", "application/octet-stream"),
-];
-
-async fn boot_file(
-    State(st): State<Arc<AppState>>,
-    Path(file): Path<String>,
-    Query(query): Query<std::collections::HashMap<String, String>>,
-) -> Response {
-    if file == "menu.ipxe" && st.boot_dir.is_some() {
-        let Some(info) = st.info.get() else {
-            return ApiErr(StatusCode::SERVICE_UNAVAILABLE, "starting", "the receiver is starting".into())
-                .into_response();
-        };
-        let text = super::boot_menu::menu(info.url_for_sources(), info.pin.as_deref(), &query);
-        return ([(axum::http::header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response();
-    }
-    let Some((name, ctype)) = BOOT_FILES.iter().find(|(n, _)| *n == file) else {
-        return ApiErr(StatusCode::NOT_FOUND, "not_found", format!("no boot file {file:?}")).into_response();
-    };
-    let Some(dir) = &st.boot_dir else {
-        return ApiErr(StatusCode::NOT_FOUND, "no_boot_dir", "this receiver was started without --boot-dir".into())
-            .into_response();
-    };
-    match tokio::fs::read(dir.join(name)).await {
-        Ok(bytes) => ([(axum::http::header::CONTENT_TYPE, *ctype)], bytes).into_response(),
-        Err(e) => ApiErr(StatusCode::NOT_FOUND, "not_found", format!("{name}: {e}")).into_response(),
-    }
+    Router::new().route("/boot/{*file}", get(super::boot_http::boot_file)).with_state(state)
 }

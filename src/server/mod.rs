@@ -3,12 +3,15 @@
 //! (HTTP/2 or HTTP/1.1) or, when asked, plain HTTP.
 
 mod api;
+pub mod boot_files;
+mod boot_http;
 mod boot_menu;
 mod dashboard;
 pub mod db;
 mod enroll_api;
 mod metrics;
 mod target_api;
+mod tftp;
 pub mod tls;
 
 use std::fs;
@@ -55,6 +58,10 @@ pub struct ServeConfig {
     pub boot_dir: Option<PathBuf>,
     /// Plain-HTTP address serving only `/boot/`.
     pub boot_listen: Option<SocketAddr>,
+    /// UDP address serving the boot files over TFTP (PXE; port 69 for firmware clients).
+    pub tftp_listen: Option<SocketAddr>,
+    /// The enrollment token network boots get when they name no job or enrollment.
+    pub boot_enroll: Option<String>,
 }
 
 /// Shared by every request.
@@ -66,6 +73,8 @@ pub struct AppState {
     /// Reads jobs and logs (the dashboard's read-only view); changes nothing.
     pub viewer_token: String,
     pub boot_dir: Option<PathBuf>,
+    /// The enrollment token network boots get when they name no job or enrollment.
+    pub boot_enroll: Option<String>,
     /// Verified manifests targets are reading, by (job, disk): parsed and checked once.
     pub manifests: std::sync::Mutex<std::collections::HashMap<(String, u32), Arc<crate::image::Manifest>>>,
     pub metrics: metrics::Metrics,
@@ -117,6 +126,7 @@ pub fn open_state(dir: &Path) -> Result<AppState> {
         admin_token,
         viewer_token,
         boot_dir: None,
+        boot_enroll: None,
         manifests: Default::default(),
         metrics: Default::default(),
         info: Default::default(),
@@ -127,6 +137,7 @@ pub fn open_state(dir: &Path) -> Result<AppState> {
 pub async fn serve(cfg: ServeConfig) -> Result<()> {
     let mut state = open_state(&cfg.store)?;
     state.boot_dir = cfg.boot_dir.clone();
+    state.boot_enroll = cfg.boot_enroll.clone();
     let state = Arc::new(state);
     let listener =
         tokio::net::TcpListener::bind(cfg.listen).await.with_context(|| format!("listening on {}", cfg.listen))?;
@@ -149,6 +160,12 @@ pub async fn serve(cfg: ServeConfig) -> Result<()> {
                 log::error!("boot file server stopped: {e}");
             }
         });
+    }
+    if let Some(addr) = cfg.tftp_listen {
+        let socket =
+            tokio::net::UdpSocket::bind(addr).await.with_context(|| format!("listening on {addr} (UDP) for TFTP"))?;
+        println!("TFTP:         {} (shimx64.efi for UEFI, undionly.kpxe for BIOS)", socket.local_addr()?);
+        tokio::spawn(tftp::serve(socket, state.clone()));
     }
     let scheme = if cfg.plain_http { "http" } else { "https" };
     let pin = if cfg.plain_http {

@@ -317,3 +317,107 @@ pub fn mbr_disk(path: &Path, mib: u64, seed: u64) {
     assert!(child.wait().unwrap().success());
     super::receiver_support::write_at(path, 1 << 20, &super::receiver_support::pseudo_random(3 << 20, seed));
 }
+
+/// The firmware a VM boots with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Firmware {
+    /// QEMU's default, SeaBIOS: legacy BIOS.
+    Bios,
+    /// OVMF without Secure Boot.
+    Uefi,
+    /// OVMF with Secure Boot enforced and Microsoft's keys enrolled (as on most servers).
+    SecureBoot,
+}
+
+const OVMF_SECBOOT_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.secboot.fd";
+const OVMF_MS_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.ms.fd";
+
+impl Vm {
+    /// A machine with `fw` and its own copy of the firmware variables in `vars` (UEFI), no
+    /// network card unless the test adds one.
+    pub fn with_firmware(fw: Firmware, log: &Path, vars: &Path) -> Self {
+        match fw {
+            Firmware::Bios => {
+                let mut vm = Self::base(log);
+                vm.arg("-nic").arg("none");
+                vm
+            }
+            Firmware::Uefi => Self::uefi(log, vars),
+            Firmware::SecureBoot => {
+                assert!(
+                    Path::new(OVMF_SECBOOT_CODE).exists(),
+                    "OVMF with Secure Boot is missing: apt-get install ovmf"
+                );
+                std::fs::copy(OVMF_MS_VARS, vars).unwrap();
+                Self::secure_boot_with_vars(log, vars)
+            }
+        }
+    }
+
+    /// OVMF with Secure Boot enforced, using `vars` as they are (e.g. prepared by virt-fw-vars).
+    pub fn secure_boot_with_vars(log: &Path, vars: &Path) -> Self {
+        let mut vm = Self::base(log);
+        // The Secure Boot build keeps its variables in SMM-protected flash.
+        vm.arg("-machine").arg("q35,smm=on").arg("-global").arg("driver=cfi.pflash01,property=secure,value=on");
+        vm.arg("-nic").arg("none");
+        vm.arg("-drive").arg(&format!("if=pflash,format=raw,unit=0,readonly=on,file={OVMF_SECBOOT_CODE}"));
+        vm.arg("-drive").arg(&format!("if=pflash,format=raw,unit=1,file={}", vars.display()));
+        vm
+    }
+
+    /// A user-mode network card without QEMU's iPXE ROM (so firmware uses its own network stack).
+    pub fn user_nic(&mut self, netdev_options: &str) -> &mut Self {
+        let opts = if netdev_options.is_empty() { String::new() } else { format!(",{netdev_options}") };
+        self.arg("-netdev").arg(&format!("user,id=n0{opts}"));
+        self.arg("-device").arg("virtio-net-pci,netdev=n0,romfile=,bootindex=2")
+    }
+}
+
+/// Byte offset of the first partition (the ESP) of a GPT image, from sgdisk.
+pub fn esp_offset(img: &Path) -> u64 {
+    let out = Command::new("sgdisk").arg("-i").arg("1").arg(img).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let first: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("First sector: "))
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no first sector in {text}"));
+    first * 512
+}
+
+/// A copy of the built stick at `dest` whose `ferry.toml` the technician has edited to `toml`
+/// (with mtools, as on any computer).
+pub fn stick_with_toml(dest: &Path, toml: &str) -> PathBuf {
+    let built = image_dir().join("ferry-usb.img");
+    assert!(built.exists(), "no {}: build the image with the USB stick", built.display());
+    std::fs::copy(&built, dest).unwrap();
+    let file = dest.with_extension("toml");
+    std::fs::write(&file, toml).unwrap();
+    replace_on_stick(dest, &file, "ferry.toml");
+    dest.to_path_buf()
+}
+
+/// Replaces a file on the stick's FAT partition.
+pub fn replace_on_stick(stick: &Path, file: &Path, at: &str) {
+    let offset = esp_offset(stick);
+    run_ok(
+        Command::new("mcopy")
+            .env("MTOOLS_SKIP_CHECK", "1")
+            .args(["-o", "-i", &format!("{}@@{offset}", stick.display())])
+            .arg(file)
+            .arg(format!("::{at}")),
+    );
+}
+
+/// ferry.toml for a source.
+pub fn source_toml(url: &str, pin: &str, job: &str, token: &str) -> String {
+    format!(
+        "server = \"{url}\"\npin = \"{pin}\"\njob = \"{job}\"\ntoken = \"{token}\"\non_finish = \"poweroff\"\ncountdown = 0\n"
+    )
+}
+
+/// ferry.toml for a target receiving `job`.
+pub fn target_toml(url: &str, pin: &str, job: &str, target_token: &str) -> String {
+    format!("role = \"target\"\n{}", source_toml(url, pin, job, target_token))
+}
