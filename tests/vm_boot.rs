@@ -53,6 +53,7 @@ fn stick_source_then_target(fw: Firmware, name: &str) -> (String, String) {
     vm.serial_number(&format!("SRC-{name}")).user_nic("");
     vm.disk(Disk::UsbStick { file: &stick }, 0).disk(Disk::Virtio { file: &src, serial: "STICK-SRC", sector: 512 }, 1);
     let (source, took) = vm.run(BOOT_TIMEOUT);
+    let source = readable(&source);
     eprintln!("{fw:?} stick, source: {took:?}");
     assert!(source.contains("M I G R A T E D"), "{fw:?} source: no MIGRATED verdict:\n{source}");
     assert!(source.contains("(not migrated)"), "the stick itself must be left out:\n{source}");
@@ -70,6 +71,7 @@ fn stick_source_then_target(fw: Firmware, name: &str) -> (String, String) {
     vm.disk(Disk::UsbStick { file: &stick }, 0)
         .disk(Disk::Virtio { file: &blank, serial: "STICK-TGT", sector: 512 }, 1);
     let (target, took) = vm.run(BOOT_TIMEOUT);
+    let target = readable(&target);
     eprintln!("{fw:?} stick, target: {took:?}");
     assert!(target.contains("M I G R A T E D"), "{fw:?} target: no MIGRATED verdict:\n{target}");
     assert_eq!(r.job(&job)["delivery"]["state"], "Finished");
@@ -107,7 +109,7 @@ fn secure_boot_refuses_unsigned_code_and_boots_the_stick_as_source_and_as_target
     let log = t.path().join("unsigned.log");
     let mut vm = Vm::with_firmware(Firmware::SecureBoot, &log, &t.path().join("unsigned.vars"));
     vm.disk(Disk::UsbStick { file: &stick }, 0);
-    let serial = vm.run_until(Duration::from_secs(120), |s| s.contains("Access Denied"));
+    let serial = readable(&vm.run_until(Duration::from_secs(120), |s| s.contains("Access Denied")));
     assert!(serial.contains("Access Denied"), "Secure Boot did not refuse an unsigned loader:\n{serial}");
     assert!(!serial.contains("ferry"), "{serial}");
 
@@ -189,6 +191,7 @@ fn secure_boot_pxe_from_the_files_ferrys_tftp_serves_enrolls_and_migrates() {
     vm.arg("-device").arg("virtio-net-pci,netdev=n0,romfile=,bootindex=1");
     vm.disk(Disk::Virtio { file: &src, serial: "SB-PXE-SRC", sector: 512 }, 0);
     let (serial, took) = vm.run(BOOT_TIMEOUT);
+    let serial = readable(&serial);
     eprintln!("Secure Boot PXE: {took:?}");
     assert!(serial.contains("secureboot: Secure boot enabled") && serial.contains("Secure Boot: on"), "{serial}");
     assert!(serial.contains("BOOTIF=01-52-54-00-12-34-56"), "GRUB passed no BOOTIF:\n{serial}");
@@ -239,6 +242,7 @@ fn uefi_http_boot_of_the_stick_image_with_secure_boot_migrates() {
     vm.user_nic("");
     vm.disk(Disk::Virtio { file: &src, serial: "HTTP-SRC", sector: 512 }, 0);
     let (serial, took) = vm.run(BOOT_TIMEOUT);
+    let serial = readable(&serial);
     eprintln!("UEFI HTTP Boot: {took:?}");
     assert!(serial.contains("Secure Boot: on"), "{serial}");
     // The firmware's RAM disk is invisible to Linux: no stick, everything from the kernel line.

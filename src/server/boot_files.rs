@@ -167,8 +167,9 @@ pub fn network_grub_menu(info: &ReceiverInfo, params: &HashMap<String, String>) 
         entries.reverse();
     }
     let comment = format!(
-        "Served by the ferry receiver at {}. Without a job on the line, press e on an entry and\n\
-         add ferry.job=ID ferry.token=TOKEN (a target always needs its job and target token).",
+        "Served by the ferry receiver at {}.\n\
+         Without a job or enrollment on an entry's line, press e on it and add\n\
+         ferry.job=ID ferry.token=TOKEN (a target always needs its job and target token).",
         info.url_for_sources()
     );
     grub::render(&grub::Menu {

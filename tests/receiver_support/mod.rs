@@ -40,10 +40,13 @@ impl Receiver {
         let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().expect("start ferry serve");
         let stdout = child.stdout.take().unwrap();
         let mut lines = BufReader::new(stdout).lines();
-        let first = lines.next().expect("serve printed nothing").unwrap();
-        let first = if first.starts_with("boot files") { lines.next().unwrap().unwrap() } else { first };
+        // The boot listeners announce themselves first; then the receiver says where it listens.
+        let first = lines
+            .by_ref()
+            .map_while(Result::ok)
+            .find(|l| l.contains("listening on"))
+            .expect("ferry serve ended without saying where it listens");
         let url = first.rsplit(' ').next().unwrap().to_string();
-        assert!(first.contains("listening on"), "unexpected first line: {first}");
         // Keep draining stdout so the server never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines.by_ref() {});
         Receiver { child, store: store.to_owned(), url, port, plain }

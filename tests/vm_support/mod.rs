@@ -208,7 +208,7 @@ impl Vm {
             }
             std::thread::sleep(Duration::from_millis(200));
         }
-        let log = std::fs::read_to_string(&self.serial_log).unwrap_or_default();
+        let log = self.serial_text();
         // A kernel panic with panic=-1 and -no-reboot also ends QEMU with status 0: the log, not
         // the exit code, says what happened.
         assert!(!log.contains("Kernel panic"), "the guest kernel panicked:\n{log}");
@@ -218,6 +218,12 @@ impl Vm {
 }
 
 impl Vm {
+    /// The serial log so far. Firmware and GRUB write bytes that are not UTF-8 (CP437 box
+    /// drawing): read lossily, or a whole log would read as nothing.
+    pub fn serial_text(&self) -> String {
+        String::from_utf8_lossy(&std::fs::read(&self.serial_log).unwrap_or_default()).into_owned()
+    }
+
     /// Starts QEMU and returns the running process (for tests that stop it themselves).
     pub fn spawn(&self) -> std::process::Child {
         Command::new("qemu-system-x86_64")
@@ -235,14 +241,14 @@ impl Vm {
         let mut child = self.spawn();
         let started = Instant::now();
         while started.elapsed() < limit && child.try_wait().unwrap().is_none() {
-            if stop(&std::fs::read_to_string(&self.serial_log).unwrap_or_default()) {
+            if stop(&self.serial_text()) {
                 break;
             }
             std::thread::sleep(Duration::from_millis(500));
         }
         let _ = child.kill();
         let _ = child.wait();
-        std::fs::read_to_string(&self.serial_log).unwrap_or_default()
+        self.serial_text()
     }
 }
 
@@ -420,4 +426,30 @@ pub fn source_toml(url: &str, pin: &str, job: &str, token: &str) -> String {
 /// ferry.toml for a target receiving `job`.
 pub fn target_toml(url: &str, pin: &str, job: &str, target_token: &str) -> String {
     format!("role = \"target\"\n{}", source_toml(url, pin, job, target_token))
+}
+
+/// A serial log as text to read: firmware and GRUB draw their screens with ANSI escape
+/// sequences, which would garble a failure message.
+pub fn readable(serial: &str) -> String {
+    let mut out = String::with_capacity(serial.len());
+    let mut chars = serial.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            if chars.peek() == Some(&'[') {
+                chars.next();
+                // Parameters, then one final letter.
+                while let Some(p) = chars.next() {
+                    if p.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            }
+            continue;
+        }
+        if c == '\r' || (c.is_control() && c != '\n' && c != '\t') {
+            continue;
+        }
+        out.push(c);
+    }
+    out
 }
