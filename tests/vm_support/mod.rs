@@ -438,7 +438,7 @@ pub fn readable(serial: &str) -> String {
             if chars.peek() == Some(&'[') {
                 chars.next();
                 // Parameters, then one final letter.
-                while let Some(p) = chars.next() {
+                for p in chars.by_ref() {
                     if p.is_ascii_alphabetic() {
                         break;
                     }
