@@ -1,5 +1,6 @@
 //! The verbs of the `ferry` binary. Exit codes: 0 ok, 1 failed, 2 bad usage.
 
+mod docs;
 mod enroll;
 mod export;
 mod hash;
@@ -41,6 +42,8 @@ pub fn run() -> i32 {
         Command::Pull(a) => pull::run(a),
         Command::Export(a) => export::run(a),
         Command::Image(crate::cmdline::ImageCommand::Build(a)) => image::run(a),
+        Command::Completions { shell } => docs::completions(shell),
+        Command::Manpages { out } => docs::manpages(&out),
     };
     match result {
         Ok(code) => code,

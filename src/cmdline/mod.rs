@@ -35,11 +35,23 @@ pub enum Command {
     /// Build the live image: kernel, initramfs, iPXE script, USB image.
     #[command(subcommand)]
     Image(ImageCommand),
+    /// Print a shell completion script, e.g. `ferry completions bash > /etc/bash_completion.d/ferry`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Write a man page for ferry and for each of its commands into DIR (for packagers).
+    #[command(hide = true)]
+    Manpages {
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 pub enum ImageCommand {
-    /// Build vmlinuz, initrd.img, boot.ipxe and a UEFI USB image (+ .bmap) into DIR.
+    /// Build the kernel, initramfs, PXE files and a USB image (UEFI, Secure Boot, BIOS) into DIR.
     Build(ImageBuildArgs),
 }
 
