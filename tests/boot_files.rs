@@ -260,3 +260,22 @@ fn http_boot_files_stream_with_ranges_and_the_http_boot_image_carries_the_config
     let out = curl(&["-o", "/dev/null", "-w", "%{http_code}", &url]);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "500");
 }
+
+/// The dnsmasq lines docs/pxe-and-usb.md gives operators, checked by dnsmasq itself.
+#[test]
+fn the_documented_dnsmasq_lines_parse() {
+    let doc = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/pxe-and-usb.md")).unwrap();
+    let blocks: Vec<&str> = doc.split("```").skip(1).step_by(2).filter(|b| b.contains("dhcp-")).collect();
+    assert!(blocks.len() >= 2, "the dnsmasq blocks are gone from the docs");
+    let t = tempfile::tempdir().unwrap();
+    for (i, block) in blocks.iter().enumerate() {
+        let conf = t.path().join(format!("{i}.conf"));
+        // A snippet meant to be added to the proxy file gets that file's first lines.
+        let body =
+            if block.contains("port=0") { block.to_string() } else { format!("port=0\ninterface=eth0\n{block}") };
+        std::fs::write(&conf, body).unwrap();
+        let out = Command::new("dnsmasq").arg("--test").arg(format!("--conf-file={}", conf.display())).output();
+        let out = out.expect("dnsmasq (package dnsmasq-base; scripts/setup installs it)");
+        assert!(out.status.success(), "dnsmasq refuses block {i}:\n{block}\n{}", String::from_utf8_lossy(&out.stderr));
+    }
+}
