@@ -12,7 +12,7 @@ pub mod disk;
 pub mod image;
 pub mod imagebuild;
 pub mod init;
-pub mod proto;
 pub mod server;
 pub mod store;
 pub mod util;
+pub mod wire;

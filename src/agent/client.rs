@@ -12,8 +12,8 @@ use anyhow::{bail, Context, Result};
 use reqwest::{Method, RequestBuilder, StatusCode};
 use serde::de::DeserializeOwned;
 
-use crate::proto::{ApiError, API_PREFIX};
 use crate::server::tls;
+use crate::wire::{ApiError, API_PREFIX};
 
 /// The receiver said no: the status, its stable code, its words.
 #[derive(Debug, thiserror::Error)]

@@ -5,7 +5,7 @@ use anyhow::{Context, Result};
 use reqwest::Method;
 
 use super::{Client, Endpoint};
-use crate::proto::{EnrollAnswer, EnrollRequest, MachineIdentity};
+use crate::wire::{EnrollAnswer, EnrollRequest, MachineIdentity};
 
 /// The job and agent token for `machine`, from a receiver reached with an enrollment token in
 /// `ep`. The answer's token then replaces the enrollment token for everything else.

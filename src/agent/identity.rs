@@ -3,7 +3,7 @@
 use std::fs;
 use std::path::Path;
 
-use crate::proto::MachineIdentity;
+use crate::wire::MachineIdentity;
 
 fn read(path: &Path) -> Option<String> {
     let s = fs::read_to_string(path).ok()?;

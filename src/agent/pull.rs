@@ -33,7 +33,7 @@ use crate::disk::writer::DiskWriter;
 use crate::disk::{self, DiskReader, TableKind};
 use crate::image::treehash::{self, chunk_id};
 use crate::image::{hash_all_chunks, Manifest};
-use crate::proto::*;
+use crate::wire::*;
 
 /// A failure with a stable code, as recorded in the job's delivery.
 #[derive(Debug, thiserror::Error)]

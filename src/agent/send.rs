@@ -22,7 +22,7 @@ use super::identity::machine_identity;
 use crate::disk::{self, DiskReader};
 use crate::image::hasher::{self, HashedChunk};
 use crate::image::{treehash, ChunkEntry, Manifest, DEFAULT_CHUNK_SIZE, MANIFEST_VERSION};
-use crate::proto::*;
+use crate::wire::*;
 
 /// Knobs for a send; job options from the receiver fill what is left `None`.
 #[derive(Clone, Debug)]

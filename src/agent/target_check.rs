@@ -3,8 +3,8 @@
 //! refusal has a stable code (shown on screen and recorded in the job) and words for people.
 
 use crate::agent::identity::meaningful;
-use crate::proto::{DiskIdentity, SourceDisk};
 use crate::util::human_bytes;
+use crate::wire::{DiskIdentity, SourceDisk};
 
 /// A disk of the target machine, as the checks see it.
 #[derive(Clone, Debug)]

@@ -5,7 +5,7 @@ use reqwest::Method;
 
 use super::job::{admin_client, receiver_for_sources};
 use crate::cmdline::EnrollCommand;
-use crate::proto::{CreateEnrollment, Enrollment, TargetKind};
+use crate::wire::{CreateEnrollment, Enrollment, TargetKind};
 
 pub async fn run(cmd: EnrollCommand) -> Result<i32> {
     match cmd {

@@ -7,9 +7,9 @@ use reqwest::Method;
 
 use crate::agent::{Client, Endpoint};
 use crate::cmdline::{AdminArgs, JobCommand, TargetSpecArgs};
-use crate::proto::{CreateJob, Job, TargetKind, TargetSpec};
 use crate::server::ReceiverInfo;
 use crate::util::{human_bytes, human_duration};
+use crate::wire::{CreateJob, Job, TargetKind, TargetSpec};
 
 pub(super) fn admin_client(a: &AdminArgs) -> Result<Client> {
     let info: Option<ReceiverInfo> = match &a.store {
@@ -125,7 +125,7 @@ async fn run_async(cmd: JobCommand) -> Result<i32> {
         }
         JobCommand::Log { admin, id } => {
             let c = admin_client(&admin)?;
-            let logs: Vec<crate::proto::LogEntry> = c.call(Method::GET, &format!("/jobs/{id}/log"), |r| r).await?;
+            let logs: Vec<crate::wire::LogEntry> = c.call(Method::GET, &format!("/jobs/{id}/log"), |r| r).await?;
             if admin.json {
                 println!("{}", serde_json::to_string_pretty(&logs)?);
             } else if logs.is_empty() {
@@ -245,7 +245,7 @@ fn print_job(j: &Job) {
     }
 }
 
-fn print_history(history: &[crate::proto::JobEvent]) {
+fn print_history(history: &[crate::wire::JobEvent]) {
     for e in history {
         println!(
             "  {} {}{}",

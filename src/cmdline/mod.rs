@@ -264,15 +264,15 @@ pub struct JobArgs {
 }
 
 impl JobArgs {
-    pub fn target_kind(&self) -> crate::proto::TargetKind {
+    pub fn target_kind(&self) -> crate::wire::TargetKind {
         match self.target {
-            TargetArg::Image => crate::proto::TargetKind::Image,
-            TargetArg::Instance => crate::proto::TargetKind::Instance,
+            TargetArg::Image => crate::wire::TargetKind::Image,
+            TargetArg::Instance => crate::wire::TargetKind::Instance,
         }
     }
 
-    pub fn options(&self) -> crate::proto::JobOptions {
-        crate::proto::JobOptions {
+    pub fn options(&self) -> crate::wire::JobOptions {
+        crate::wire::JobOptions {
             compress: self.compress,
             bandwidth_limit: self.bandwidth_limit,
             chunk_size: self.chunk_size,

@@ -118,7 +118,7 @@ fn upload_transcript(cfg: &LiveConfig) {
 fn log_path(job: &str, last: bool) -> Option<String> {
     let boot = fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
     let boot = boot.trim();
-    if !crate::proto::valid_job_id(boot) {
+    if !crate::wire::valid_job_id(boot) {
         return None;
     }
     let seq = if last {
@@ -291,13 +291,13 @@ async fn work(cfg: &mut LiveConfig, cmdline: &str) -> Result<Verdict, Failed> {
             answer.name,
             match (answer.created, answer.state) {
                 (true, _) => "",
-                (false, crate::proto::JobState::Finished) => ", already Finished",
+                (false, crate::wire::JobState::Finished) => ", already Finished",
                 (false, _) => ", this machine's job from before",
             }
         );
         cfg.job = Some(answer.job.clone());
         cfg.token = Some(answer.token);
-        if answer.state == crate::proto::JobState::Finished {
+        if answer.state == crate::wire::JobState::Finished {
             return Ok(already_migrated(&answer.job));
         }
     }
@@ -376,7 +376,7 @@ async fn work(cfg: &mut LiveConfig, cmdline: &str) -> Result<Verdict, Failed> {
         Err(e) if e.downcast_ref::<Refused>().is_some_and(|r| r.code == "job_finished") => {
             // Finished by this machine before (booted into ferry again), or by another machine
             // whose job this one was given by mistake: only the first is "migrated".
-            let finished: Option<crate::proto::Job> =
+            let finished: Option<crate::wire::Job> =
                 client.call(reqwest::Method::GET, &format!("/jobs/{job}"), |r| r).await.ok();
             let by = finished.and_then(|j| j.machine);
             match by {
@@ -434,7 +434,7 @@ fn advice_for(e: &anyhow::Error, cfg: &LiveConfig) -> String {
 }
 
 async fn report_failure(client: &Client, job: &str, role: Role, code: &str, reason: &str) {
-    let f = crate::proto::Failure { code: code.into(), reason: reason.into() };
+    let f = crate::wire::Failure { code: code.into(), reason: reason.into() };
     let path = match role {
         Role::Source => format!("/jobs/{job}/fail"),
         Role::Target => format!("/jobs/{job}/target/fail"),

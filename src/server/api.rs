@@ -15,7 +15,7 @@ use super::{random_hex, AppState};
 use crate::image::manifest::hex_digest;
 use crate::image::treehash::{self, chunk_id, MAX_CHUNK_SIZE};
 use crate::image::{hasher, Manifest};
-use crate::proto::*;
+use crate::wire::*;
 
 /// An error answer: HTTP status, stable code, words.
 pub struct ApiErr(pub StatusCode, pub &'static str, pub String);

@@ -8,7 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result};
 use rusqlite::{params, Connection, OptionalExtension};
 
-use crate::proto::{
+use crate::wire::{
     BeginDisk, CreateEnrollment, CreateJob, Delivery, DiskStatus, Enrollment, Job, JobEvent, JobOptions, JobState,
     MachineIdentity, TargetKind, TargetSpec,
 };
@@ -484,11 +484,11 @@ impl Db {
         Ok(())
     }
 
-    pub fn logs(&self, id: &str) -> Result<Vec<crate::proto::LogEntry>> {
+    pub fn logs(&self, id: &str) -> Result<Vec<crate::wire::LogEntry>> {
         let conn = self.conn();
         let mut stmt = conn.prepare("SELECT at, role, text FROM job_logs WHERE job_id = ?1 ORDER BY seq")?;
         let rows =
-            stmt.query_map([id], |r| Ok(crate::proto::LogEntry { at: r.get(0)?, role: r.get(1)?, text: r.get(2)? }))?;
+            stmt.query_map([id], |r| Ok(crate::wire::LogEntry { at: r.get(0)?, role: r.get(1)?, text: r.get(2)? }))?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 

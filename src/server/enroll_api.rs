@@ -21,7 +21,7 @@ use super::db::{Enrolled, NewJobIds};
 use super::{random_hex, AppState};
 use crate::agent::identity::meaningful;
 use crate::image::treehash;
-use crate::proto::*;
+use crate::wire::*;
 
 /// How the receiver tells machines apart (`key`), and the readable part of a job's name
 /// (`label`). None: the machine carries nothing that identifies it.

@@ -20,7 +20,7 @@ use super::db::now;
 use super::AppState;
 use crate::agent::identity::meaningful;
 use crate::image::{treehash, Manifest};
-use crate::proto::*;
+use crate::wire::*;
 
 fn forbidden(code: &'static str, msg: impl Into<String>) -> ApiErr {
     ApiErr(StatusCode::FORBIDDEN, code, msg.into())

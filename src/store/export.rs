@@ -32,7 +32,7 @@ pub struct Exported {
 
 /// The verified manifest of disk `disk` of `job`, as the receiver kept it.
 pub fn load_manifest(store_dir: &Path, job: &str, disk: u32) -> Result<Manifest> {
-    if !crate::proto::valid_job_id(job) {
+    if !crate::wire::valid_job_id(job) {
         bail!("{job:?} is not a job id");
     }
     let path = store_dir.join("manifests").join(job).join(format!("{disk}.json"));

@@ -27,12 +27,15 @@
 //! 3. `POST /jobs/{job}/target/finish` with what it read back; the receiver compares it with
 //!    the source's whole-disk hashes.
 
+mod code;
+
 use serde::{Deserialize, Serialize};
 
 pub use crate::disk::{DiskIdentity, Partition, PartitionTable, TableKind};
 use crate::image::manifest::hex_digest;
 use crate::image::Digest;
 pub use crate::image::{ChunkEntry, Manifest, MANIFEST_VERSION};
+pub use code::{Advice, Code};
 
 /// Every API path lives under this prefix.
 pub const API_PREFIX: &str = "/api/v1";
