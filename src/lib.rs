@@ -9,6 +9,7 @@ pub mod boot;
 pub mod cli;
 pub mod cmdline;
 pub mod disk;
+pub mod fsx;
 pub mod image;
 pub mod imagebuild;
 pub mod init;

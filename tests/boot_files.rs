@@ -2,12 +2,12 @@
 //! HTTP (curl), on a boot directory made here: files compared with `cmp`, the generated GRUB menu
 //! read back, and the UEFI HTTP Boot image's FAT checked with mtools and fsck.vfat.
 
-mod receiver_support;
+mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use receiver_support::*;
+use support::*;
 
 /// What a built image's `grub.cfg` starts with (ferry's `boot::grub::FIRST_LINE`).
 const MENU_FIRST_LINE: &str = "# ferry live image: GRUB menu";
@@ -18,17 +18,6 @@ struct BootDir {
     dir: PathBuf,
     /// Where the stick's menu is inside ferry-usb.img.
     menu_at: u64,
-}
-
-fn run(cmd: &mut Command) -> Output {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
 }
 
 /// A boot directory shaped as `ferry image build` makes it: random stand-ins for the kernel,
@@ -59,22 +48,19 @@ fn boot_dir() -> BootDir {
     // The stick: FAT32 with EFI/debian/grub.cfg, at 1 MiB in a GPT disk.
     let fat = t.path().join("esp.fat");
     std::fs::File::create(&fat).unwrap().set_len(40 << 20).unwrap();
-    run(Command::new("mkfs.vfat").args(["-F", "32", "-n", "FERRY"]).arg(&fat));
+    run_ok(Command::new("mkfs.vfat").args(["-F", "32", "-n", "FERRY"]).arg(&fat));
     let mut menu = format!("{MENU_FIRST_LINE}\nset timeout=0\n").into_bytes();
     menu.resize(MENU_LEN, b'#');
     menu[MENU_LEN - 1] = b'\n';
     let cfg = t.path().join("grub.cfg");
     std::fs::write(&cfg, &menu).unwrap();
-    run(Command::new("mmd").env("MTOOLS_SKIP_CHECK", "1").args(["-i"]).arg(&fat).args(["::/EFI", "::/EFI/debian"]));
-    run(Command::new("mcopy")
-        .env("MTOOLS_SKIP_CHECK", "1")
-        .arg("-i")
-        .arg(&fat)
-        .arg(&cfg)
-        .arg("::/EFI/debian/grub.cfg"));
+    run_ok(Command::new("mmd").env("MTOOLS_SKIP_CHECK", "1").args(["-i"]).arg(&fat).args(["::/EFI", "::/EFI/debian"]));
+    run_ok(
+        Command::new("mcopy").env("MTOOLS_SKIP_CHECK", "1").arg("-i").arg(&fat).arg(&cfg).arg("::/EFI/debian/grub.cfg"),
+    );
     let usb = dir.join("ferry-usb.img");
     std::fs::File::create(&usb).unwrap().set_len(42 << 20).unwrap();
-    run(Command::new("sgdisk").args(["-n1:2048:+40M", "-t1:ef00", "-c1:ferry-boot"]).arg(&usb));
+    run_ok(Command::new("sgdisk").args(["-n1:2048:+40M", "-t1:ef00", "-c1:ferry-boot"]).arg(&usb));
     write_at(&usb, 1 << 20, &std::fs::read(&fat).unwrap());
     let bytes = std::fs::read(&usb).unwrap();
     let menu_at = bytes.windows(MENU_FIRST_LINE.len()).position(|w| w == MENU_FIRST_LINE.as_bytes()).unwrap() as u64;
@@ -236,7 +222,7 @@ fn http_boot_files_stream_with_ranges_and_the_http_boot_image_carries_the_config
     assert!(same(0, Some(at)) && same(at + len, None), "bytes outside the menu changed");
     assert!(!same(at, Some(len)), "the menu was not replaced");
     let fat = t.path().join("served.fat");
-    run(Command::new("dd").arg(format!("if={}", served.display())).arg(format!("of={}", fat.display())).args([
+    run_ok(Command::new("dd").arg(format!("if={}", served.display())).arg(format!("of={}", fat.display())).args([
         "bs=1M",
         "skip=1",
         "count=40",
@@ -244,9 +230,8 @@ fn http_boot_files_stream_with_ranges_and_the_http_boot_image_carries_the_config
     ]));
     let fsck = Command::new("fsck.vfat").arg("-n").arg(&fat).output().unwrap();
     assert!(fsck.status.success(), "fsck.vfat: {}", String::from_utf8_lossy(&fsck.stdout));
-    let out =
-        run(Command::new("mtype").env("MTOOLS_SKIP_CHECK", "1").arg("-i").arg(&fat).arg("::/EFI/debian/grub.cfg"));
-    let text = String::from_utf8(out.stdout).unwrap();
+    let text =
+        run_ok(Command::new("mtype").env("MTOOLS_SKIP_CHECK", "1").arg("-i").arg(&fat).arg("::/EFI/debian/grub.cfg"));
     let words = format!(
         "ferry.role=target ferry.server=https://10.0.2.2:{} ferry.pin={} ferry.job={job} ferry.token={token}",
         l.r.port,

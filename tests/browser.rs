@@ -2,12 +2,12 @@
 //! against a real receiver on loopback and a real `ferry send`. Screenshots are kept in
 //! `target/browser-artifacts/` to look at.
 
-mod receiver_support;
+mod support;
 
 use std::path::Path;
 use std::process::Command;
 
-use receiver_support::*;
+use support::*;
 
 #[test]
 fn dashboard_follows_a_real_send_to_finished() {

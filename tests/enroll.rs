@@ -4,26 +4,14 @@
 //! finished copy is done). Machines are played by sysfs roots with
 //! their own DMI identity (`FERRY_SYS_ROOT`); TLS, SQLite and the CLI are the real ones.
 
-mod receiver_support;
+mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
-use receiver_support::*;
+use support::*;
 
 const MIB: usize = 1 << 20;
-
-/// A sysfs root whose DMI says this machine has `serial` (and, when given, product UUID).
-fn machine(dir: &Path, serial: &str, uuid: Option<&str>) -> PathBuf {
-    let root = dir.join(format!("sys-{serial}"));
-    let dmi = root.join("class/dmi/id");
-    std::fs::create_dir_all(&dmi).unwrap();
-    std::fs::write(dmi.join("product_serial"), serial).unwrap();
-    if let Some(u) = uuid {
-        std::fs::write(dmi.join("product_uuid"), u).unwrap();
-    }
-    root
-}
 
 fn enroll_create(r: &Receiver, args: &[&str]) -> Output {
     let mut a = vec!["job", "enroll", "create", "--store", r.store.to_str().unwrap()];
@@ -80,7 +68,7 @@ fn each_machine_gets_its_own_job_the_same_one_until_it_ends_then_a_new_one() {
     let (img_a, img_b) = (t.path().join("a.img"), t.path().join("b.img"));
     random_image(&img_a, 12 * MIB, 71);
     random_image(&img_b, 8 * MIB, 72);
-    let (sys_a, sys_b) = (machine(t.path(), "SRV-A", None), machine(t.path(), "SRV-B", None));
+    let (sys_a, sys_b) = (machine(t.path(), "SRV-A", None, None), machine(t.path(), "SRV-B", None, None));
 
     // Machine A enrolls and migrates.
     let out = send_enrolled(&r, &token, &sys_a, &img_a);
@@ -275,7 +263,7 @@ fn refusals_enroll_nothing() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let img = t.path().join("x.img");
     random_image(&img, 2 * MIB, 7);
-    let out = send_enrolled(&r, &token, &machine(t.path(), "SRV-X", None), &img);
+    let out = send_enrolled(&r, &token, &machine(t.path(), "SRV-X", None, None), &img);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("enrollment_revoked") && err.contains("ask the operator for a job"), "{err}");

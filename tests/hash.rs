@@ -2,12 +2,12 @@
 //! the plain BLAKE3 of the bytes for every size and thread count, and zero chunks must be flagged
 //! exactly where zeros were written.
 
-mod disk_support;
+mod support;
 
 use std::path::Path;
 
-use disk_support::*;
 use serde_json::Value;
+use support::*;
 
 const KIB: u64 = 1 << 10;
 const MIB: u64 = 1 << 20;

@@ -3,21 +3,12 @@
 //! writes with `bmaptool copy` (which checks every block against the map) and passes `sgdisk -v`
 //! and `fsck.vfat -n`. Run by scripts/test after image-build/build.sh.
 
-mod receiver_support;
-mod vm_support;
+mod support;
 
 use std::path::Path;
 use std::process::Command;
 
-use receiver_support::*;
-use vm_support::*;
-
-fn ok(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "{cmd:?} failed: {text}");
-    text
-}
+use support::*;
 
 #[test]
 #[ignore = "builds the live image (root, the apt cache); scripts/test runs it after image-build/build.sh"]
@@ -28,7 +19,7 @@ fn the_image_rebuilds_byte_for_byte_and_the_stick_writes_and_checks_clean() {
     let t = tempfile::tempdir().unwrap();
     let again = t.path().join("again");
     // The same static ferry, kernel and packages (from the cache), the same compression level.
-    ok(Command::new(FERRY).args(["image", "build", "--init"]).arg(&init).arg("--out").arg(&again));
+    run_ok(Command::new(FERRY).args(["image", "build", "--init"]).arg(&init).arg("--out").arg(&again));
     for f in [
         "vmlinuz",
         "initrd.img",
@@ -52,28 +43,31 @@ fn the_image_rebuilds_byte_for_byte_and_the_stick_writes_and_checks_clean() {
         .unwrap()
         .set_len(std::fs::metadata(built.join("ferry-usb.img")).unwrap().len())
         .unwrap();
-    ok(Command::new("bmaptool").arg("copy").arg(built.join("ferry-usb.img")).arg(&stick));
+    run_ok(Command::new("bmaptool").arg("copy").arg(built.join("ferry-usb.img")).arg(&stick));
     assert!(files_equal(&stick, &built.join("ferry-usb.img")));
-    let v = ok(Command::new("sgdisk").arg("-v").arg(&stick));
+    let v = run_ok(Command::new("sgdisk").arg("-v").arg(&stick));
     assert!(v.contains("No problems found"), "{v}");
     let esp = t.path().join("esp.fat");
     let offset = esp_offset(&stick);
-    let info = ok(Command::new("sgdisk").arg("-i").arg("1").arg(&stick));
+    let info = run_ok(Command::new("sgdisk").arg("-i").arg("1").arg(&stick));
     let sectors: u64 = info
         .lines()
         .find_map(|l| l.strip_prefix("Partition size: "))
         .and_then(|s| s.split_whitespace().next())
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("no partition size in {info}"));
-    ok(Command::new("dd")
-        .arg(format!("if={}", stick.display()))
-        .arg(format!("of={}", esp.display()))
-        .args(["bs=512", "status=none"])
-        .arg(format!("skip={}", offset / 512))
-        .arg(format!("count={sectors}")));
-    ok(Command::new("fsck.vfat").arg("-n").arg(&esp));
+    run_ok(
+        Command::new("dd")
+            .arg(format!("if={}", stick.display()))
+            .arg(format!("of={}", esp.display()))
+            .args(["bs=512", "status=none"])
+            .arg(format!("skip={}", offset / 512))
+            .arg(format!("count={sectors}")),
+    );
+    run_ok(Command::new("fsck.vfat").arg("-n").arg(&esp));
     // The files the firmware and GRUB look for are where they look.
-    let listing = ok(Command::new("mdir").env("MTOOLS_SKIP_CHECK", "1").args(["-/", "-b", "-i"]).arg(&esp).arg("::/"));
+    let listing =
+        run_ok(Command::new("mdir").env("MTOOLS_SKIP_CHECK", "1").args(["-/", "-b", "-i"]).arg(&esp).arg("::/"));
     for f in [
         "EFI/BOOT/BOOTX64.EFI",
         "EFI/BOOT/grubx64.efi",

@@ -2,20 +2,13 @@
 //! partition's start, size, type, name and GUIDs must agree with sgdisk (GPT) or sfdisk (MBR),
 //! and damage must be reported in words.
 
-mod disk_support;
+mod support;
 
 use std::path::Path;
 
-use disk_support::*;
+use support::*;
 
 const MIB: u64 = 1 << 20;
-
-/// `sgdisk ARGS... PATH`, asserting success.
-fn sgdisk(path: &Path, args: &[&str]) {
-    let mut a: Vec<&str> = args.to_vec();
-    a.push(s(path));
-    run("sgdisk", &a);
-}
 
 /// A 64 MiB image with a four-partition GPT: EFI System, swap, Linux filesystem (with attribute
 /// bits set) and a non-ASCII-named /home filling the rest.

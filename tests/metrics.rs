@@ -1,12 +1,12 @@
 //! `GET /metrics` read with the Prometheus project's own text-format parser (Debian's
 //! python3-prometheus-client): it parses, and its counters move with a real transfer.
 
-mod receiver_support;
+mod support;
 
 use std::collections::HashMap;
 use std::process::{Command, Stdio};
 
-use receiver_support::*;
+use support::*;
 
 /// Every sample of the receiver's `/metrics`, keyed `name{label="value",...}` (labels sorted).
 fn scrape(r: &Receiver) -> HashMap<String, f64> {

@@ -4,24 +4,17 @@
 //! file, its state directory) and answers. `scripts/package` builds the package first;
 //! `scripts/test` runs both. Purged at the end (the `ferry` system user stays, as Debian does).
 
+mod support;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use support::*;
 
 const UNIT: &str = "/usr/lib/systemd/system/ferry-serve.service";
 const SETTINGS: &str = "/etc/ferry/serve.env";
-
-fn run(cmd: &mut Command) -> Output {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
 
 fn the_package() -> PathBuf {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/debian");
@@ -89,13 +82,12 @@ fn wait_for_health(url: &str, child: &mut Child) -> String {
 fn the_package_installs_and_its_unit_runs_the_receiver() {
     let deb = the_package();
     let _installed = Installed;
-    run(Command::new("dpkg").arg("-i").arg(&deb).env("DEBIAN_FRONTEND", "noninteractive"));
-    run(Command::new("getent").args(["passwd", "ferry"]));
+    run_ok(Command::new("dpkg").arg("-i").arg(&deb).env("DEBIAN_FRONTEND", "noninteractive"));
+    run_ok(Command::new("getent").args(["passwd", "ferry"]));
 
     // The unit as systemd reads it.
-    run(Command::new("systemd-analyze").args(["verify", UNIT]));
-    let security = run(Command::new("systemd-analyze").args(["security", "--offline=true", UNIT]));
-    let text = String::from_utf8_lossy(&security.stdout);
+    run_ok(Command::new("systemd-analyze").args(["verify", UNIT]));
+    let text = run_ok(Command::new("systemd-analyze").args(["security", "--offline=true", UNIT]));
     let score: f64 = text
         .lines()
         .find_map(|l| l.split("exposure level for ferry-serve.service: ").nth(1))
@@ -114,14 +106,16 @@ fn the_package_installs_and_its_unit_runs_the_receiver() {
     assert_eq!(one("CapabilityBoundingSet"), "CAP_NET_BIND_SERVICE");
 
     // Man pages, completions and the live image where the package says.
-    run(Command::new("man").args(["-w", "ferry-serve"]));
-    run(Command::new("bash").args(["-c", "source /usr/share/bash-completion/completions/ferry && complete -p ferry"]));
+    run_ok(Command::new("man").args(["-w", "ferry-serve"]));
+    run_ok(
+        Command::new("bash").args(["-c", "source /usr/share/bash-completion/completions/ferry && complete -p ferry"]),
+    );
     for f in ["vmlinuz", "initrd.img", "shimx64.efi", "grubx64.efi", "ferry-usb.img", "image.json", "grub/grub.cfg"] {
         assert!(Path::new("/usr/share/ferry/image").join(f).is_file(), "no {f} in /usr/share/ferry/image");
     }
 
     // The operator's edit of the settings: an address on loopback (tests bind nothing else).
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = free_port();
     let settings = std::fs::read_to_string(SETTINGS).unwrap();
     let edited = settings
         .replace("FERRY_LISTEN=0.0.0.0:8443", &format!("FERRY_LISTEN=127.0.0.1:{port}"))
@@ -134,8 +128,8 @@ fn the_package_installs_and_its_unit_runs_the_receiver() {
     // as that user, with the unit's umask.
     let state = Path::new("/var/lib/ferry");
     std::fs::create_dir_all(state).unwrap();
-    run(Command::new("chown").args(["ferry:ferry"]).arg(state));
-    run(Command::new("chmod").arg(one("StateDirectoryMode")).arg(state));
+    run_ok(Command::new("chown").args(["ferry:ferry"]).arg(state));
+    run_ok(Command::new("chmod").arg(one("StateDirectoryMode")).arg(state));
     let env_path = one("EnvironmentFile").trim_start_matches('-');
     let exec: Vec<&str> = one("ExecStart").split_whitespace().collect();
     let mut cmd = Command::new("setpriv");
@@ -155,13 +149,12 @@ fn the_package_installs_and_its_unit_runs_the_receiver() {
     let _ = child.wait();
     assert!(health.contains("\"ok\":true"), "health: {health}");
     assert!(boot.success());
-    run(Command::new("cmp").args(["/tmp/ferry-package-vmlinuz", "/usr/share/ferry/image/vmlinuz"]));
+    run_ok(Command::new("cmp").args(["/tmp/ferry-package-vmlinuz", "/usr/share/ferry/image/vmlinuz"]));
     let _ = std::fs::remove_file("/tmp/ferry-package-vmlinuz");
 
     // The store it made is the unit user's alone.
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    let ferry_uid: u32 =
-        String::from_utf8(run(Command::new("id").args(["-u", "ferry"])).stdout).unwrap().trim().parse().unwrap();
+    let ferry_uid: u32 = run_ok(Command::new("id").args(["-u", "ferry"])).trim().parse().unwrap();
     for f in ["admin.token", "viewer.token", "tls/key.pem", "jobs.sqlite"] {
         let m = std::fs::metadata(state.join(f)).unwrap_or_else(|e| panic!("{f}: {e}"));
         assert_eq!(m.uid(), ferry_uid, "{f} is not the ferry user's");

@@ -3,36 +3,23 @@
 //! precondition fails. Two machines are played on one host by giving each its own sysfs root
 //! with a DMI serial (`FERRY_SYS_ROOT`); everything else is real: TLS, SQLite, sgdisk, b3sum.
 
-mod receiver_support;
+mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use receiver_support::*;
+use support::*;
 
 const MIB: u64 = 1 << 20;
 
-/// A sysfs root whose DMI says this machine has `serial`.
-fn machine(dir: &Path, serial: &str) -> PathBuf {
-    let root = dir.join(format!("sys-{serial}"));
-    let dmi = root.join("class/dmi/id");
-    std::fs::create_dir_all(&dmi).unwrap();
-    std::fs::write(dmi.join("product_serial"), serial).unwrap();
-    std::fs::write(dmi.join("product_name"), "Test Machine").unwrap();
-    root
-}
-
-fn sgdisk(args: &[&str], img: &Path) -> String {
-    let out = Command::new("sgdisk").args(args).arg(img).stderr(Stdio::piped()).output().unwrap();
-    assert!(out.status.success(), "sgdisk {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+/// The DMI product name of every machine played here.
+const PRODUCT: Option<&str> = Some("Test Machine");
 
 /// A GPT disk of `size` bytes with an ESP and a root partition holding data and zero runs.
 fn gpt_source(path: &Path, size: u64, seed: u64) {
     std::fs::File::create(path).unwrap().set_len(size).unwrap();
-    sgdisk(&["-n1:1M:+8M", "-t1:ef00", "-c1:esp", "-n2:0:0", "-t2:8300", "-c2:root"], path);
+    sgdisk(path, &["-n1:1M:+8M", "-t1:ef00", "-c1:esp", "-n2:0:0", "-t2:8300", "-c2:root"]);
     write_at(path, MIB, &pseudo_random(3 * MIB as usize, seed));
     write_at(path, size / 2, &pseudo_random(5 * MIB as usize + 777, seed + 1));
 }
@@ -62,7 +49,10 @@ fn finished_job(dir: &Path, sources: &[&Path], spec: &[&str]) -> Instance {
     let target_token = v["target_token"].as_str().expect("instance jobs have a target token").to_string();
     assert_ne!(target_token, token);
     let mut cmd = Command::new(FERRY);
-    cmd.args(r.send_args(&id, &token)).arg("--json").args(sources).env("FERRY_SYS_ROOT", machine(dir, "SRC-1"));
+    cmd.args(r.send_args(&id, &token))
+        .arg("--json")
+        .args(sources)
+        .env("FERRY_SYS_ROOT", machine(dir, "SRC-1", None, PRODUCT));
     sent(&cmd.output().unwrap());
     Instance { r, id, token, target_token }
 }
@@ -133,7 +123,7 @@ fn pull_writes_reads_back_and_grows_the_gpt_like_sgdisk() {
     std::fs::OpenOptions::new().write(true).open(&big).unwrap().set_len(128 * MIB).unwrap();
     used_disk(&same, 32 * MIB);
 
-    let out = pulled(&job.pull(&machine(t.path(), "TGT-1"), &[&big, &same], &[]));
+    let out = pulled(&job.pull(&machine(t.path(), "TGT-1", None, PRODUCT), &[&big, &same], &[]));
     assert_eq!(out["state"], "Finished");
     assert_eq!(out["disks"][0]["blake3"].as_str().unwrap(), b3sum(&src0));
     assert_eq!(out["disks"][1]["blake3"].as_str().unwrap(), b3sum(&src1));
@@ -144,9 +134,9 @@ fn pull_writes_reads_back_and_grows_the_gpt_like_sgdisk() {
     let expected = t.path().join("expected.img");
     std::fs::copy(&src0, &expected).unwrap();
     std::fs::OpenOptions::new().write(true).open(&expected).unwrap().set_len(128 * MIB).unwrap();
-    sgdisk(&["-e"], &expected);
+    sgdisk(&expected, &["-e"]);
     assert!(files_equal(&big, &expected), "the grown target differs from sgdisk -e's result");
-    assert!(sgdisk(&["-v"], &big).contains("No problems found"), "{}", sgdisk(&["-v"], &big));
+    assert!(sgdisk(&big, &["-v"]).contains("No problems found"), "{}", sgdisk(&big, &["-v"]));
     // Within the source's size, only the protective MBR and the primary header changed.
     let (a, b) = (std::fs::read(&src0).unwrap(), std::fs::read(&big).unwrap());
     let differing: std::collections::BTreeSet<usize> =
@@ -184,13 +174,19 @@ fn pull_writes_reads_back_and_grows_the_gpt_like_sgdisk() {
 
     // A second pull writes nothing: the job is delivered.
     let before = b3sum(&same);
-    assert_eq!(refused(&job.pull(&machine(t.path(), "TGT-1"), &[&big, &same], &[])), "already_delivered");
+    assert_eq!(
+        refused(&job.pull(&machine(t.path(), "TGT-1", None, PRODUCT), &[&big, &same], &[])),
+        "already_delivered"
+    );
     assert_eq!(b3sum(&same), before);
     // Restarting the job (the source sends again) starts the target side over.
     let out = ferry(&["job", "restart", "--store", job.r.store.to_str().unwrap(), &job.id]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(job.delivery().is_null(), "a restarted job keeps no delivery of the old copy");
-    assert_eq!(refused(&job.pull(&machine(t.path(), "TGT-1"), &[&big, &same], &[])), "source_not_finished");
+    assert_eq!(
+        refused(&job.pull(&machine(t.path(), "TGT-1", None, PRODUCT), &[&big, &same], &[])),
+        "source_not_finished"
+    );
     assert_eq!(b3sum(&same), before);
     // The source token cannot read disks back.
     let out = Command::new(FERRY)
@@ -219,7 +215,7 @@ fn every_refusal_leaves_the_target_unchanged() {
     let hashes = |files: &[&Path]| files.iter().map(|f| b3sum(f)).collect::<Vec<_>>();
     let all = [&*t0, &*t1, &*small, &*clone, &*src0, &*src1];
     let before = hashes(&all);
-    let tgt = machine(t.path(), "TGT-1");
+    let tgt = machine(t.path(), "TGT-1", None, PRODUCT);
 
     assert_eq!(refused(&job.pull(&tgt, &[&t0, &t1], &[])), "wipe_not_allowed");
     assert_eq!(job.delivery()["error_code"], "wipe_not_allowed");
@@ -227,7 +223,7 @@ fn every_refusal_leaves_the_target_unchanged() {
     // (what, machine, targets, extra args, code)
     type Case<'a> = (&'a str, PathBuf, Vec<&'a Path>, Vec<&'a str>, &'a str);
     let cases: Vec<Case> = vec![
-        ("another machine", machine(t.path(), "OTHER-9"), vec![&t0, &t1], vec![], "wrong_target"),
+        ("another machine", machine(t.path(), "OTHER-9", None, PRODUCT), vec![&t0, &t1], vec![], "wrong_target"),
         ("fewer disks", tgt.clone(), vec![&t0], vec![], "too_few_disks"),
         ("a smaller disk", tgt.clone(), vec![&t0, &small], vec![], "disk_too_small"),
         ("4K sectors", tgt.clone(), vec![&t0, &t1], vec!["--sector-size", "4096"], "sector_size_mismatch"),
@@ -240,7 +236,7 @@ fn every_refusal_leaves_the_target_unchanged() {
     }
     // The source machine itself, even when the operator names it as the target.
     job.set_target(&["--target-machine", "SRC-1", "--allow-wipe"]);
-    assert_eq!(refused(&job.pull(&machine(t.path(), "SRC-1"), &[&t0, &t1], &[])), "target_is_source");
+    assert_eq!(refused(&job.pull(&machine(t.path(), "SRC-1", None, PRODUCT), &[&t0, &t1], &[])), "target_is_source");
     assert_eq!(hashes(&all), before);
 
     // A job whose source has not finished: the target waits, then gives up without writing. The
@@ -267,7 +263,7 @@ fn a_killed_pull_leaves_no_table_and_the_next_one_finishes() {
     let job = finished_job(t.path(), &[&src], &["--target-machine", "TGT-1", "--allow-wipe"]);
     let target = t.path().join("target.img");
     used_disk(&target, 256 * MIB);
-    let tgt = machine(t.path(), "TGT-1");
+    let tgt = machine(t.path(), "TGT-1", None, PRODUCT);
 
     let mut child = Command::new(FERRY)
         .args(["pull", "--server", &job.r.url, "--job", &job.id, "--token", &job.target_token])
@@ -346,7 +342,7 @@ fn a_corrupt_stored_chunk_is_never_written_and_clears_the_table() {
     assert!(!originals.is_empty());
     let target = t.path().join("target.img");
     used_disk(&target, 32 * MIB);
-    assert_eq!(refused(&job.pull(&machine(t.path(), "TGT-1"), &[&target], &[])), "chunk_corrupt");
+    assert_eq!(refused(&job.pull(&machine(t.path(), "TGT-1", None, PRODUCT), &[&target], &[])), "chunk_corrupt");
     let d = job.delivery();
     assert_eq!((d["state"].as_str(), d["error_code"].as_str()), (Some("InError"), Some("chunk_corrupt")));
     let bytes = std::fs::read(&target).unwrap();
@@ -360,7 +356,7 @@ fn a_corrupt_stored_chunk_is_never_written_and_clears_the_table() {
         std::fs::write(p, bytes).unwrap();
     }
     std::fs::copy(&src, &target).unwrap();
-    pulled(&job.pull(&machine(t.path(), "TGT-1"), &[&target], &[]));
+    pulled(&job.pull(&machine(t.path(), "TGT-1", None, PRODUCT), &[&target], &[]));
     assert!(files_equal(&target, &src));
     assert_eq!(job.delivery()["state"], "Finished");
 }

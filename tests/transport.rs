@@ -1,13 +1,13 @@
 //! The receiver and the transport end to end on loopback: real TLS, a real SQLite job store,
 //! real files; results checked with cmp, b3sum and qemu-img.
 
-mod receiver_support;
+mod support;
 
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use receiver_support::*;
+use support::*;
 
 const MIB: usize = 1 << 20;
 

@@ -2,35 +2,14 @@
 //! failure paths (USB sticks and every firmware: tests/vm_boot.rs). Each run ends with the guest's verdict on its serial console
 //! and the receiver's job state; exported disks are compared with `b3sum`.
 
-mod receiver_support;
-mod vm_support;
+mod support;
 
 use std::path::Path;
 use std::time::Duration;
 
-use receiver_support::*;
-use vm_support::*;
+use support::*;
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
-
-fn export_b3sum(r: &Receiver, job: &str, disk: u64, dir: &Path) -> String {
-    let out = dir.join(format!("export-{job}-{disk}.img"));
-    let ex = ferry(&[
-        "export",
-        "--store",
-        r.store.to_str().unwrap(),
-        "--job",
-        job,
-        "--disk",
-        &disk.to_string(),
-        "--to",
-        out.to_str().unwrap(),
-    ]);
-    assert!(ex.status.success(), "export: {}", String::from_utf8_lossy(&ex.stderr));
-    let sum = b3sum(&out);
-    let _ = std::fs::remove_file(out);
-    sum
-}
 
 #[test]
 #[ignore = "boots QEMU (minutes under TCG); scripts/test runs these with --ignored"]
@@ -104,19 +83,7 @@ fn pxe_boot_menu_chain_loads_from_the_receiver_and_migrates() {
     gpt_disk(&src, 32, 9);
     let boot_port = free_port();
     let store = t.path().join("store");
-    let r = Receiver::start_with(
-        &store,
-        false,
-        free_port(),
-        &[
-            "--boot-dir",
-            image_dir().to_str().unwrap(),
-            "--boot-listen",
-            &format!("127.0.0.1:{boot_port}"),
-            "--advertise",
-            "10.0.2.2",
-        ],
-    );
+    let r = receiver_with_boot_files(&store, boot_port);
     // A wave: one enrollment token, no job made for this machine beforehand.
     let out = ferry(&["job", "enroll", "create", "--store", store.to_str().unwrap(), "--name", "vm-wave", "--json"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

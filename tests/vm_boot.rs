@@ -3,36 +3,15 @@
 //! Secure Boot through the files ferry's own TFTP listener serves; UEFI HTTP Boot of the stick
 //! image. Each boot migrates for real, and each firmware also runs the target role.
 
-mod receiver_support;
-mod vm_support;
+mod support;
 
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use receiver_support::*;
-use vm_support::*;
+use support::*;
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(420);
-
-fn export_b3sum(r: &Receiver, job: &str, disk: u64, dir: &Path) -> String {
-    let out = dir.join(format!("export-{job}-{disk}.img"));
-    let ex = ferry(&[
-        "export",
-        "--store",
-        r.store.to_str().unwrap(),
-        "--job",
-        job,
-        "--disk",
-        &disk.to_string(),
-        "--to",
-        out.to_str().unwrap(),
-    ]);
-    assert!(ex.status.success(), "export: {}", String::from_utf8_lossy(&ex.stderr));
-    let sum = b3sum(&out);
-    let _ = std::fs::remove_file(out);
-    sum
-}
 
 /// Boots a source from the stick under `fw` (it migrates its one disk), then a target from the
 /// stick under the same firmware (it receives that disk); returns both serial logs.
@@ -212,19 +191,7 @@ fn uefi_http_boot_of_the_stick_image_with_secure_boot_migrates() {
     let src = t.path().join("src.img");
     gpt_disk(&src, 32, 60);
     let boot_port = free_port();
-    let r = Receiver::start_with(
-        &t.path().join("store"),
-        false,
-        free_port(),
-        &[
-            "--boot-dir",
-            image_dir().to_str().unwrap(),
-            "--boot-listen",
-            &format!("127.0.0.1:{boot_port}"),
-            "--advertise",
-            "10.0.2.2",
-        ],
-    );
+    let r = receiver_with_boot_files(&t.path().join("store"), boot_port);
     let (job, token) = r.create_job("vm-http-boot");
     // The firmware's boot entry: a URL, as a DHCP server would give it (virt-fw-vars writes
     // the same entry into the variable store).

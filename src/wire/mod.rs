@@ -28,6 +28,7 @@
 //!    the source's whole-disk hashes.
 
 mod code;
+pub mod routes;
 
 use serde::{Deserialize, Serialize};
 

@@ -1,10 +1,13 @@
 //! Booting the real live image in QEMU (TCG: KVM guests do not run on these machines) with disks
 //! made here, against a real receiver on the host's loopback (the guest reaches it as 10.0.2.2).
-#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+use super::cmd::run_ok;
+use super::disks::esp_offset;
+use super::receiver::{free_port, Receiver};
 
 /// The directory `ferry image build` wrote (`FERRY_IMAGE_DIR`, default `out/image`).
 pub fn image_dir() -> PathBuf {
@@ -259,6 +262,24 @@ pub fn bootable_disk(path: &Path, marker: &str, mib: u64) {
     run_ok(Command::new(script).arg(path).arg(marker).arg(mib.to_string()));
 }
 
+/// A receiver on `store` that also serves the built image's boot files over HTTP on
+/// 127.0.0.1:`boot_port`, and tells guests it is at 10.0.2.2.
+pub fn receiver_with_boot_files(store: &Path, boot_port: u16) -> Receiver {
+    Receiver::start_with(
+        store,
+        false,
+        free_port(),
+        &[
+            "--boot-dir",
+            image_dir().to_str().unwrap(),
+            "--boot-listen",
+            &format!("127.0.0.1:{boot_port}"),
+            "--advertise",
+            "10.0.2.2",
+        ],
+    )
+}
+
 /// Kernel command line keys for a target that receives job `job`.
 pub fn target_cmdline(url: &str, job: &str, target_token: &str, pin: &str) -> String {
     format!(
@@ -280,48 +301,6 @@ pub fn source_cmdline(url: &str, job: &str, token: &str, pin: Option<&str>) -> S
         None => s += " ferry.plain_http=1",
     }
     s
-}
-
-pub fn run_ok(cmd: &mut Command) {
-    let out = cmd.output().unwrap();
-    assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-}
-
-/// A GPT disk image with 512-byte sectors, an EFI System and a Linux partition holding data.
-pub fn gpt_disk(path: &Path, mib: u64, seed: u64) {
-    std::fs::File::create(path).unwrap().set_len(mib << 20).unwrap();
-    run_ok(
-        Command::new("sgdisk").args(["-n1:1M:+8M", "-t1:ef00", "-c1:esp", "-n2:0:0", "-t2:8300", "-c2:root"]).arg(path),
-    );
-    super::receiver_support::write_at(path, 2 << 20, &super::receiver_support::pseudo_random(3 << 20, seed));
-    super::receiver_support::write_at(path, 20 << 20, &super::receiver_support::pseudo_random(5 << 20, seed + 1));
-}
-
-/// A GPT disk image with 4096-byte logical sectors (made through a 4Kn loop device).
-pub fn gpt_4k_disk(path: &Path, mib: u64, seed: u64) {
-    std::fs::File::create(path).unwrap().set_len(mib << 20).unwrap();
-    let out = Command::new("losetup").args(["-f", "--show", "--sector-size", "4096"]).arg(path).output().unwrap();
-    assert!(out.status.success(), "losetup: {}", String::from_utf8_lossy(&out.stderr));
-    let dev = String::from_utf8(out.stdout).unwrap().trim().to_string();
-    let made = Command::new("sgdisk")
-        .args(["-n1:0:+8M", "-t1:8300", "-c1:data4k", "-n2:0:0", "-t2:8300"])
-        .arg(&dev)
-        .output()
-        .unwrap();
-    let _ = Command::new("losetup").args(["-d", &dev]).status();
-    assert!(made.status.success(), "sgdisk on {dev}: {}", String::from_utf8_lossy(&made.stderr));
-    super::receiver_support::write_at(path, 1 << 20, &super::receiver_support::pseudo_random(2 << 20, seed));
-}
-
-/// An MBR disk image with two primary partitions (made with sfdisk) holding data.
-pub fn mbr_disk(path: &Path, mib: u64, seed: u64) {
-    use std::io::Write;
-    std::fs::File::create(path).unwrap().set_len(mib << 20).unwrap();
-    let mut child =
-        Command::new("sfdisk").arg("--quiet").arg(path).stdin(Stdio::piped()).stdout(Stdio::null()).spawn().unwrap();
-    child.stdin.take().unwrap().write_all(b"label: dos\n,8M,83,*\n,,83\n").unwrap();
-    assert!(child.wait().unwrap().success());
-    super::receiver_support::write_at(path, 1 << 20, &super::receiver_support::pseudo_random(3 << 20, seed));
 }
 
 /// The firmware a VM boots with.
@@ -377,19 +356,6 @@ impl Vm {
         self.arg("-netdev").arg(&format!("user,id=n0{opts}"));
         self.arg("-device").arg("virtio-net-pci,netdev=n0,romfile=,bootindex=2")
     }
-}
-
-/// Byte offset of the first partition (the ESP) of a GPT image, from sgdisk.
-pub fn esp_offset(img: &Path) -> u64 {
-    let out = Command::new("sgdisk").arg("-i").arg("1").arg(img).output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    let first: u64 = text
-        .lines()
-        .find_map(|l| l.strip_prefix("First sector: "))
-        .and_then(|s| s.split_whitespace().next())
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no first sector in {text}"));
-    first * 512
 }
 
 /// A copy of the built stick at `dest` whose `ferry.toml` the technician has edited to `toml`

@@ -1,31 +1,19 @@
-//! Helpers for the disk tests: run ferry and the reference tools (sgdisk, sfdisk, b3sum,
-//! losetup), make image files, and parse what the reference tools print.
-#![allow(dead_code)]
+//! Partition tables: sample GPT and MBR images, sgdisk's and sfdisk's readings of a table and
+//! their comparison with `ferry inspect`, and loop devices.
 
-use std::fs::OpenOptions;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 
 use serde_json::Value;
 
-/// Runs the ferry binary under test.
-pub fn ferry(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ferry")).args(args).stdin(Stdio::null()).output().expect("running ferry")
-}
+use super::cmd::{ferry_json, run};
+use super::data::{pseudo_random, s, write_at};
 
-/// Runs ferry, asserts exit 0, and parses its stdout as JSON.
-pub fn ferry_json(args: &[&str]) -> Value {
-    let out = ferry(args);
-    assert!(
-        out.status.success(),
-        "ferry {args:?} exited with {:?}\nstdout: {}\nstderr: {}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("ferry {args:?} printed no JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+/// `sgdisk ARGS... PATH`, asserting success; its stdout.
+pub fn sgdisk(path: &Path, args: &[&str]) -> String {
+    let mut a: Vec<&str> = args.to_vec();
+    a.push(s(path));
+    run("sgdisk", &a)
 }
 
 /// `ferry inspect --json PATH [extra...]`: the partition table of the one disk.
@@ -39,81 +27,52 @@ pub fn inspect(path: &Path, extra: &[&str]) -> Value {
     disks[0].clone()
 }
 
-/// Runs a tool, asserts it succeeded, returns its stdout.
-pub fn run(tool: &str, args: &[&str]) -> String {
-    let out = Command::new(tool).args(args).stdin(Stdio::null()).output().unwrap_or_else(|e| panic!("{tool}: {e}"));
-    assert!(
-        out.status.success(),
-        "{tool} {args:?} failed ({:?}): {}{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+/// A GPT disk image with 512-byte sectors, an EFI System and a Linux partition holding data.
+pub fn gpt_disk(path: &Path, mib: u64, seed: u64) {
+    std::fs::File::create(path).unwrap().set_len(mib << 20).unwrap();
+    sgdisk(path, &["-n1:1M:+8M", "-t1:ef00", "-c1:esp", "-n2:0:0", "-t2:8300", "-c2:root"]);
+    write_at(path, 2 << 20, &pseudo_random(3 << 20, seed));
+    write_at(path, 20 << 20, &pseudo_random(5 << 20, seed + 1));
 }
 
-/// Runs a tool with `input` on stdin, asserts it succeeded.
-pub fn run_with_input(tool: &str, args: &[&str], input: &str) -> String {
+/// A GPT disk image with 4096-byte logical sectors (made through a 4Kn loop device).
+pub fn gpt_4k_disk(path: &Path, mib: u64, seed: u64) {
+    std::fs::File::create(path).unwrap().set_len(mib << 20).unwrap();
+    let out = Command::new("losetup").args(["-f", "--show", "--sector-size", "4096"]).arg(path).output().unwrap();
+    assert!(out.status.success(), "losetup: {}", String::from_utf8_lossy(&out.stderr));
+    let dev = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let made = Command::new("sgdisk")
+        .args(["-n1:0:+8M", "-t1:8300", "-c1:data4k", "-n2:0:0", "-t2:8300"])
+        .arg(&dev)
+        .output()
+        .unwrap();
+    let _ = Command::new("losetup").args(["-d", &dev]).status();
+    assert!(made.status.success(), "sgdisk on {dev}: {}", String::from_utf8_lossy(&made.stderr));
+    write_at(path, 1 << 20, &pseudo_random(2 << 20, seed));
+}
+
+/// An MBR disk image with two primary partitions (made with sfdisk) holding data.
+pub fn mbr_disk(path: &Path, mib: u64, seed: u64) {
     use std::io::Write;
-    let mut child = Command::new(tool)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{tool}: {e}"));
-    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{tool} {args:?} failed ({:?}): {}{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    std::fs::File::create(path).unwrap().set_len(mib << 20).unwrap();
+    let mut child =
+        Command::new("sfdisk").arg("--quiet").arg(path).stdin(Stdio::piped()).stdout(Stdio::null()).spawn().unwrap();
+    child.stdin.take().unwrap().write_all(b"label: dos\n,8M,83,*\n,,83\n").unwrap();
+    assert!(child.wait().unwrap().success());
+    write_at(path, 1 << 20, &pseudo_random(3 << 20, seed));
 }
 
-pub fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-/// Creates (or resizes) a sparse file of `size` bytes.
-pub fn make_file(path: &Path, size: u64) {
-    OpenOptions::new().create(true).truncate(false).write(true).open(path).unwrap().set_len(size).unwrap();
-}
-
-/// Writes `data` at `offset` without changing anything else.
-pub fn write_at(path: &Path, offset: u64, data: &[u8]) {
-    OpenOptions::new().write(true).open(path).unwrap().write_all_at(data, offset).unwrap();
-}
-
-pub fn read_at(path: &Path, offset: u64, len: usize) -> Vec<u8> {
-    let mut buf = vec![0u8; len];
-    std::fs::File::open(path).unwrap().read_exact_at(&mut buf, offset).unwrap();
-    buf
-}
-
-/// Deterministic bytes that look random (xorshift64*), different for each seed.
-pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        out.extend_from_slice(&x.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
-
-/// The hash `b3sum` (the BLAKE3 team's CLI) prints for a file or device.
-pub fn b3sum(path: &Path) -> String {
-    let out = run("b3sum", &["--no-names", s(path)]);
-    let h = out.trim().to_string();
-    assert_eq!(h.len(), 64, "b3sum printed {out:?}");
-    h
+/// Byte offset of the first partition (the ESP) of a GPT image, from sgdisk.
+pub fn esp_offset(img: &Path) -> u64 {
+    let out = Command::new("sgdisk").arg("-i").arg("1").arg(img).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let first: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("First sector: "))
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no first sector in {text}"));
+    first * 512
 }
 
 /// One partition as `sgdisk -i N` reports it.

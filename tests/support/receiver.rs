@@ -1,13 +1,11 @@
-//! Test support for the transport tests: a real `ferry serve` on 127.0.0.1, the `ferry` CLI,
-//! and disk images with known content.
-#![allow(dead_code)]
+//! A real `ferry serve` on 127.0.0.1 and what the tests ask of it.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
 
-pub const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
+use super::cmd::{ferry, FERRY};
+use super::data::{b3sum, count_files};
 
 /// A receiver process on loopback; killed (SIGKILL) when dropped.
 pub struct Receiver {
@@ -129,66 +127,29 @@ impl Drop for Receiver {
     }
 }
 
-pub fn count_files(dir: &Path) -> usize {
-    let Ok(rd) = std::fs::read_dir(dir) else { return 0 };
-    rd.filter_map(Result::ok).map(|e| if e.path().is_dir() { count_files(&e.path()) } else { 1 }).sum()
-}
-
-pub fn ferry(args: &[&str]) -> Output {
-    Command::new(FERRY).args(args).output().unwrap()
-}
-
 /// Parses `ferry send --json` output and checks it exited 0.
 pub fn sent(out: &Output) -> serde_json::Value {
     assert!(out.status.success(), "send failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr));
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-/// Deterministic incompressible bytes (xorshift64*), different for every seed.
-pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        out.extend_from_slice(&x.wrapping_mul(0x2545F4914F6CDD1D).to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
-
-/// Writes `data` at `offset` into `path`.
-pub fn write_at(path: &Path, offset: u64, data: &[u8]) {
-    use std::os::unix::fs::FileExt;
-    let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
-    f.write_all_at(data, offset).unwrap();
-}
-
-/// A file of `size` bytes of random data.
-pub fn random_image(path: &Path, size: usize, seed: u64) {
-    std::fs::write(path, pseudo_random(size, seed)).unwrap();
-}
-
-/// `b3sum` of a file (the BLAKE3 team's CLI).
-pub fn b3sum(path: &Path) -> String {
-    let out = Command::new("b3sum").arg("--no-names").arg(path).output().expect("b3sum is installed by scripts/setup");
-    assert!(out.status.success());
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
-
-pub fn files_equal(a: &Path, b: &Path) -> bool {
-    Command::new("cmp").arg("-s").arg(a).arg(b).status().unwrap().success()
-}
-
-/// Polls `f` every 50 ms until it holds or `timeout` passes.
-pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < timeout {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    false
+/// `ferry export` of disk `disk` of job `job` into `dir`: the b3sum of the exported image
+/// (removed again).
+pub fn export_b3sum(r: &Receiver, job: &str, disk: u64, dir: &Path) -> String {
+    let out = dir.join(format!("export-{job}-{disk}.img"));
+    let ex = ferry(&[
+        "export",
+        "--store",
+        r.store.to_str().unwrap(),
+        "--job",
+        job,
+        "--disk",
+        &disk.to_string(),
+        "--to",
+        out.to_str().unwrap(),
+    ]);
+    assert!(ex.status.success(), "export: {}", String::from_utf8_lossy(&ex.stderr));
+    let sum = b3sum(&out);
+    let _ = std::fs::remove_file(out);
+    sum
 }
