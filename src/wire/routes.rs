@@ -156,7 +156,8 @@ pub mod call {
 }
 
 /// The boot files (plain HTTP too), outside the API.
-pub const BOOT_FILE: Route = Route { method: Method::Get, path: "/boot/{*file}", callers: &[Caller::Anyone], api: false };
+pub const BOOT_FILE: Route =
+    Route { method: Method::Get, path: "/boot/{*file}", callers: &[Caller::Anyone], api: false };
 /// Prometheus metrics.
 pub const METRICS: Route = Route { method: Method::Get, path: "/metrics", callers: &[Caller::Anyone], api: false };
 /// The dashboard page (it signs in with the admin or viewer token itself).
@@ -211,7 +212,12 @@ mod tests {
                     Caller::Target => "target",
                     Caller::Enrollment => "enrollment token",
                 };
-                assert!(who.contains(word), "{} {}: the document says {who:?}, the route admits {c:?}", r.method.as_str(), r.full_path());
+                assert!(
+                    who.contains(word),
+                    "{} {}: the document says {who:?}, the route admits {c:?}",
+                    r.method.as_str(),
+                    r.full_path()
+                );
             }
         }
         for (m, p, _) in &documented {
