@@ -223,7 +223,7 @@ fn bad_input_gets_clear_errors_and_changes_nothing() {
     let admin = r.admin_token();
     let base = format!("{}/api/v1", r.url);
     let rt = tokio::runtime::Runtime::new().unwrap();
-    ferry::server::tls::install_crypto_provider();
+    ferry::tls::install_crypto_provider();
     let http = reqwest::Client::new();
     let call = |method: reqwest::Method, path: &str, token: Option<&str>, body: Vec<u8>, headers: &[(&str, &str)]| {
         let mut req = http.request(method, format!("{base}{path}")).body(body);

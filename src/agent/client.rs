@@ -12,7 +12,7 @@ use anyhow::{bail, Context, Result};
 use reqwest::{Method, RequestBuilder, StatusCode};
 use serde::de::DeserializeOwned;
 
-use crate::server::tls;
+use crate::tls;
 use crate::wire::{ApiError, API_PREFIX};
 
 /// The receiver said no: the status, its stable code, its words.

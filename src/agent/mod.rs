@@ -2,7 +2,6 @@
 
 pub mod client;
 pub mod enroll;
-pub mod identity;
 pub mod send;
 
 pub use client::{Client, Endpoint, Refused};

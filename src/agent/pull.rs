@@ -26,13 +26,13 @@ use futures_util::stream::{self, StreamExt};
 use reqwest::Method;
 
 use super::client::{Client, Refused};
-use super::identity::machine_identity;
 use super::target_check::{self, TargetDisk};
 use crate::disk::gpt_grow;
 use crate::disk::writer::DiskWriter;
 use crate::disk::{self, DiskReader, TableKind};
 use crate::image::treehash::{self, chunk_id};
 use crate::image::{hash_all_chunks, Manifest};
+use crate::machine::machine_identity;
 use crate::wire::*;
 
 /// A failure with a stable code, as recorded in the job's delivery.

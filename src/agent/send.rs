@@ -18,10 +18,10 @@ use tokio::sync::{mpsc, Mutex, Semaphore};
 use tokio::task::JoinSet;
 
 use super::client::Client;
-use super::identity::machine_identity;
 use crate::disk::{self, DiskReader};
 use crate::image::hasher::{self, HashedChunk};
 use crate::image::{treehash, ChunkEntry, Manifest, DEFAULT_CHUNK_SIZE, MANIFEST_VERSION};
+use crate::machine::machine_identity;
 use crate::wire::*;
 
 /// Knobs for a send; job options from the receiver fill what is left `None`.

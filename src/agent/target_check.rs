@@ -2,7 +2,7 @@
 //! large enough, the same logical sector size, and none of them a disk of the source. Each
 //! refusal has a stable code (shown on screen and recorded in the job) and words for people.
 
-use crate::agent::identity::meaningful;
+use crate::machine::same_id;
 use crate::util::human_bytes;
 use crate::wire::{DiskIdentity, SourceDisk};
 
@@ -26,10 +26,6 @@ fn refuse(code: &'static str, reason: String) -> Refusal {
 
 /// Source disk index → position in the target disk list.
 pub type Mapping = Vec<(u32, usize)>;
-
-fn same_id(a: Option<&str>, b: Option<&str>) -> bool {
-    matches!((a, b), (Some(a), Some(b)) if meaningful(a) && a.trim().eq_ignore_ascii_case(b.trim()))
-}
 
 /// Whether `t` is one of the source's disks: same serial, WWN or GPT disk GUID (the GUID is not
 /// compared when `rewriting`: an interrupted delivery left the source's GUID there itself).

@@ -16,7 +16,7 @@ pub fn run(a: SendArgs) -> Result<i32> {
     let rt = super::runtime()?;
     let (job, token) = match (&a.enroll, &a.job, &a.token) {
         (Some(enrollment), _, _) => {
-            let machine = crate::agent::identity::machine_identity();
+            let machine = crate::machine::machine_identity();
             if machine.product_uuid.is_none() && machine.serial.is_none() {
                 eprintln!(
                     "warning: no DMI product UUID or serial readable (run as root?): the receiver tells this machine by its MAC address, which the live image may not match"

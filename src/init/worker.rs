@@ -63,7 +63,7 @@ pub fn run() -> i32 {
         },
     };
     // The line a technician matches against the job list or dashboard.
-    let m = crate::agent::identity::machine_identity();
+    let m = crate::machine::machine_identity();
     v.lines.insert(
         0,
         format!(
@@ -220,7 +220,7 @@ async fn work(cfg: &mut LiveConfig, cmdline: &str) -> Result<Verdict, Failed> {
         cfg.server.as_deref().unwrap_or("?")
     );
     // 4. Machine identity and disks.
-    let machine = crate::agent::identity::machine_identity();
+    let machine = crate::machine::machine_identity();
     crate::say!(
         "machine: {} {} serial {} uuid {}",
         machine.vendor.as_deref().unwrap_or("?"),
@@ -380,7 +380,7 @@ async fn work(cfg: &mut LiveConfig, cmdline: &str) -> Result<Verdict, Failed> {
                 client.call(reqwest::Method::GET, &format!("/jobs/{job}"), |r| r).await.ok();
             let by = finished.and_then(|j| j.machine);
             match by {
-                Some(m) if crate::agent::identity::same_machine(&m, &machine) => Ok(already_migrated(&job)),
+                Some(m) if crate::machine::same_machine(&m, &machine) => Ok(already_migrated(&job)),
                 other => Err(Failed::new(
                     format!(
                         "job {job} is already Finished, copied from another machine (serial {}); this machine was NOT migrated",

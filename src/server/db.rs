@@ -500,6 +500,15 @@ impl Db {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
+    /// Every job, in creation order, without tokens.
+    pub fn jobs(&self) -> Result<Vec<Job>> {
+        let mut jobs = vec![];
+        for id in self.job_ids()? {
+            jobs.extend(self.job(&id, false)?);
+        }
+        Ok(jobs)
+    }
+
     pub fn job_ids(&self) -> Result<Vec<String>> {
         let conn = self.conn();
         // Creation order (rowids only grow: no job is deleted), exact within a second too.

@@ -60,8 +60,20 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Metrics {
     /// A chunk upload refused, by its error code (`hash_mismatch`, `too_large`, …).
-    pub fn reject(&self, code: &'static str) {
-        *lock(&self.rejects).entry(code).or_default() += 1;
+    pub fn reject(&self, code: crate::wire::Code) {
+        *lock(&self.rejects).entry(code.as_str()).or_default() += 1;
+    }
+
+    /// A chunk verified (and `new` when the store did not hold it yet).
+    pub fn chunk_received(&self, bytes: u64, new: bool) {
+        self.chunk_bytes_received.fetch_add(bytes, Ordering::Relaxed);
+        self.chunks_received.fetch_add(1, Ordering::Relaxed);
+        self.chunks_stored.fetch_add(new as u64, Ordering::Relaxed);
+    }
+
+    /// A chunk's bytes sent to a target.
+    pub fn chunk_served(&self, bytes: u64) {
+        self.chunk_bytes_served.fetch_add(bytes, Ordering::Relaxed);
     }
 
     fn request(&self, route: &str, method: &str, status: u16, secs: f64) {

@@ -12,7 +12,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::{boot_menu, AppState, ReceiverInfo};
+use super::super::{AppState, ReceiverInfo};
+use super::ipxe;
 use crate::boot::files::{self, ImageInfo};
 use crate::boot::{grub, safe_value, LiveArgs, BASE_CMDLINE};
 
@@ -125,7 +126,7 @@ pub fn resolve(st: &AppState, name: &str, params: &HashMap<String, String>) -> R
         files::IPXE_MENU => {
             let i = info()?;
             Ok(BootContent::bytes(
-                boot_menu::menu(i.url_for_sources(), i.pin.as_deref(), &params),
+                ipxe::menu(i.url_for_sources(), i.pin.as_deref(), &params),
                 "text/plain; charset=utf-8",
             ))
         }

@@ -8,11 +8,7 @@
 
 use std::collections::HashMap;
 
-/// Values that may go into the iPXE script: nothing that could end a line or start a command.
-fn safe(v: &str) -> Option<&str> {
-    (!v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
-        .then_some(v)
-}
+use crate::boot::safe_value as safe;
 
 /// The menu script for a receiver at `server` with certificate `pin` (none: plain HTTP).
 pub fn menu(server: &str, pin: Option<&str>, query: &HashMap<String, String>) -> String {

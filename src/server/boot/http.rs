@@ -11,9 +11,10 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 
-use super::api::ApiErr;
-use super::boot_files::{boot_params, resolve, BootContent, BootError};
-use super::AppState;
+use super::super::error::ApiErr;
+use super::super::AppState;
+use super::files::{boot_params, resolve, BootContent, BootError};
+use crate::wire::Code;
 
 /// How much is read from disk at a time for one response.
 const PIECE: usize = 256 << 10;
@@ -56,15 +57,15 @@ pub async fn boot_file(
 
 fn boot_error(e: BootError) -> Response {
     let code = match e {
-        BootError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
-        BootError::NoBootDir => (StatusCode::NOT_FOUND, "no_boot_dir"),
-        BootError::Starting => (StatusCode::SERVICE_UNAVAILABLE, "starting"),
-        BootError::BadImage(_) => (StatusCode::INTERNAL_SERVER_ERROR, "bad_boot_image"),
+        BootError::NotFound(_) => Code::NotFound,
+        BootError::NoBootDir => Code::NoBootDir,
+        BootError::Starting => Code::Starting,
+        BootError::BadImage(_) => Code::BadBootImage,
     };
     if matches!(e, BootError::BadImage(_)) {
         log::error!("{e}");
     }
-    ApiErr(code.0, code.1, e.to_string()).into_response()
+    ApiErr::new(code, e.to_string()).into_response()
 }
 
 /// The bytes `start..end` of `content`, a piece at a time, each read on a blocking thread.

@@ -12,15 +12,16 @@
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::Json;
-use bytes::Bytes;
 
-use super::api::{bad, bearer, parse_json, require_admin, require_reader, tokens_equal, ApiErr, ApiResult};
+use super::auth::Authorized;
 use super::db::{Enrolled, NewJobIds};
+use super::error::{ApiErr, ApiResult, Body};
 use super::{random_hex, AppState};
-use crate::agent::identity::meaningful;
 use crate::image::treehash;
+use crate::machine::meaningful;
+use crate::wire::routes::{call, Caller};
 use crate::wire::*;
 
 /// How the receiver tells machines apart (`key`), and the readable part of a job's name
@@ -62,20 +63,17 @@ fn job_name(wave: &str, label: &str) -> String {
 /// `POST /enrollments` (admin).
 pub async fn create(
     State(st): State<Arc<AppState>>,
-    headers: HeaderMap,
-    body: Bytes,
+    Body(req): Body<call::CreateEnrollment>,
 ) -> ApiResult<(StatusCode, Json<Enrollment>)> {
-    require_admin(&st, &headers)?;
-    let req: CreateEnrollment = parse_json(&body)?;
     let name = req.name.trim();
     if name.is_empty() || name.len() > 100 {
-        return Err(bad("bad_name", "an enrollment needs a name of 1-100 characters"));
+        return Err(ApiErr::new(Code::BadName, "an enrollment needs a name of 1-100 characters"));
     }
     if let Some(cs) = req.options.chunk_size {
-        treehash::validate_chunk_size(cs).map_err(|e| bad("bad_chunk_size", e))?;
+        treehash::validate_chunk_size(cs).map_err(|e| ApiErr::new(Code::BadChunkSize, e))?;
     }
     if req.max_jobs.is_some_and(|m| m == 0 || m > i64::MAX as u64) {
-        return Err(bad("bad_max_jobs", "max_jobs must be at least 1 (leave it out for no limit)"));
+        return Err(ApiErr::new(Code::BadMaxJobs, "max_jobs must be at least 1 (leave it out for no limit)"));
     }
     let req = CreateEnrollment { name: name.to_string(), ..req };
     let e = st.db.create_enrollment(&req, &random_hex(6), &random_hex(32))?;
@@ -84,26 +82,19 @@ pub async fn create(
 }
 
 /// `GET /enrollments` (admin with tokens; viewer without).
-pub async fn list(State(st): State<Arc<AppState>>, headers: HeaderMap) -> ApiResult<Json<Vec<Enrollment>>> {
-    require_reader(&st, &headers)?;
-    let admin = tokens_equal(bearer(&headers)?, &st.admin_token);
-    Ok(Json(st.db.enrollments(admin)?))
+pub async fn list(State(st): State<Arc<AppState>>, auth: Authorized) -> ApiResult<Json<Vec<Enrollment>>> {
+    Ok(Json(st.db.enrollments(auth.caller == Caller::Admin)?))
 }
 
 /// `POST /enrollments/{id}/revoke` (admin).
-pub async fn revoke(
-    State(st): State<Arc<AppState>>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> ApiResult<Json<Enrollment>> {
-    require_admin(&st, &headers)?;
+pub async fn revoke(State(st): State<Arc<AppState>>, Path(id): Path<String>) -> ApiResult<Json<Enrollment>> {
     if !valid_job_id(&id) {
-        return Err(bad("bad_enrollment_id", "an enrollment id is 1-64 lowercase letters, digits or '-'"));
+        return Err(ApiErr::new(Code::BadEnrollmentId, "an enrollment id is 1-64 lowercase letters, digits or '-'"));
     }
     let e = st
         .db
         .revoke_enrollment(&id)?
-        .ok_or_else(|| ApiErr(StatusCode::NOT_FOUND, "no_such_enrollment", format!("there is no enrollment {id}")))?;
+        .ok_or_else(|| ApiErr::new(Code::NoSuchEnrollment, format!("there is no enrollment {id}")))?;
     log::info!("enrollment {id} revoked");
     Ok(Json(e))
 }
@@ -111,34 +102,22 @@ pub async fn revoke(
 /// `POST /enroll` (enrollment token): the calling machine's job.
 pub async fn enroll(
     State(st): State<Arc<AppState>>,
-    headers: HeaderMap,
-    body: Bytes,
+    auth: Authorized,
+    Body(req): Body<call::Enroll>,
 ) -> ApiResult<(StatusCode, Json<EnrollAnswer>)> {
-    let token = bearer(&headers)?;
-    // Every enrollment is compared, in constant time, whatever matches first.
-    let mut matching = None;
-    for e in st.db.enrollment_rows(true)? {
-        if e.token.as_deref().is_some_and(|t| tokens_equal(token, t)) {
-            matching = Some(e);
-        }
-    }
-    let Some(e) = matching else {
-        return Err(ApiErr(StatusCode::FORBIDDEN, "forbidden", "this token is not an enrollment token".into()));
-    };
+    let e = auth.enrollment.expect("the enrollment route carries its enrollment");
     let revoked = || {
-        ApiErr(
-            StatusCode::FORBIDDEN,
-            "enrollment_revoked",
+        ApiErr::new(
+            Code::EnrollmentRevoked,
             format!("enrollment {} ({}) was revoked: ask the operator for a job", e.id, e.name),
         )
     };
     if e.revoked_at.is_some() {
         return Err(revoked());
     }
-    let req: EnrollRequest = parse_json(&body)?;
     let Some((key, label)) = machine_key(&req.machine) else {
-        return Err(bad(
-            "no_identity",
+        return Err(ApiErr::new(
+            Code::NoIdentity,
             "this machine has no DMI product UUID, serial or MAC address to tell it apart: give it a job instead",
         ));
     };
@@ -156,9 +135,8 @@ pub async fn enroll(
         Enrolled::Job(job, created) => (*job, created),
         Enrolled::Revoked => return Err(revoked()),
         Enrolled::Full(made) => {
-            return Err(ApiErr(
-                StatusCode::CONFLICT,
-                "enrollment_full",
+            return Err(ApiErr::new(
+                Code::EnrollmentFull,
                 format!(
                     "enrollment {} ({}) already has its {made} machines, and this machine ({label}) is not one of them: ask the operator",
                     e.id, e.name

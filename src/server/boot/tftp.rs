@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
 use tokio::sync::Semaphore;
 
-use super::boot_files::{resolve, BootContent, BootError};
-use super::AppState;
+use super::super::AppState;
+use super::files::{resolve, BootContent, BootError};
 
 const RRQ: u16 = 1;
 const WRQ: u16 = 2;

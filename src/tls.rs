@@ -51,8 +51,10 @@ pub fn ensure_identity(dir: &Path, extra_names: &[String]) -> Result<ServerIdent
         params.distinguished_name.push(rcgen::DnType::CommonName, "ferry receiver");
         let key = rcgen::KeyPair::generate().context("generating the receiver's TLS key")?;
         let cert = params.self_signed(&key).context("signing the receiver's certificate")?;
-        crate::server::write_private(&key_path, key.serialize_pem().as_bytes())?;
-        fs::write(&cert_path, cert.pem()).with_context(|| format!("writing {}", cert_path.display()))?;
+        crate::fsx::write_atomic_mode(&key_path, key.serialize_pem().as_bytes(), 0o600)
+            .with_context(|| format!("writing {}", key_path.display()))?;
+        crate::fsx::write_atomic(&cert_path, cert.pem().as_bytes())
+            .with_context(|| format!("writing {}", cert_path.display()))?;
     }
     let cert = CertificateDer::from_pem_file(&cert_path).with_context(|| format!("reading {}", cert_path.display()))?;
     let key = PrivateKeyDer::from_pem_file(&key_path).with_context(|| format!("reading {}", key_path.display()))?;

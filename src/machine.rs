@@ -1,15 +1,12 @@
-//! The machine's identity as the receiver records it: DMI and MAC addresses.
+//! Machine identity, for the agents and the receiver alike: reading it (DMI, network cards),
+//! and the one rule for "the same machine" and "the same identifier" that the target's checks,
+//! the receiver's target checks and enrollment all use.
 
 use std::fs;
 use std::path::Path;
 
+use crate::fsx::read_trimmed as read;
 use crate::wire::MachineIdentity;
-
-fn read(path: &Path) -> Option<String> {
-    let s = fs::read_to_string(path).ok()?;
-    let s = s.trim().to_string();
-    (!s.is_empty()).then_some(s)
-}
 
 /// Reads `/sys/class/dmi/id` and the network cards' addresses in `/sys/class/net` (the product
 /// UUID and serial need root).
@@ -48,14 +45,23 @@ pub fn machine_identity_from(sys: &Path) -> MachineIdentity {
     }
 }
 
+/// Whether two identifiers (DMI UUIDs, serials, WWNs, GUIDs) name the same thing: both
+/// present, meaningful, and equal but for case and surrounding white space.
+pub fn same_id(a: Option<&str>, b: Option<&str>) -> bool {
+    matches!((a, b), (Some(a), Some(b)) if meaningful(a) && a.trim().eq_ignore_ascii_case(b.trim()))
+}
+
+/// Whether an identifier is one of `wanted` (names an operator gave).
+pub fn is_one_of(wanted: &[String], have: Option<&str>) -> bool {
+    wanted.iter().any(|w| same_id(have, Some(w)))
+}
+
 /// Whether two machine identities are the same machine: an equal meaningful UUID or serial, or
 /// neither carrying any (virtual machines without DMI), compared by their network cards.
 pub fn same_machine(a: &MachineIdentity, b: &MachineIdentity) -> bool {
-    let eq = |x: &Option<String>, y: &Option<String>| match (x, y) {
-        (Some(x), Some(y)) => meaningful(x) && x.eq_ignore_ascii_case(y),
-        _ => false,
-    };
-    if eq(&a.product_uuid, &b.product_uuid) || eq(&a.serial, &b.serial) {
+    if same_id(a.product_uuid.as_deref(), b.product_uuid.as_deref())
+        || same_id(a.serial.as_deref(), b.serial.as_deref())
+    {
         return true;
     }
     let blank = |m: &MachineIdentity| {
@@ -136,5 +142,25 @@ mod meaningful_tests {
         for real in ["4c4c4544-0042-3510-8051-b4c04f4e4e32", "CZ2012345X", "QM00001", "0x5000c500a1b2c3d4"] {
             assert!(meaningful(real), "{real:?}");
         }
+    }
+
+    #[test]
+    fn one_rule_for_the_same_identifier_and_machine() {
+        use super::*;
+        assert!(same_id(Some(" SN-1 "), Some("sn-1")));
+        assert!(!same_id(Some("Default string"), Some("Default string")));
+        assert!(!same_id(None, Some("x")) && !same_id(Some("x"), None));
+        assert!(is_one_of(&["a".into(), "SN-1".into()], Some("sn-1 ")) && !is_one_of(&[], Some("sn-1")));
+        let m = |uuid: Option<&str>, serial: Option<&str>, macs: &[&str]| MachineIdentity {
+            product_uuid: uuid.map(Into::into),
+            serial: serial.map(Into::into),
+            macs: macs.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        };
+        assert!(same_machine(&m(Some("U1"), None, &[]), &m(Some("u1 "), Some("other"), &[])));
+        assert!(same_machine(&m(None, Some("S"), &["aa"]), &m(None, Some("s"), &["bb"])));
+        assert!(!same_machine(&m(Some("U1"), None, &["aa"]), &m(Some("U2"), None, &["aa"])), "MACs only without DMI");
+        assert!(same_machine(&m(None, None, &["aa"]), &m(None, Some("None"), &["aa"])));
+        assert!(!same_machine(&m(None, None, &["aa"]), &m(None, None, &["bb"])));
     }
 }

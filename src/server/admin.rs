@@ -1,0 +1,105 @@
+//! The operator's calls: jobs (create, list, show, restart, cancel), health and `whoami`.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+
+use super::auth::Authorized;
+use super::db::Db;
+use super::error::{ApiErr, ApiResult, Body};
+use super::{random_hex, AppState};
+use crate::image::treehash;
+use crate::wire::routes::{call, Caller};
+use crate::wire::*;
+
+pub fn job_or_404(db: &Db, job: &str, with_token: bool) -> ApiResult<Job> {
+    db.job(job, with_token)?.ok_or_else(|| ApiErr::new(Code::NoSuchJob, format!("there is no job {job}")))
+}
+
+pub async fn health() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "ok": true, "api": API_PREFIX, "version": env!("CARGO_PKG_VERSION") }))
+}
+
+pub async fn create_job(
+    State(st): State<Arc<AppState>>,
+    Body(req): Body<call::CreateJob>,
+) -> ApiResult<(StatusCode, Json<Job>)> {
+    if req.name.trim().is_empty() || req.name.len() > 200 {
+        return Err(ApiErr::new(Code::BadName, "a job needs a name of 1-200 characters"));
+    }
+    if let Some(cs) = req.options.chunk_size {
+        treehash::validate_chunk_size(cs).map_err(|e| ApiErr::new(Code::BadChunkSize, e))?;
+    }
+    if req.client_token.as_ref().is_some_and(|t| t.len() > 200) {
+        return Err(ApiErr::new(Code::BadClientToken, "a client token is at most 200 characters"));
+    }
+    if let Some(spec) = &req.target_spec {
+        if req.target != TargetKind::Instance {
+            return Err(ApiErr::new(Code::NotInstanceJob, "only a job with target 'instance' names a target machine"));
+        }
+        super::target::validate_spec(spec)?;
+    }
+    let target_token = (req.target == TargetKind::Instance).then(|| random_hex(32));
+    let job = st.db.create_job(&req, &random_hex(6), &random_hex(32), target_token.as_deref())?;
+    log::info!("job {} ({}) created", job.id, job.name);
+    Ok((StatusCode::CREATED, Json(job)))
+}
+
+pub async fn list_jobs(State(st): State<Arc<AppState>>) -> ApiResult<Json<Vec<Job>>> {
+    Ok(Json(st.db.jobs()?))
+}
+
+pub async fn show_job(
+    State(st): State<Arc<AppState>>,
+    auth: Authorized,
+    Path(job): Path<String>,
+) -> ApiResult<Json<Job>> {
+    let mut j = job_or_404(&st.db, &job, auth.caller == Caller::Admin)?;
+    if matches!(auth.caller, Caller::Agent | Caller::Target) {
+        // An agent learns its job's state, not how the operator named the target.
+        j.target_spec = None;
+    }
+    Ok(Json(j))
+}
+
+pub async fn restart_job(State(st): State<Arc<AppState>>, Path(job): Path<String>) -> ApiResult<Json<Job>> {
+    let current = job_or_404(&st.db, &job, false)?;
+    if current.state == JobState::Running {
+        return Err(ApiErr::new(Code::JobRunning, format!("job {job} is Running; cancel it first")));
+    }
+    st.db.set_state(&job, JobState::Waiting, None, None)?;
+    // The source will send again, possibly other bytes: a target written from the old copy is
+    // no longer a copy of this job, so the target side starts over too.
+    if current.delivery.is_some() {
+        st.db.update_delivery(&job, |d| *d = None)?;
+    }
+    st.forget_manifests(&job);
+    log::info!("job {job} restarted");
+    Ok(Json(job_or_404(&st.db, &job, true)?))
+}
+
+pub async fn cancel_job(State(st): State<Arc<AppState>>, Path(job): Path<String>) -> ApiResult<Json<Job>> {
+    let current = job_or_404(&st.db, &job, false)?;
+    match current.state {
+        JobState::Finished => {
+            return Err(ApiErr::new(Code::JobFinished, format!("job {job} is Finished; nothing to cancel")))
+        }
+        JobState::Cancelled => {}
+        _ => st.db.set_state(&job, JobState::Cancelled, None, None)?,
+    }
+    Ok(Json(job_or_404(&st.db, &job, true)?))
+}
+
+/// `GET /whoami`: which role a token has (the dashboard's login check), and what the dashboard
+/// shows in a ready kernel command line for sources.
+pub async fn whoami(State(st): State<Arc<AppState>>, auth: Authorized) -> Json<serde_json::Value> {
+    let role = if auth.caller == Caller::Admin { "admin" } else { "viewer" };
+    let info = st.info.get();
+    Json(serde_json::json!({
+        "role": role,
+        "server": info.map(|i| i.url_for_sources()),
+        "pin": info.and_then(|i| i.pin.as_deref()),
+    }))
+}

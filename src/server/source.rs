@@ -1,0 +1,315 @@
+//! The source agent's calls: register, per disk begin / missing / chunks / progress / complete,
+//! then finish or fail. Each chunk's bytes are checked against its id before they are kept.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::Json;
+use bytes::Bytes;
+
+use super::admin::job_or_404;
+use super::auth::Authorized;
+use super::error::{ApiErr, ApiResult, Body};
+use super::AppState;
+use crate::image::manifest::hex_digest;
+use crate::image::treehash::{self, chunk_id};
+use crate::wire::routes::call;
+use crate::wire::*;
+
+/// A job the source may no longer work on.
+fn not_stopped(job: &str, s: JobState) -> ApiResult<()> {
+    match s {
+        JobState::Cancelled => Err(ApiErr::new(Code::JobCancelled, format!("job {job} was cancelled"))),
+        JobState::Finished => Err(ApiErr::new(Code::JobFinished, format!("job {job} is already Finished"))),
+        JobState::InError => Err(ApiErr::new(
+            Code::JobInError,
+            format!("job {job} is InError; an operator must restart it (ferry job restart)"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Every source call but `register` and `fail` needs the job Running.
+fn running(job: &str, auth: &Authorized) -> ApiResult<()> {
+    let state = auth.state();
+    not_stopped(job, state)?;
+    if state != JobState::Running {
+        return Err(ApiErr::new(Code::NotRunning, format!("job {job} is {}; register first", state.as_str())));
+    }
+    Ok(())
+}
+
+pub async fn register(
+    State(st): State<Arc<AppState>>,
+    auth: Authorized,
+    Path(job): Path<String>,
+    Body(req): Body<call::Register>,
+) -> ApiResult<Json<Registered>> {
+    not_stopped(&job, auth.state())?;
+    if req.disks.is_empty() {
+        return Err(ApiErr::new(Code::NoDisks, "a source must send at least one disk"));
+    }
+    st.db.set_machine(&job, &req.machine, req.inventory.as_ref(), req.disks.len())?;
+    if auth.state() != JobState::Running {
+        st.db.set_state(&job, JobState::Running, None, None)?;
+    }
+    log::info!("job {job}: source registered with {} disks", req.disks.len());
+    let j = job_or_404(&st.db, &job, false)?;
+    Ok(Json(Registered { job, options: j.options }))
+}
+
+/// The source's own code, as the job records it: its words are the source's, its code one
+/// of ours (an unknown one is recorded as the source's `agent_error`).
+fn reported_code(f: &Failure) -> String {
+    Code::parse(&f.code).unwrap_or(Code::AgentError).source_reported()
+}
+
+pub async fn fail(
+    State(st): State<Arc<AppState>>,
+    auth: Authorized,
+    Path(job): Path<String>,
+    Body(f): Body<call::Fail>,
+) -> ApiResult<StatusCode> {
+    if matches!(auth.state(), JobState::Waiting | JobState::Running) {
+        let reason: String = f.reason.chars().take(2000).collect();
+        st.db.set_state(&job, JobState::InError, Some(&reported_code(&f)), Some(&reason))?;
+        log::warn!("job {job}: the source failed: {reason}");
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn finish(
+    State(st): State<Arc<AppState>>,
+    auth: Authorized,
+    Path(job): Path<String>,
+) -> ApiResult<Json<Job>> {
+    running(&job, &auth)?;
+    let j = job_or_404(&st.db, &job, false)?;
+    let expected = st.db.disk_count(&job)?.unwrap_or(0) as usize;
+    let verified = j.disks.iter().filter(|d| d.verified && (d.index as usize) < expected).count();
+    if expected == 0 || verified != expected {
+        let reason = format!(
+            "{verified} of {expected} disks are verified; every disk must be complete before the job can finish"
+        );
+        return Err(ApiErr::new(Code::DisksIncomplete, reason));
+    }
+    st.db.set_state(&job, JobState::Finished, None, None)?;
+    log::info!("job {job} Finished: {expected} disks verified");
+    Ok(Json(job_or_404(&st.db, &job, false)?))
+}
+
+fn disk_in_range(st: &AppState, job: &str, disk: u32) -> ApiResult<()> {
+    let count = st.db.disk_count(job)?.unwrap_or(0);
+    if disk >= count {
+        return Err(ApiErr::new(
+            Code::BadDisk,
+            format!("disk {disk} is not one of the {count} disks this source registered"),
+        ));
+    }
+    Ok(())
+}
+
+fn geometry(st: &AppState, job: &str, disk: u32) -> ApiResult<(u64, u64)> {
+    st.db
+        .disk_geometry(job, disk)?
+        .ok_or_else(|| ApiErr::new(Code::DiskNotBegun, format!("disk {disk} of job {job} was not begun")))
+}
+
+pub async fn begin_disk(
+    State(st): State<Arc<AppState>>,
+    auth: Authorized,
+    Path((job, disk)): Path<(String, u32)>,
+    Body(b): Body<call::BeginDisk>,
+) -> ApiResult<StatusCode> {
+    running(&job, &auth)?;
+    disk_in_range(&st, &job, disk)?;
+    treehash::validate_chunk_size(b.chunk_size).map_err(|e| ApiErr::new(Code::BadChunkSize, e))?;
+    st.db.begin_disk(&job, disk, &b)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn missing(
+    State(st): State<Arc<AppState>>,
+    auth: Authorized,
+    Path((job, disk)): Path<(String, u32)>,
+    Body(q): Body<call::Missing>,
+) -> ApiResult<Json<MissingAnswer>> {
+    running(&job, &auth)?;
+    let (size, chunk_size) = geometry(&st, &job, disk)?;
+    let count = treehash::chunk_count(size, chunk_size);
+    let mut out = vec![];
+    for c in &q.chunks {
+        if c.index >= count {
+            return Err(ApiErr::new(
+                Code::BadIndex,
+                format!("chunk {} is past the last chunk ({})", c.index, count.saturating_sub(1)),
+            ));
+        }
+        if !st.store.contains(&c.id).map_err(anyhow::Error::from)? {
+            out.push(c.index);
+        }
+    }
+    Ok(Json(MissingAnswer { missing: out }))
+}
+
+pub async fn progress(
+    State(st): State<Arc<AppState>>,
+    auth: Authorized,
+    Path((job, disk)): Path<(String, u32)>,
+    Body(p): Body<call::Progress>,
+) -> ApiResult<StatusCode> {
+    running(&job, &auth)?;
+    geometry(&st, &job, disk)?;
+    st.db.set_progress(&job, disk, p.bytes_done, p.rate)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn put_chunk(
+    State(st): State<Arc<AppState>>,
+    auth: Authorized,
+    Path((job, disk, index)): Path<(String, u32, u64)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<StatusCode> {
+    let result = put_chunk_checked(&st, &auth, &job, disk, index, &headers, body).await;
+    if let Err(e) = &result {
+        st.metrics.reject(e.code);
+    }
+    result
+}
+
+/// What a chunk upload says of itself in its headers.
+fn chunk_header_id(headers: &HeaderMap) -> ApiResult<crate::image::Digest> {
+    headers
+        .get(CHUNK_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| ApiErr::new(Code::NoChunkId, format!("the {CHUNK_ID_HEADER} header is required")))
+        .and_then(|v| hex_digest::parse(v).map_err(|e| ApiErr::new(Code::BadChunkId, e)))
+}
+
+async fn put_chunk_checked(
+    st: &Arc<AppState>,
+    auth: &Authorized,
+    job: &str,
+    disk: u32,
+    index: u64,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> ApiResult<StatusCode> {
+    running(job, auth)?;
+    let (size, chunk_size) = geometry(st, job, disk)?;
+    if index >= treehash::chunk_count(size, chunk_size) {
+        return Err(ApiErr::new(Code::BadIndex, format!("chunk {index} is past the end of disk {disk}")));
+    }
+    let id = chunk_header_id(headers)?;
+    let expected_len = treehash::chunk_len(size, chunk_size, index) as usize;
+    let compressed = headers.get(axum::http::header::CONTENT_ENCODING).is_some_and(|v| v.as_bytes() == b"zstd");
+    if body.len() > expected_len + if compressed { 64 << 10 } else { 0 } {
+        return Err(ApiErr::new(
+            Code::TooLarge,
+            format!("chunk {index} is {expected_len} bytes; the body has {}", body.len()),
+        ));
+    }
+    let wire_len = body.len() as u64;
+    let st2 = st.clone();
+    // Decompressing and hashing take milliseconds of CPU: keep them off the async workers.
+    let stored = tokio::task::spawn_blocking(move || -> ApiResult<bool> {
+        let data: Vec<u8>;
+        let bytes: &[u8] = if compressed {
+            data = zstd::bulk::decompress(&body, expected_len)
+                .map_err(|e| ApiErr::new(Code::BadCompression, format!("chunk {index} does not decompress: {e}")))?;
+            &data
+        } else {
+            &body
+        };
+        if bytes.len() != expected_len {
+            return Err(ApiErr::new(
+                Code::BadLength,
+                format!("chunk {index} must be {expected_len} bytes, got {}", bytes.len()),
+            ));
+        }
+        let actual = chunk_id(bytes, index * chunk_size, size, chunk_size);
+        if actual != id {
+            return Err(ApiErr::new(
+                Code::HashMismatch,
+                format!("chunk {index}: its bytes hash to {}, not to the id sent", hex::encode(actual)),
+            ));
+        }
+        match st2.store.put(&id, bytes) {
+            Ok(new) => Ok(new),
+            Err(e) if e.kind() == std::io::ErrorKind::StorageFull || e.raw_os_error() == Some(libc::EDQUOT) => {
+                Err(ApiErr::new(Code::StoreFull, format!("the receiver's store is full: {e}")))
+            }
+            Err(e) => Err(anyhow::Error::from(e).context(format!("storing chunk {index}")).into()),
+        }
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("chunk task failed: {e}"))?;
+    match stored {
+        Ok(new) => {
+            st.db.add_received(job, disk, expected_len as u64)?;
+            st.metrics.chunk_received(expected_len as u64, new);
+            log::debug!("job {job} disk {disk} chunk {index}: {wire_len} bytes on the wire, new={new}");
+            Ok(if new { StatusCode::CREATED } else { StatusCode::OK })
+        }
+        Err(e) => {
+            if e.code == Code::StoreFull {
+                st.db.set_state(job, JobState::InError, Some(Code::StoreFull.as_str()), Some(&e.message))?;
+            }
+            Err(e)
+        }
+    }
+}
+
+pub async fn complete_disk(
+    State(st): State<Arc<AppState>>,
+    auth: Authorized,
+    Path((job, disk)): Path<(String, u32)>,
+    Body(manifest): Body<call::CompleteDisk>,
+) -> ApiResult<Json<DiskVerdict>> {
+    running(&job, &auth)?;
+    let (size, chunk_size) = geometry(&st, &job, disk)?;
+    if manifest.size != size || manifest.chunk_size != chunk_size {
+        return Err(ApiErr::new(
+            Code::ManifestMismatch,
+            format!(
+                "the manifest describes {} bytes in {}-byte chunks, but the disk began as {size} bytes in {chunk_size}-byte chunks",
+                manifest.size, manifest.chunk_size
+            ),
+        ));
+    }
+    let st2 = st.clone();
+    let verdict =
+        tokio::task::spawn_blocking(move || super::verify::verify_manifest(&st2, &manifest).map(|()| manifest))
+            .await
+            .map_err(|e| anyhow::anyhow!("verification task failed: {e}"))?;
+    match verdict {
+        Ok(manifest) => {
+            super::verify::keep_manifest(&st, &job, disk, &manifest)?;
+            let root = hex::encode(manifest.blake3);
+            st.db.verify_disk(&job, disk, &root, size)?;
+            // A target must never be served a manifest cached from before this one.
+            st.forget_manifest(&job, disk);
+            log::info!("job {job} disk {disk} verified: blake3 {root}");
+            Ok(Json(DiskVerdict { verified: true, blake3: root }))
+        }
+        Err((code, reason)) => {
+            st.db.set_state(&job, JobState::InError, Some(code.as_str()), Some(&reason))?;
+            Err(ApiErr::new(code, reason))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sources_code_is_recorded_as_its_own() {
+        let f = |code: &str| Failure { code: code.into(), reason: String::new() };
+        assert_eq!(reported_code(&f("missing_driver")), "source_missing_driver");
+        assert_eq!(reported_code(&f("no_disks")), "source_no_disks");
+        assert_eq!(reported_code(&f("'; drop table jobs")), "source_agent_error");
+    }
+}

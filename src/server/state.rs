@@ -1,0 +1,120 @@
+//! What every request shares: the job database, the chunk store, the tokens, the cache of
+//! verified manifests, the metrics, and how sources reach this receiver.
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+use super::{db, metrics};
+use crate::image::Manifest;
+use crate::store::{ChunkStore, LocalStore};
+
+/// Where a receiver can be reached; written to `STORE/receiver.json` so that `ferry job --store`
+/// and `ferry export` on the same machine need no other flags.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ReceiverInfo {
+    pub url: String,
+    /// SHA-256 of the certificate (absent with plain HTTP).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pin: Option<String>,
+    /// The URL sources and targets use (`--advertise`), when it differs from `url`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_url: Option<String>,
+}
+
+impl ReceiverInfo {
+    /// What machines booting the live image should use.
+    pub fn url_for_sources(&self) -> &str {
+        self.source_url.as_deref().unwrap_or(&self.url)
+    }
+}
+
+/// Shared by every request.
+pub struct AppState {
+    pub db: db::Db,
+    pub store: Arc<dyn ChunkStore>,
+    pub dir: PathBuf,
+    pub admin_token: String,
+    /// Reads jobs and logs (the dashboard's read-only view); changes nothing.
+    pub viewer_token: String,
+    pub boot_dir: Option<PathBuf>,
+    /// The enrollment token network boots get when they name no job or enrollment.
+    pub boot_enroll: Option<String>,
+    /// Verified manifests targets are reading, by (job, disk): parsed and checked once.
+    manifests: Mutex<HashMap<(String, u32), Arc<Manifest>>>,
+    pub metrics: metrics::Metrics,
+    /// How sources reach this receiver (URL and pin), once it listens: baked into the PXE menu.
+    pub info: OnceLock<ReceiverInfo>,
+}
+
+impl AppState {
+    fn manifests(&self) -> std::sync::MutexGuard<'_, HashMap<(String, u32), Arc<Manifest>>> {
+        self.manifests.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn cached_manifest(&self, job: &str, disk: u32) -> Option<Arc<Manifest>> {
+        self.manifests().get(&(job.to_string(), disk)).cloned()
+    }
+
+    pub fn cache_manifest(&self, job: &str, disk: u32, m: Manifest) -> Arc<Manifest> {
+        let m = Arc::new(m);
+        self.manifests().insert((job.to_string(), disk), m.clone());
+        m
+    }
+
+    /// A disk verified again: the cached manifest is no longer its.
+    pub fn forget_manifest(&self, job: &str, disk: u32) {
+        self.manifests().remove(&(job.to_string(), disk));
+    }
+
+    /// A job restarted: none of its manifests stay.
+    pub fn forget_manifests(&self, job: &str) {
+        self.manifests().retain(|(j, _), _| j != job);
+    }
+}
+
+/// Writes a file only its owner can read (tokens, keys), atomically.
+pub fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    crate::fsx::write_atomic_mode(path, bytes, 0o600).with_context(|| format!("writing {}", path.display()))
+}
+
+/// A fresh random token: `bytes` random bytes as hex.
+pub fn random_hex(bytes: usize) -> String {
+    let mut b = vec![0u8; bytes];
+    getrandom::fill(&mut b).expect("the kernel's random source is available");
+    hex::encode(b)
+}
+
+/// The token in `path`, created (random, mode 0600) when the file does not exist.
+fn token_file(path: &Path) -> Result<String> {
+    if !path.exists() {
+        write_private(path, format!("{}\n", random_hex(32)).as_bytes())?;
+    }
+    Ok(fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?.trim().to_string())
+}
+
+/// Opens (creating on first start) the store directory: admin token, TLS identity, database.
+pub fn open_state(dir: &Path) -> Result<AppState> {
+    fs::create_dir_all(dir).with_context(|| format!("creating store {}", dir.display()))?;
+    let admin_token = token_file(&dir.join("admin.token"))?;
+    let viewer_token = token_file(&dir.join("viewer.token"))?;
+    let db = db::Db::open(&dir.join("jobs.sqlite"))?;
+    let store = LocalStore::open(dir).with_context(|| format!("opening the chunk store in {}", dir.display()))?;
+    fs::create_dir_all(dir.join("manifests"))?;
+    Ok(AppState {
+        db,
+        store: Arc::new(store),
+        dir: dir.to_owned(),
+        admin_token,
+        viewer_token,
+        boot_dir: None,
+        boot_enroll: None,
+        manifests: Default::default(),
+        metrics: Default::default(),
+        info: Default::default(),
+    })
+}
