@@ -7,16 +7,11 @@ use axum::http::StatusCode;
 use axum::Json;
 
 use super::auth::Authorized;
-use super::db::Db;
 use super::error::{ApiErr, ApiResult, Body};
 use super::{random_hex, AppState};
 use crate::image::treehash;
 use crate::wire::routes::{call, Caller};
 use crate::wire::*;
-
-pub fn job_or_404(db: &Db, job: &str, with_token: bool) -> ApiResult<Job> {
-    db.job(job, with_token)?.ok_or_else(|| ApiErr::new(Code::NoSuchJob, format!("there is no job {job}")))
-}
 
 pub async fn health() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "ok": true, "api": API_PREFIX, "version": env!("CARGO_PKG_VERSION") }))
@@ -56,7 +51,7 @@ pub async fn show_job(
     auth: Authorized,
     Path(job): Path<String>,
 ) -> ApiResult<Json<Job>> {
-    let mut j = job_or_404(&st.db, &job, auth.caller == Caller::Admin)?;
+    let mut j = st.job(&job, auth.caller == Caller::Admin)?;
     if matches!(auth.caller, Caller::Agent | Caller::Target) {
         // An agent learns its job's state, not how the operator named the target.
         j.target_spec = None;
@@ -65,7 +60,7 @@ pub async fn show_job(
 }
 
 pub async fn restart_job(State(st): State<Arc<AppState>>, Path(job): Path<String>) -> ApiResult<Json<Job>> {
-    let current = job_or_404(&st.db, &job, false)?;
+    let current = st.job(&job, false)?;
     if current.state == JobState::Running {
         return Err(ApiErr::new(Code::JobRunning, format!("job {job} is Running; cancel it first")));
     }
@@ -77,11 +72,11 @@ pub async fn restart_job(State(st): State<Arc<AppState>>, Path(job): Path<String
     }
     st.forget_manifests(&job);
     log::info!("job {job} restarted");
-    Ok(Json(job_or_404(&st.db, &job, true)?))
+    Ok(Json(st.job(&job, true)?))
 }
 
 pub async fn cancel_job(State(st): State<Arc<AppState>>, Path(job): Path<String>) -> ApiResult<Json<Job>> {
-    let current = job_or_404(&st.db, &job, false)?;
+    let current = st.job(&job, false)?;
     match current.state {
         JobState::Finished => {
             return Err(ApiErr::new(Code::JobFinished, format!("job {job} is Finished; nothing to cancel")))
@@ -89,7 +84,7 @@ pub async fn cancel_job(State(st): State<Arc<AppState>>, Path(job): Path<String>
         JobState::Cancelled => {}
         _ => st.db.set_state(&job, JobState::Cancelled, None, None)?,
     }
-    Ok(Json(job_or_404(&st.db, &job, true)?))
+    Ok(Json(st.job(&job, true)?))
 }
 
 /// `GET /whoami`: which role a token has (the dashboard's login check), and what the dashboard

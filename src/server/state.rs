@@ -9,9 +9,11 @@ use std::sync::{Arc, Mutex, OnceLock};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
+use super::error::{ApiErr, ApiResult};
 use super::{db, metrics};
 use crate::image::Manifest;
 use crate::store::{ChunkStore, LocalStore};
+use crate::wire::{Code, Job};
 
 /// Where a receiver can be reached; written to `STORE/receiver.json` so that `ferry job --store`
 /// and `ferry export` on the same machine need no other flags.
@@ -69,6 +71,11 @@ impl AppState {
     /// A disk verified again: the cached manifest is no longer its.
     pub fn forget_manifest(&self, job: &str, disk: u32) {
         self.manifests().remove(&(job.to_string(), disk));
+    }
+
+    /// The job `id`, or the `no_such_job` answer.
+    pub fn job(&self, id: &str, with_token: bool) -> ApiResult<Job> {
+        self.db.job(id, with_token)?.ok_or_else(|| ApiErr::new(Code::NoSuchJob, format!("there is no job {id}")))
     }
 
     /// A job restarted: none of its manifests stay.
