@@ -13,15 +13,38 @@ use reqwest::{Method, RequestBuilder, StatusCode};
 use serde::de::DeserializeOwned;
 
 use crate::tls;
-use crate::wire::{ApiError, API_PREFIX};
+use crate::wire::routes::{self, Call, Route};
+use crate::wire::{ApiError, Code, API_PREFIX};
 
 /// The receiver said no: the status, its stable code, its words.
 #[derive(Debug, thiserror::Error)]
-#[error("the receiver refused: {message} ({code}, HTTP {status})")]
+#[error("the receiver refused: {message} ({raw_code}, HTTP {status})")]
 pub struct Refused {
     pub status: u16,
-    pub code: String,
+    /// The code, when it is one this ferry knows (a newer receiver may send others).
+    pub code: Option<Code>,
+    /// The code as it came.
+    pub raw_code: String,
     pub message: String,
+}
+
+impl Refused {
+    pub fn is(&self, code: Code) -> bool {
+        self.code == Some(code)
+    }
+}
+
+/// Whether `e` is the receiver's refusal with `code`.
+pub fn refused_with(e: &anyhow::Error, code: Code) -> bool {
+    e.downcast_ref::<Refused>().is_some_and(|r| r.is(code))
+}
+
+fn method(m: routes::Method) -> Method {
+    match m {
+        routes::Method::Get => Method::GET,
+        routes::Method::Post => Method::POST,
+        routes::Method::Put => Method::PUT,
+    }
 }
 
 /// How to reach a receiver.
@@ -77,21 +100,50 @@ impl Client {
         })
     }
 
-    /// Sends the request `make` builds (again on each retry) and decodes a JSON answer; an empty
-    /// answer decodes as `null`.
-    pub async fn call<T: DeserializeOwned>(
-        &self,
-        method: Method,
-        path: &str,
-        make: impl Fn(RequestBuilder) -> RequestBuilder,
-    ) -> Result<T> {
-        let (_, body) = self.call_raw(method, path, make).await?;
-        let text = if body.is_empty() { &b"null"[..] } else { &body[..] };
-        serde_json::from_slice(text).with_context(|| format!("decoding the receiver's answer to {path}"))
+    /// The call `C` on the route's path filled with `args`, with `body` as JSON (none for a
+    /// call whose body is `()`); decodes its answer.
+    pub async fn call<C: Call>(&self, args: &[&str], body: &C::Body) -> Result<C::Answer> {
+        let path = C::ROUTE.fill(args);
+        // Serialized once: a retry sends the same bytes (a manifest can be megabytes).
+        let json = bytes::Bytes::from(serde_json::to_vec(body)?);
+        let has_body = &json[..] != b"null";
+        let (_, answer) = self
+            .request(&C::ROUTE, &path, |r| {
+                if has_body {
+                    r.header(reqwest::header::CONTENT_TYPE, "application/json").body(json.clone())
+                } else {
+                    r
+                }
+            })
+            .await?;
+        decode(&answer, &path)
     }
 
-    /// Like [`Client::call`], returning the status and raw body of a successful answer.
+    /// A call whose body and answer are not JSON (a chunk, a transcript): the request `make`
+    /// builds on `route` filled with `args` and `query`; the status and raw body of the answer.
     pub async fn call_raw(
+        &self,
+        route: &Route,
+        args: &[&str],
+        query: &str,
+        make: impl Fn(RequestBuilder) -> RequestBuilder,
+    ) -> Result<(StatusCode, bytes::Bytes)> {
+        let path = format!("{}{query}", route.fill(args));
+        self.request(route, &path, make).await
+    }
+
+    async fn request(
+        &self,
+        route: &Route,
+        path: &str,
+        make: impl Fn(RequestBuilder) -> RequestBuilder,
+    ) -> Result<(StatusCode, bytes::Bytes)> {
+        self.send(method(route.method), path, make).await
+    }
+
+    /// Sends the request `make` builds (again on each retry); the status and raw body of a
+    /// successful answer.
+    async fn send(
         &self,
         method: Method,
         path: &str,
@@ -112,10 +164,17 @@ impl Client {
                         }
                         Ok(body) => {
                             let e: ApiError = serde_json::from_slice(&body).unwrap_or(ApiError {
-                                code: "http".into(),
+                                code: Code::Http.as_str().into(),
                                 message: String::from_utf8_lossy(&body).trim().to_string(),
                             });
-                            return Err(Refused { status: status.as_u16(), code: e.code, message: e.message }.into());
+                            let code = Code::parse(&e.code);
+                            return Err(Refused {
+                                status: status.as_u16(),
+                                code,
+                                raw_code: e.code,
+                                message: e.message,
+                            }
+                            .into());
                         }
                         Err(e) => Err(format!("reading the answer: {e}")),
                     }
@@ -140,6 +199,12 @@ impl Client {
             }
         }
     }
+}
+
+/// A JSON answer; an empty one decodes as `null` (for the calls that answer nothing).
+fn decode<T: DeserializeOwned>(body: &[u8], path: &str) -> Result<T> {
+    let text = if body.is_empty() { &b"null"[..] } else { body };
+    serde_json::from_slice(text).with_context(|| format!("decoding the receiver's answer to {path}"))
 }
 
 fn retryable(s: StatusCode) -> bool {

@@ -1,10 +1,10 @@
 //! Enrollment from the agent's side: with an enrollment token instead of a job, ask the receiver
-//! which job this machine works on (see `server::enroll_api` for the policy).
+//! which job this machine works on (see `server::enroll` for the policy).
 
 use anyhow::{Context, Result};
-use reqwest::Method;
 
 use super::{Client, Endpoint};
+use crate::wire::routes::call;
 use crate::wire::{EnrollAnswer, EnrollRequest, MachineIdentity};
 
 /// The job and agent token for `machine`, from a receiver reached with an enrollment token in
@@ -13,5 +13,5 @@ use crate::wire::{EnrollAnswer, EnrollRequest, MachineIdentity};
 pub async fn enroll(ep: &Endpoint, machine: &MachineIdentity, offline: bool) -> Result<EnrollAnswer> {
     let client = Client::new(ep)?;
     let req = EnrollRequest { machine: machine.clone(), offline };
-    client.call(Method::POST, "/enroll", |r| r.json(&req)).await.context("enrolling this machine")
+    client.call::<call::Enroll>(&[], &req).await.context("enrolling this machine")
 }

@@ -5,5 +5,4 @@ pub mod enroll;
 pub mod send;
 
 pub use client::{Client, Endpoint, Refused};
-pub mod pull;
-pub mod target_check;
+pub mod target;

@@ -12,16 +12,16 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
-use reqwest::Method;
 use serde::Serialize;
 use tokio::sync::{mpsc, Mutex, Semaphore};
 use tokio::task::JoinSet;
 
-use super::client::Client;
+use super::client::{refused_with, Client, Refused};
 use crate::disk::{self, DiskReader};
 use crate::image::hasher::{self, HashedChunk};
 use crate::image::{treehash, ChunkEntry, Manifest, DEFAULT_CHUNK_SIZE, MANIFEST_VERSION};
 use crate::machine::machine_identity;
+use crate::wire::routes::{call, Call};
 use crate::wire::*;
 
 /// Knobs for a send; job options from the receiver fill what is left `None`.
@@ -92,33 +92,26 @@ pub async fn send(
     let mut result = send_opened(client, job, &readers, opts, on_progress).await;
     // Uploads in flight race: the one that hit the real problem (a full store, say) may lose
     // to one refused because the job had already turned InError. Say the job's own reason.
-    if let Err(e) = &result {
-        if e.downcast_ref::<super::client::Refused>().is_some_and(|r| r.code == "job_in_error") {
-            let path = format!("/jobs/{job}");
-            if let Ok(Ok(j)) =
-                tokio::time::timeout(Duration::from_secs(10), client.call::<Job>(Method::GET, &path, |r| r)).await
-            {
-                if let (Some(code), Some(reason)) = (j.error_code, j.error_reason) {
-                    let refused = super::client::Refused {
-                        status: 409,
-                        code,
-                        message: format!("job {job} is InError: {reason}"),
-                    };
-                    result = Err(anyhow::Error::new(refused));
-                }
+    if result.as_ref().is_err_and(|e| refused_with(e, Code::JobInError)) {
+        let args = [job];
+        let show = client.call::<call::ShowJob>(&args, &());
+        if let Ok(Ok(j)) = tokio::time::timeout(Duration::from_secs(10), show).await {
+            if let (Some(code), Some(reason)) = (j.error_code, j.error_reason) {
+                let refused = Refused {
+                    status: 409,
+                    code: Code::parse(&code),
+                    raw_code: code,
+                    message: format!("job {job} is InError: {reason}"),
+                };
+                result = Err(anyhow::Error::new(refused));
             }
         }
     }
     if let Err(e) = &result {
         // Tell the receiver why, unless it is the receiver that refused or cannot be reached.
-        if e.downcast_ref::<super::client::Refused>().is_none() {
-            let f = Failure { code: "agent_error".into(), reason: format!("{e:#}") };
-            let quick = Client::clone(client);
-            let _ = tokio::time::timeout(
-                Duration::from_secs(10),
-                quick.call::<serde_json::Value>(Method::POST, &format!("/jobs/{job}/fail"), |r| r.json(&f)),
-            )
-            .await;
+        if e.downcast_ref::<Refused>().is_none() {
+            let f = Failure { code: Code::AgentError.as_str().into(), reason: format!("{e:#}") };
+            let _ = tokio::time::timeout(Duration::from_secs(10), client.call::<call::Fail>(&[job], &f)).await;
         }
     }
     result
@@ -136,10 +129,7 @@ async fn send_opened(
         disks: readers.iter().map(|r| disk::identify(r)).collect(),
         inventory: opts.inventory.clone(),
     };
-    let registered: Registered = client
-        .call(Method::POST, &format!("/jobs/{job}/register"), |r| r.json(&reg))
-        .await
-        .context("registering with the receiver")?;
+    let registered = client.call::<call::Register>(&[job], &reg).await.context("registering with the receiver")?;
     let job_opts = registered.options;
     let chunk_size = opts.chunk_size.or(job_opts.chunk_size).unwrap_or(DEFAULT_CHUNK_SIZE);
     treehash::validate_chunk_size(chunk_size).map_err(anyhow::Error::msg)?;
@@ -156,7 +146,7 @@ async fn send_opened(
             .with_context(|| format!("sending {}", reader.path().display()))?;
         summaries.push(s);
     }
-    let _: Job = client.call(Method::POST, &format!("/jobs/{job}/finish"), |r| r).await.context("finishing the job")?;
+    client.call::<call::Finish>(&[job], &()).await.context("finishing the job")?;
     Ok(summaries)
 }
 
@@ -184,6 +174,49 @@ impl Throttle {
 /// The most chunks asked about in one `missing` query.
 const BATCH: usize = 8;
 
+/// One disk's pass: what has been hashed, sent and uploaded so far.
+struct DiskPass {
+    index: u32,
+    path: String,
+    size: u64,
+    ids: Vec<Option<ChunkEntry>>,
+    bytes_done: u64,
+    sent_bytes: u64,
+    sent_chunks: u64,
+    zero_chunks: u64,
+    uploads: JoinSet<Result<u64>>,
+}
+
+impl DiskPass {
+    fn progress(&self) -> SendProgress {
+        SendProgress {
+            index: self.index,
+            path: self.path.clone(),
+            size: self.size,
+            bytes_done: self.bytes_done,
+            sent_bytes: self.sent_bytes,
+        }
+    }
+
+    /// Counts the uploads that ended (all of them with `wait`); the first failure ends the pass.
+    async fn reap(&mut self, wait: bool) -> Result<()> {
+        loop {
+            let done = if wait { self.uploads.join_next().await } else { self.uploads.try_join_next() };
+            let Some(done) = done else { return Ok(()) };
+            self.sent_bytes += done.context("an upload task failed")??;
+        }
+    }
+}
+
+/// What every upload of one disk shares.
+struct Uploader {
+    client: Client,
+    job: String,
+    semaphore: Arc<Semaphore>,
+    throttle: Arc<Throttle>,
+    compress: bool,
+}
+
 async fn send_disk(
     client: &Client,
     job: &str,
@@ -198,91 +231,33 @@ async fn send_disk(
     let partition_table =
         disk::read_partition_table(&reader).with_context(|| format!("reading the partition table of {path}"))?;
     let identity = disk::identify(&reader);
+    let disk = index.to_string();
     let begin = BeginDisk { identity: identity.clone(), partition_table: partition_table.clone(), size, chunk_size };
-    let base = format!("/jobs/{job}/disks/{index}");
-    let _: serde_json::Value = client.call(Method::POST, &format!("{base}/begin"), |r| r.json(&begin)).await?;
+    client.call::<call::BeginDisk>(&[job, &disk], &begin).await?;
 
     let count = treehash::chunk_count(size, chunk_size) as usize;
-    let in_flight = opts.in_flight.max(1);
-    let threads = opts.threads.max(1);
-    let (tx, mut rx) = mpsc::channel::<HashedChunk>(threads);
-    let hash_reader = reader.clone();
-    let buffers = threads * 2 + in_flight + BATCH;
-    let hashing =
-        tokio::task::spawn_blocking(move || hasher::hash_chunks_pooled(hash_reader, chunk_size, threads, buffers, tx));
-
-    let semaphore = Arc::new(Semaphore::new(in_flight));
-    let throttle = Arc::new(Throttle { limit: opts.bandwidth_limit, state: Mutex::new((Instant::now(), 0)) });
-    let compress = opts.compress.unwrap_or(false);
-    let mut uploads: JoinSet<Result<u64>> = JoinSet::new();
-    let mut ids: Vec<Option<ChunkEntry>> = vec![None; count];
-    let (mut bytes_done, mut sent_bytes, mut sent_chunks, mut zero_chunks) = (0u64, 0u64, 0u64, 0u64);
-    let started = Instant::now();
-    let mut last_beat = Instant::now();
-
-    while let Some(first) = rx.recv().await {
-        let mut batch = vec![first];
-        while batch.len() < BATCH {
-            match rx.try_recv() {
-                Ok(c) => batch.push(c),
-                Err(_) => break,
-            }
-        }
-        let mut data_chunks = vec![];
-        for c in batch {
-            bytes_done += c.data.len() as u64;
-            ids[c.index as usize] = Some(ChunkEntry { id: c.id, zero: c.zero });
-            if c.zero {
-                zero_chunks += 1;
-            } else {
-                data_chunks.push(c);
-            }
-        }
-        if !data_chunks.is_empty() {
-            let q =
-                MissingQuery { chunks: data_chunks.iter().map(|c| ChunkRef { index: c.index, id: c.id }).collect() };
-            let answer: MissingAnswer = client.call(Method::POST, &format!("{base}/missing"), |r| r.json(&q)).await?;
-            let missing: HashSet<u64> = answer.missing.into_iter().collect();
-            for c in data_chunks.into_iter().filter(|c| missing.contains(&c.index)) {
-                let permit = semaphore.clone().acquire_owned().await.expect("the semaphore is never closed");
-                let (client, throttle, url) = (client.clone(), throttle.clone(), format!("{base}/chunks/{}", c.index));
-                uploads.spawn(async move {
-                    let _permit = permit;
-                    upload(&client, &throttle, &url, c, compress).await
-                });
-                sent_chunks += 1;
-            }
-        }
-        while let Some(done) = uploads.try_join_next() {
-            sent_bytes += done.context("an upload task failed")??;
-        }
-        on_progress(&SendProgress { index, path: path.clone(), size, bytes_done, sent_bytes });
-        if last_beat.elapsed() >= Duration::from_secs(2) {
-            last_beat = Instant::now();
-            let rate = (bytes_done as f64 / started.elapsed().as_secs_f64().max(0.001)) as u64;
-            let p = ProgressReport { bytes_done, rate };
-            let _: serde_json::Value = client.call(Method::POST, &format!("{base}/progress"), |r| r.json(&p)).await?;
-        }
-    }
-    while let Some(done) = uploads.join_next().await {
-        sent_bytes += done.context("an upload task failed")??;
-    }
-    hashing.await.context("the hashing task failed")??;
-    on_progress(&SendProgress { index, path: path.clone(), size, bytes_done, sent_bytes });
-
-    let chunks: Vec<ChunkEntry> = ids
+    let mut pass = DiskPass {
+        index,
+        path,
+        size,
+        ids: vec![None; count],
+        bytes_done: 0,
+        sent_bytes: 0,
+        sent_chunks: 0,
+        zero_chunks: 0,
+        uploads: JoinSet::new(),
+    };
+    hash_and_send(client, job, reader, opts, &mut pass, on_progress).await?;
+    let chunks: Vec<ChunkEntry> = std::mem::take(&mut pass.ids)
         .into_iter()
         .enumerate()
-        .map(|(i, e)| e.with_context(|| format!("chunk {i} of {path} was never hashed")))
+        .map(|(i, e)| e.with_context(|| format!("chunk {i} of {} was never hashed", pass.path)))
         .collect::<Result<_>>()?;
     let root = treehash::root_from_ids(&chunks.iter().map(|c| c.id).collect::<Vec<_>>(), size, chunk_size)?;
     let manifest =
         Manifest { version: MANIFEST_VERSION, identity, partition_table, size, chunk_size, blake3: root, chunks };
-    let manifest_json = Bytes::from(serde_json::to_vec(&manifest)?);
-    let verdict: DiskVerdict = client
-        .call(Method::POST, &format!("{base}/complete"), |r| {
-            r.header(reqwest::header::CONTENT_TYPE, "application/json").body(manifest_json.clone())
-        })
+    let verdict = client
+        .call::<call::CompleteDisk>(&[job, &disk], &manifest)
         .await
         .context("asking the receiver to verify the disk")?;
     let local = hex::encode(root);
@@ -291,21 +266,113 @@ async fn send_disk(
     }
     Ok(DiskSummary {
         index,
-        path,
+        path: pass.path,
         size,
         blake3: local,
         chunks: count as u64,
-        zero_chunks,
-        sent_chunks,
-        sent_bytes,
+        zero_chunks: pass.zero_chunks,
+        sent_chunks: pass.sent_chunks,
+        sent_bytes: pass.sent_bytes,
         verified: true,
     })
 }
 
+/// The one pass over the disk: chunks hashed in parallel, asked about in batches, the missing
+/// ones uploaded (a bounded number in flight), a heartbeat every 2 s.
+async fn hash_and_send(
+    client: &Client,
+    job: &str,
+    reader: Arc<DiskReader>,
+    opts: &SendOptions,
+    pass: &mut DiskPass,
+    on_progress: &mut (dyn FnMut(&SendProgress) + Send),
+) -> Result<()> {
+    let chunk_size = opts.chunk_size.unwrap_or(DEFAULT_CHUNK_SIZE);
+    let disk = pass.index.to_string();
+    let in_flight = opts.in_flight.max(1);
+    let threads = opts.threads.max(1);
+    let (tx, mut rx) = mpsc::channel::<HashedChunk>(threads);
+    let buffers = threads * 2 + in_flight + BATCH;
+    let hashing =
+        tokio::task::spawn_blocking(move || hasher::hash_chunks_pooled(reader, chunk_size, threads, buffers, tx));
+    let up = Uploader {
+        client: client.clone(),
+        job: job.to_string(),
+        semaphore: Arc::new(Semaphore::new(in_flight)),
+        throttle: Arc::new(Throttle { limit: opts.bandwidth_limit, state: Mutex::new((Instant::now(), 0)) }),
+        compress: opts.compress.unwrap_or(false),
+    };
+    let started = Instant::now();
+    let mut last_beat = Instant::now();
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < BATCH {
+            match rx.try_recv() {
+                Ok(c) => batch.push(c),
+                Err(_) => break,
+            }
+        }
+        send_batch(&up, pass, batch).await?;
+        pass.reap(false).await?;
+        on_progress(&pass.progress());
+        if last_beat.elapsed() >= Duration::from_secs(2) {
+            last_beat = Instant::now();
+            let rate = (pass.bytes_done as f64 / started.elapsed().as_secs_f64().max(0.001)) as u64;
+            let p = ProgressReport { bytes_done: pass.bytes_done, rate };
+            client.call::<call::Progress>(&[job, &disk], &p).await?;
+        }
+    }
+    pass.reap(true).await?;
+    hashing.await.context("the hashing task failed")??;
+    on_progress(&pass.progress());
+    Ok(())
+}
+
+/// Records a batch of hashed chunks, asks which of its data chunks the receiver lacks, and
+/// starts their uploads.
+async fn send_batch(up: &Uploader, pass: &mut DiskPass, batch: Vec<HashedChunk>) -> Result<()> {
+    let mut data_chunks = vec![];
+    for c in batch {
+        pass.bytes_done += c.data.len() as u64;
+        pass.ids[c.index as usize] = Some(ChunkEntry { id: c.id, zero: c.zero });
+        if c.zero {
+            pass.zero_chunks += 1;
+        } else {
+            data_chunks.push(c);
+        }
+    }
+    if data_chunks.is_empty() {
+        return Ok(());
+    }
+    let disk = pass.index.to_string();
+    let q = MissingQuery { chunks: data_chunks.iter().map(|c| ChunkRef { index: c.index, id: c.id }).collect() };
+    let answer = up.client.call::<call::Missing>(&[&up.job, &disk], &q).await?;
+    let missing: HashSet<u64> = answer.missing.into_iter().collect();
+    for c in data_chunks.into_iter().filter(|c| missing.contains(&c.index)) {
+        let permit = up.semaphore.clone().acquire_owned().await.expect("the semaphore is never closed");
+        let (client, throttle, job, disk, compress) =
+            (up.client.clone(), up.throttle.clone(), up.job.clone(), disk.clone(), up.compress);
+        pass.uploads.spawn(async move {
+            let _permit = permit;
+            upload(&client, &throttle, &job, &disk, c, compress).await
+        });
+        pass.sent_chunks += 1;
+    }
+    Ok(())
+}
+
 /// Uploads one chunk (zstd-compressed when that helps); returns the bytes put on the wire.
-async fn upload(client: &Client, throttle: &Throttle, path: &str, chunk: HashedChunk, compress: bool) -> Result<u64> {
+async fn upload(
+    client: &Client,
+    throttle: &Throttle,
+    job: &str,
+    disk: &str,
+    chunk: HashedChunk,
+    compress: bool,
+) -> Result<u64> {
     let id = hex::encode(chunk.id);
     let index = chunk.index;
+    let index_arg = index.to_string();
     let (body, encoded) = if compress {
         let packed = tokio::task::spawn_blocking(move || {
             let z = zstd::bulk::compress(&chunk.data, 1).ok();
@@ -322,7 +389,7 @@ async fn upload(client: &Client, throttle: &Throttle, path: &str, chunk: HashedC
     throttle.take(body.len() as u64).await;
     let len = body.len() as u64;
     client
-        .call_raw(Method::PUT, path, |r| {
+        .call_raw(&call::PutChunk::ROUTE, &[job, disk, &index_arg], "", |r| {
             let r = r.header(CHUNK_ID_HEADER, &id).header(reqwest::header::CONTENT_TYPE, "application/octet-stream");
             let r = if encoded { r.header(reqwest::header::CONTENT_ENCODING, "zstd") } else { r };
             r.body(body.clone())

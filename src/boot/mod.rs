@@ -4,6 +4,7 @@
 
 pub mod files;
 pub mod grub;
+pub mod keys;
 
 /// The command line every boot path gets before anything else: both consoles (the last one,
 /// the screen, becomes /dev/console), reboot 30 s after a kernel panic, unthrottled kmsg for
@@ -40,6 +41,29 @@ impl LiveArgs<'_> {
         }
         s
     }
+}
+
+/// Splits a command line into words, keeping double-quoted spaces inside a word.
+pub fn split_words(line: &str) -> Vec<String> {
+    let mut words = vec![];
+    let mut cur = String::new();
+    let mut quoted = false;
+    for c in line.chars() {
+        if c == '"' {
+            quoted = !quoted;
+            cur.push(c);
+        } else if c.is_whitespace() && !quoted {
+            if !cur.is_empty() {
+                words.push(std::mem::take(&mut cur));
+            }
+        } else {
+            cur.push(c);
+        }
+    }
+    if !cur.is_empty() {
+        words.push(cur);
+    }
+    words
 }
 
 /// A value that may go into a boot script (iPXE, GRUB) or a kernel command line: nothing that

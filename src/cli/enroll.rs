@@ -1,18 +1,18 @@
 //! `ferry job enroll create|list|revoke`: enrollments for migration waves.
 
 use anyhow::Result;
-use reqwest::Method;
 
-use super::job::{admin_client, receiver_for_sources};
+use super::admin::{admin_client, receiver_for_sources};
 use crate::cmdline::EnrollCommand;
-use crate::wire::{CreateEnrollment, Enrollment, TargetKind};
+use crate::wire::routes::call;
+use crate::wire::{CreateEnrollment, TargetKind};
 
 pub async fn run(cmd: EnrollCommand) -> Result<i32> {
     match cmd {
         EnrollCommand::Create { admin, name, job, max_jobs } => {
             let c = admin_client(&admin)?;
             let req = CreateEnrollment { name, target: job.target_kind(), options: job.options(), max_jobs };
-            let e: Enrollment = c.call(Method::POST, "/enrollments", |r| r.json(&req)).await?;
+            let e = c.call::<call::CreateEnrollment>(&[], &req).await?;
             if admin.json {
                 println!("{}", serde_json::to_string_pretty(&e)?);
                 return Ok(0);
@@ -35,7 +35,7 @@ pub async fn run(cmd: EnrollCommand) -> Result<i32> {
         }
         EnrollCommand::List { admin } => {
             let c = admin_client(&admin)?;
-            let list: Vec<Enrollment> = c.call(Method::GET, "/enrollments", |r| r).await?;
+            let list = c.call::<call::ListEnrollments>(&[], &()).await?;
             if admin.json {
                 println!("{}", serde_json::to_string_pretty(&list)?);
             } else if list.is_empty() {
@@ -63,7 +63,7 @@ pub async fn run(cmd: EnrollCommand) -> Result<i32> {
         }
         EnrollCommand::Revoke { admin, id } => {
             let c = admin_client(&admin)?;
-            let e: Enrollment = c.call(Method::POST, &format!("/enrollments/{id}/revoke"), |r| r).await?;
+            let e = c.call::<call::RevokeEnrollment>(&[&id], &()).await?;
             if admin.json {
                 println!("{}", serde_json::to_string_pretty(&e)?);
             } else {

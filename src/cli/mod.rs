@@ -1,5 +1,6 @@
 //! The verbs of the `ferry` binary. Exit codes: 0 ok, 1 failed, 2 bad usage.
 
+mod admin;
 mod docs;
 mod enroll;
 mod export;
@@ -7,10 +8,10 @@ mod hash;
 mod image;
 mod inspect;
 mod job;
+mod job_view;
 pub mod progress;
 mod pull;
 
-pub use inspect::render as render_disks;
 mod send;
 mod serve;
 

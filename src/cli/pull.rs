@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::Result;
 
 use super::progress::Progress;
-use crate::agent::pull::{failure_code, pull, PullEvent, PullOptions};
+use crate::agent::target::{failure_code, pull, PullEvent, PullOptions};
 use crate::agent::Client;
 use crate::cmdline::PullArgs;
 use crate::image::hasher;

@@ -5,6 +5,7 @@ pub mod gpt_grow;
 pub mod ioctl;
 pub mod lock;
 pub mod partitions;
+pub mod report;
 pub mod source;
 pub mod sysfs;
 pub mod types;
@@ -16,6 +17,7 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 pub use partitions::{read_partition_table, Partition, PartitionTable, TableKind};
+pub use report::render;
 pub use source::DiskReader;
 
 /// What identifies a disk: where it was found, what the hardware says it is, and its geometry.

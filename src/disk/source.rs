@@ -108,22 +108,21 @@ impl DiskReader {
     }
 
     /// Fills `buf` from `offset`. A read that ends early (the device shrank or vanished) and an
-    /// I/O error both name the path and the offset.
+    /// I/O error are both a [`ReadFailure`], naming the path and the offset.
     pub fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
         let mut done = 0usize;
         while done < buf.len() {
             let at = offset + done as u64;
             match self.file.read_at(&mut buf[done..], at) {
-                Ok(0) => bail!(
-                    "{}: the disk ended at byte {at}, but it was {} bytes when opened (removed or resized?)",
-                    self.path.display(),
-                    self.size
-                ),
+                Ok(0) => {
+                    let kind = ReadFailureKind::Ended { opened_size: self.size };
+                    return Err(ReadFailure { path: self.path.clone(), offset: at, kind }.into());
+                }
                 Ok(n) => done += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
-                    return Err(e)
-                        .with_context(|| format!("{}: I/O error reading at byte offset {at}", self.path.display()))
+                    let kind = ReadFailureKind::Io(e);
+                    return Err(ReadFailure { path: self.path.clone(), offset: at, kind }.into());
                 }
             }
         }
@@ -134,6 +133,50 @@ impl DiskReader {
     /// write fails).
     pub fn cursor(&self) -> ReadCursor<'_> {
         ReadCursor { disk: self, pos: 0 }
+    }
+}
+
+/// A disk could not be read: the disk's fault (a failing disk or cable, a disk removed), not
+/// the network's. Callers tell the technician so by this type, not by its words.
+#[derive(Debug)]
+pub struct ReadFailure {
+    pub path: PathBuf,
+    pub offset: u64,
+    pub kind: ReadFailureKind,
+}
+
+#[derive(Debug)]
+pub enum ReadFailureKind {
+    Io(io::Error),
+    Ended { opened_size: u64 },
+}
+
+impl std::fmt::Display for ReadFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (path, at) = (self.path.display(), self.offset);
+        match &self.kind {
+            ReadFailureKind::Io(_) => write!(f, "{path}: I/O error reading at byte offset {at}"),
+            ReadFailureKind::Ended { opened_size } => write!(
+                f,
+                "{path}: the disk ended at byte {at}, but it was {opened_size} bytes when opened (removed or resized?)"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for ReadFailure {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match &self.kind {
+            ReadFailureKind::Io(e) => Some(e),
+            ReadFailureKind::Ended { .. } => None,
+        }
+    }
+}
+
+impl ReadFailure {
+    /// Whether `e` (or what it wraps) is a disk that could not be read.
+    pub fn in_chain(e: &anyhow::Error) -> bool {
+        e.chain().any(|c| c.is::<ReadFailure>())
     }
 }
 

@@ -32,7 +32,8 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 
 use crate::boot::files::{self as names, ImageInfo, Package};
-use crate::boot::grub;
+use crate::boot::keys::{PREFIX, TOML_KEYS};
+use crate::boot::{grub, split_words};
 use crate::cmdline::ImageBuildArgs;
 use cpio::{Archive, Data};
 
@@ -150,29 +151,6 @@ fn default_cache() -> PathBuf {
     base.join("ferry")
 }
 
-/// Splits a command line into words, keeping double-quoted spaces inside a word.
-fn split_words(line: &str) -> Vec<String> {
-    let mut words = vec![];
-    let mut cur = String::new();
-    let mut quoted = false;
-    for c in line.chars() {
-        if c == '"' {
-            quoted = !quoted;
-            cur.push(c);
-        } else if c.is_whitespace() && !quoted {
-            if !cur.is_empty() {
-                words.push(std::mem::take(&mut cur));
-            }
-        } else {
-            cur.push(c);
-        }
-    }
-    if !cur.is_empty() {
-        words.push(cur);
-    }
-    words
-}
-
 /// Splits `--cmdline` for the USB image: `ferry.*` keys go to ferry.toml (key without the
 /// prefix, value unquoted) so they stay editable on the stick (the kernel command line would
 /// win over the file), and every other word stays on the kernel command line.
@@ -181,7 +159,7 @@ pub fn split_cmdline(extra: &str) -> (Vec<String>, Vec<(String, String)>) {
     let mut keys = vec![];
     for w in split_words(extra) {
         let unq = w.replace('"', "");
-        match unq.strip_prefix("ferry.").and_then(|kv| kv.split_once('=')) {
+        match unq.strip_prefix(PREFIX).and_then(|kv| kv.split_once('=')) {
             Some((k, v)) if !k.is_empty() => keys.push((k.to_string(), v.to_string())),
             _ => kernel.push(w),
         }
@@ -218,52 +196,6 @@ fn toml_string(s: &str) -> String {
 /// The editable ferry.toml on the stick, with `keys` (from `--cmdline`) set and the rest
 /// commented out.
 pub fn ferry_toml(keys: &[(String, String)]) -> String {
-    const KNOWN: &[(&str, &str, &str)] = &[
-        (
-            "server",
-            "https://192.0.2.10:8443",
-            "The receiver, as `ferry serve` prints it. Use an IP address: the live image does not\n\
-             # resolve host names.",
-        ),
-        (
-            "pin",
-            "<64 hex digits>",
-            "SHA-256 pin of the receiver's TLS certificate, printed by `ferry serve`. The image\n\
-             # talks only to the receiver holding that certificate.",
-        ),
-        ("job", "<job id>", "The migration job (`ferry job create`, `ferry job list`, or the dashboard)."),
-        (
-            "token",
-            "<job token>",
-            "The job's token: the agent token on a source, the target token on a target. It works\n\
-             # for that job only.",
-        ),
-        (
-            "enroll",
-            "<enrollment token>",
-            "Instead of job and token, on the sticks of a whole wave: an enrollment token\n\
-             # (`ferry job enroll create`). Each source gets a job of its own, named after its serial.",
-        ),
-        (
-            "role",
-            "source",
-            "\"source\" (the default): send this machine's disks, never writing them. \"target\":\n\
-             # receive a finished job's disks; THIS MACHINE'S DISKS ARE OVERWRITTEN.",
-        ),
-        (
-            "on_finish",
-            "reboot",
-            "After the verdict: \"reboot\" (the default), \"poweroff\", or \"wait\" (stay on the\n\
-             # verdict screen until someone acts).",
-        ),
-        (
-            "disks",
-            "sda,nvme0n1",
-            "Disks to send, by kernel name, comma-separated. Absent or empty: every disk except\n\
-             # this stick.",
-        ),
-        ("countdown", "10", "Seconds the verdict stays on screen before on_finish (default 10)."),
-    ];
     let mut t = String::from(
         "# ferry.toml: settings for the ferry live image, read from this stick when it boots.\n\
          #\n\
@@ -272,15 +204,15 @@ pub fn ferry_toml(keys: &[(String, String)]) -> String {
          # kernel command line wins over this file. Remove the leading \"# \" to set a key; values\n\
          # are quoted strings.\n",
     );
-    for (k, example, help) in KNOWN {
-        t.push_str(&format!("\n# {help}\n"));
-        match keys.iter().rev().find(|(key, _)| key == k) {
-            Some((_, v)) => t.push_str(&format!("{k} = {}\n", toml_string(v))),
-            None => t.push_str(&format!("# {k} = {}\n", toml_string(example))),
+    for k in TOML_KEYS {
+        t.push_str(&format!("\n# {}\n", k.help));
+        match keys.iter().rev().find(|(key, _)| key == k.key) {
+            Some((_, v)) => t.push_str(&format!("{} = {}\n", k.key, toml_string(v))),
+            None => t.push_str(&format!("# {} = {}\n", k.key, toml_string(k.example))),
         }
     }
     let others: Vec<&(String, String)> =
-        keys.iter().filter(|(k, _)| !KNOWN.iter().any(|(known, _, _)| known == k)).collect();
+        keys.iter().filter(|(k, _)| !TOML_KEYS.iter().any(|known| known.key == k)).collect();
     if !others.is_empty() {
         t.push_str("\n# Other keys given at build time.\n");
         for (k, v) in others {

@@ -9,6 +9,8 @@ use std::net::Ipv4Addr;
 
 use serde::Deserialize;
 
+use crate::boot::keys;
+
 /// What to do when the work is over.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -65,33 +67,16 @@ pub struct LiveConfig {
     pub errors: Vec<String>,
 }
 
-/// Splits a command line into `key[=value]` words, honouring double quotes.
+/// Splits a command line into `key[=value]` words, honouring double quotes (which go).
 pub fn tokenize(line: &str) -> Vec<(String, Option<String>)> {
-    let mut out = vec![];
-    let mut cur = String::new();
-    let mut in_quotes = false;
-    let mut words = vec![];
-    for c in line.chars() {
-        match c {
-            '"' => in_quotes = !in_quotes,
-            c if c.is_whitespace() && !in_quotes => {
-                if !cur.is_empty() {
-                    words.push(std::mem::take(&mut cur));
-                }
-            }
-            c => cur.push(c),
-        }
-    }
-    if !cur.is_empty() {
-        words.push(cur);
-    }
-    for w in words {
-        match w.split_once('=') {
-            Some((k, v)) => out.push((k.to_string(), Some(v.to_string()))),
-            None => out.push((w, None)),
-        }
-    }
-    out
+    crate::boot::split_words(line)
+        .into_iter()
+        .map(|w| w.replace('"', ""))
+        .map(|w| match w.split_once('=') {
+            Some((k, v)) => (k.to_string(), Some(v.to_string())),
+            None => (w, None),
+        })
+        .collect()
 }
 
 fn parse_bool(v: Option<&str>) -> Result<bool, String> {
@@ -116,17 +101,17 @@ impl LiveConfig {
     pub fn apply(&mut self, key: &str, value: Option<&str>) {
         let need = |v: Option<&str>| v.filter(|s| !s.is_empty()).map(str::to_string);
         match key {
-            "ferry.server" => self.server = need(value),
-            "ferry.job" => self.job = need(value),
-            "ferry.token" => self.token = need(value),
-            "ferry.enroll" => self.enroll = need(value),
-            "ferry.pin" => self.pin = need(value),
-            "ferry.role" => match value {
+            keys::SERVER => self.server = need(value),
+            keys::JOB => self.job = need(value),
+            keys::TOKEN => self.token = need(value),
+            keys::ENROLL => self.enroll = need(value),
+            keys::PIN => self.pin = need(value),
+            keys::ROLE => match value {
                 Some("source") => self.role = Role::Source,
                 Some("target") => self.role = Role::Target,
                 other => self.errors.push(format!("ferry.role={} must be source or target", other.unwrap_or(""))),
             },
-            "ferry.on_finish" => match value {
+            keys::ON_FINISH => match value {
                 Some("reboot") => self.on_finish = OnFinish::Reboot,
                 Some("poweroff") => self.on_finish = OnFinish::Poweroff,
                 Some("wait") => self.on_finish = OnFinish::Wait,
@@ -134,7 +119,7 @@ impl LiveConfig {
                     .errors
                     .push(format!("ferry.on_finish={} must be reboot, poweroff or wait", other.unwrap_or(""))),
             },
-            "ferry.disks" => {
+            keys::DISKS => {
                 self.disks = value
                     .unwrap_or("")
                     .split(',')
@@ -142,31 +127,31 @@ impl LiveConfig {
                     .filter(|d| !d.is_empty())
                     .collect()
             }
-            "ferry.countdown" => match value.and_then(|v| v.parse().ok()) {
+            keys::COUNTDOWN => match value.and_then(|v| v.parse().ok()) {
                 Some(n) => self.countdown = n,
                 None => {
                     self.errors.push(format!("ferry.countdown={} must be a number of seconds", value.unwrap_or("")))
                 }
             },
-            "ferry.retry" => match value.and_then(|v| v.parse().ok()) {
+            keys::RETRY => match value.and_then(|v| v.parse().ok()) {
                 Some(n) => self.retry = n,
                 None => self.errors.push(format!("ferry.retry={} must be a number of seconds", value.unwrap_or(""))),
             },
-            "ferry.plain_http" => match parse_bool(value) {
+            keys::PLAIN_HTTP => match parse_bool(value) {
                 Ok(b) => self.plain_http = b,
                 Err(e) => self.errors.push(format!("ferry.plain_http: {e}")),
             },
-            "ip" => match parse_ip(value.unwrap_or("")) {
+            keys::IP => match parse_ip(value.unwrap_or("")) {
                 Ok(ip) => self.ip = ip,
                 Err(e) => self.errors.push(e),
             },
-            "BOOTIF" => match parse_bootif(value.unwrap_or("")) {
+            keys::BOOTIF => match parse_bootif(value.unwrap_or("")) {
                 Some(mac) => self.bootif = Some(mac),
                 None => self.errors.push(format!("BOOTIF={} is not 01-aa-bb-cc-dd-ee-ff", value.unwrap_or(""))),
             },
             // Read directly by the logger, before anything else is parsed.
-            "ferry.debug" => {}
-            k if k.starts_with("ferry.") => self.unknown.push(k.to_string()),
+            keys::DEBUG => {}
+            k if k.starts_with(keys::PREFIX) => self.unknown.push(k.to_string()),
             _ => {}
         }
     }
@@ -177,7 +162,7 @@ impl LiveConfig {
         let table: BTreeMap<String, toml::Value> = toml::from_str(text).map_err(|e| format!("ferry.toml: {e}"))?;
         let on_cmdline: Vec<String> = tokenize(cmdline).into_iter().map(|(k, _)| k).collect();
         for (k, v) in table {
-            let key = format!("ferry.{k}");
+            let key = format!("{}{k}", keys::PREFIX);
             if on_cmdline.contains(&key) {
                 continue;
             }
@@ -199,19 +184,19 @@ impl LiveConfig {
     pub fn missing_keys(&self) -> Vec<&'static str> {
         let mut m = vec![];
         if self.server.is_none() {
-            m.push("ferry.server");
+            m.push(keys::SERVER);
         }
         // A source may enroll instead of naming its job; a target always names the job it
         // receives (the operator allows wiping it job by job).
         let enrolls = self.enroll.is_some() && self.role == Role::Source && self.job.is_none();
         if self.job.is_none() && !enrolls {
-            m.push("ferry.job");
+            m.push(keys::JOB);
         }
         if self.token.is_none() && !enrolls {
-            m.push("ferry.token");
+            m.push(keys::TOKEN);
         }
         if self.pin.is_none() && !self.plain_http {
-            m.push("ferry.pin");
+            m.push(keys::PIN);
         }
         m
     }

@@ -1,16 +1,18 @@
 //! The live image in target role (`ferry.role=target`): this machine receives a finished job's
-//! disks. The checks, the write order and the read-back are the agent's ([`crate::agent::pull`]);
+//! disks. The checks, the write order and the read-back are the agent's ([`crate::agent::target`]);
 //! this module gives them a screen a technician can follow and words for every refusal.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use super::console::Verdict;
-use super::worker::{print_disk_table, Failed};
-use crate::agent::pull::{failure_code, pull, PullEvent, PullOptions};
+use super::steps::disks::print_disk_table;
+use super::verdict::{advice, Doing, Failed};
+use crate::agent::target::{failure_code, pull, PullEvent, PullOptions};
 use crate::agent::Client;
 use crate::image::hasher;
 use crate::util::{human_bytes, human_duration};
+use crate::wire::Code;
 
 /// Writes the job's disks onto `disks` (every disk but the boot medium), chosen by size and bus
 /// order. The source may still be sending: the target waits for it.
@@ -83,52 +85,18 @@ pub(super) async fn run(client: &Client, job: &str, disks: &[PathBuf], started: 
                     lines.push(format!("  ({} chunks written before the interruption were kept)", d.reused_chunks));
                 }
             }
-            Ok(Verdict {
-                ok: true,
-                headline: "MIGRATED".into(),
+            Ok(Verdict::migrated(
                 lines,
-                advice: vec![
-                    "Remove the ferry stick (or the PXE entry): the machine starts the migrated system.".into()
-                ],
-                on_finish: None,
-                countdown: None,
-            })
+                vec!["Remove the ferry stick (or the PXE entry): the machine starts the migrated system.".into()],
+            ))
         }
-        Err(e) if failure_code(&e) == "already_delivered" => Ok(Verdict {
-            ok: true,
-            headline: "MIGRATED".into(),
-            lines: vec![format!("job {job} was already written to this machine and verified; nothing was written now")],
-            advice: vec![
-                "Remove the ferry stick (or the PXE entry) and start the machine from its disks; it powers off now rather than start ferry again."
-                    .into(),
-            ],
-            on_finish: Some(super::cmdline::OnFinish::Poweroff),
-            countdown: None,
-        }),
+        Err(e) if failure_code(&e) == Code::AlreadyDelivered => Ok(Verdict::already_done(
+            format!("job {job} was already written to this machine and verified; nothing was written now"),
+            "Remove the ferry stick (or the PXE entry) and start the machine from its disks; it powers off now rather than start ferry again.",
+        )),
         Err(e) => {
-            let code = failure_code(&e).to_string();
-            Err(Failed { lines: vec![format!("{e:#} [{code}]")], advice: vec![advice(&code).into()] })
+            let code = failure_code(&e);
+            Err(Failed { lines: vec![format!("{e:#} [{code}]")], advice: vec![advice(Some(code), Doing::Target).into()] })
         }
-    }
-}
-
-/// What the technician does about each refusal or failure.
-fn advice(code: &str) -> &'static str {
-    match code {
-        "wipe_not_allowed" => {
-            "Nothing was written. The operator must allow wiping this machine: give them the serial and UUID shown above (ferry job target JOB --target-machine SERIAL --allow-wipe), then reboot from the stick."
-        }
-        "wrong_target" => "Nothing was written: this is not the machine the job names. Check the server's label against the job.",
-        "target_is_source" => "Nothing was written: this machine or one of its disks is the source of the migration.",
-        "too_few_disks" | "disk_too_small" | "sector_size_mismatch" | "disk_not_named" => {
-            "Nothing was written: this machine's disks cannot hold the source's. Give this screen to the operator."
-        }
-        "source_not_finished" => "The source has not finished sending. Reboot from the stick once it has.",
-        "disk_busy" => "Nothing was written: a disk is in use. Reboot from the stick and try again.",
-        "target_busy" => "Nothing was written: another machine is writing this job's disks right now. Check the job with the operator.",
-        "readback_mismatch" | "write_failed" | "read_failed" | "chunk_corrupt" | "manifest_mismatch" => {
-            "The disks were left without a partition table, so they do not start half-written. Reboot from the stick to try again; if it repeats, a disk or the receiver's store may be failing."
-        }
-        _ => "Give this screen to the operator; reboot from the stick to try again (a half-written disk does not start).",
     }
 }

@@ -4,7 +4,7 @@
 
 use crate::machine::same_id;
 use crate::util::human_bytes;
-use crate::wire::{DiskIdentity, SourceDisk};
+use crate::wire::{Code, DiskIdentity, SourceDisk};
 
 /// A disk of the target machine, as the checks see it.
 #[derive(Clone, Debug)]
@@ -16,11 +16,11 @@ pub struct TargetDisk {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
-    pub code: &'static str,
+    pub code: Code,
     pub reason: String,
 }
 
-fn refuse(code: &'static str, reason: String) -> Refusal {
+fn refuse(code: Code, reason: String) -> Refusal {
     Refusal { code, reason }
 }
 
@@ -70,19 +70,19 @@ pub fn plan(
             format!(" of the disks the job names ({})", named.join(", "))
         };
         return Err(refuse(
-            "too_few_disks",
+            Code::TooFewDisks,
             format!("the source has {} disks, this machine has {usable}{which}", sources.len()),
         ));
     }
     for t in targets {
         if let Some(why) = is_source_disk(t, sources, rewriting) {
-            return Err(refuse("target_is_source", format!("{why}: ferry never writes to the source")));
+            return Err(refuse(Code::TargetIsSource, format!("{why}: ferry never writes to the source")));
         }
     }
     if explicit {
         if let Some(t) = targets.iter().take(sources.len()).find(|t| !eligible(t)) {
             return Err(refuse(
-                "disk_not_named",
+                Code::DiskNotNamed,
                 format!("{} is not one of the disks the job names ({})", t.identity.path, named.join(", ")),
             ));
         }
@@ -92,7 +92,7 @@ pub fn plan(
         |s: &SourceDisk, t: &TargetDisk| t.identity.logical_sector_size == s.identity.logical_sector_size;
     let too_small = |s: &SourceDisk, t: &TargetDisk| {
         refuse(
-            "disk_too_small",
+            Code::DiskTooSmall,
             format!(
                 "source disk {} is {} ({} bytes); {} is only {} ({} bytes)",
                 s.index,
@@ -106,7 +106,7 @@ pub fn plan(
     };
     let sector_mismatch = |s: &SourceDisk, t: &TargetDisk| {
         refuse(
-            "sector_size_mismatch",
+            Code::SectorSizeMismatch,
             format!(
                 "source disk {} has {}-byte sectors, {} has {}-byte sectors: its partition table would not fit",
                 s.index, s.identity.logical_sector_size, t.identity.path, t.identity.logical_sector_size
@@ -194,7 +194,7 @@ mod tests {
     const G: u64 = 1 << 30;
 
     /// (case, sources, targets, explicit, expected mapping or refusal code)
-    type Case = (&'static str, Vec<SourceDisk>, Vec<TargetDisk>, bool, Result<Mapping, &'static str>);
+    type Case = (&'static str, Vec<SourceDisk>, Vec<TargetDisk>, bool, Result<Mapping, Code>);
 
     #[test]
     fn table_of_cases() {
@@ -237,35 +237,35 @@ mod tests {
                 vec![source(0, G, 512, None, None), source(1, G, 512, None, None)],
                 vec![target("a", 9 * G, 512, None, None)],
                 false,
-                Err("too_few_disks"),
+                Err(Code::TooFewDisks),
             ),
             (
                 "smaller disk",
                 vec![source(0, 10 * G, 512, None, None)],
                 vec![target("a", 10 * G - 512, 512, None, None)],
                 false,
-                Err("disk_too_small"),
+                Err(Code::DiskTooSmall),
             ),
             (
                 "4Kn vs 512",
                 vec![source(0, 10 * G, 512, None, None)],
                 vec![target("a", 10 * G, 4096, None, None)],
                 false,
-                Err("sector_size_mismatch"),
+                Err(Code::SectorSizeMismatch),
             ),
             (
                 "same serial",
                 vec![source(0, G, 512, Some("QM0001"), None)],
                 vec![target("a", G, 512, Some("qm0001"), None)],
                 false,
-                Err("target_is_source"),
+                Err(Code::TargetIsSource),
             ),
             (
                 "same GPT disk GUID",
                 vec![source(0, G, 512, None, guid)],
                 vec![target("a", G, 512, None, guid)],
                 false,
-                Err("target_is_source"),
+                Err(Code::TargetIsSource),
             ),
             (
                 "placeholder serials are no identity",
@@ -286,7 +286,7 @@ mod tests {
                 vec![source(0, 2 * G, 512, None, None), source(1, G, 512, None, None)],
                 vec![target("a", G, 512, None, None), target("b", 5 * G, 512, None, None)],
                 true,
-                Err("disk_too_small"),
+                Err(Code::DiskTooSmall),
             ),
         ];
         for (name, sources, targets, explicit, want) in cases {
@@ -303,16 +303,22 @@ mod tests {
         // Best fit would pick the small USB disk; the job names the SSD.
         assert_eq!(plan(&sources, &targets, false, &[], false), Ok(vec![(0, 0)]));
         assert_eq!(plan(&sources, &targets, false, &["ssd-9".into()], false), Ok(vec![(0, 1)]));
-        assert_eq!(plan(&sources, &targets, true, &["SSD-9".into()], false).map_err(|r| r.code), Err("disk_not_named"));
-        assert_eq!(plan(&sources, &targets, false, &["NOPE".into()], false).map_err(|r| r.code), Err("too_few_disks"));
+        assert_eq!(
+            plan(&sources, &targets, true, &["SSD-9".into()], false).map_err(|r| r.code),
+            Err(Code::DiskNotNamed)
+        );
+        assert_eq!(
+            plan(&sources, &targets, false, &["NOPE".into()], false).map_err(|r| r.code),
+            Err(Code::TooFewDisks)
+        );
         // A disk an interrupted delivery wrote carries the source's GUID: refused unless rewriting.
         let written = [target("ssd", 4 * G, 512, Some("SSD-9"), guid)];
-        assert_eq!(plan(&sources, &written, false, &[], false).map_err(|r| r.code), Err("target_is_source"));
+        assert_eq!(plan(&sources, &written, false, &[], false).map_err(|r| r.code), Err(Code::TargetIsSource));
         assert_eq!(plan(&sources, &written, false, &[], true), Ok(vec![(0, 0)]));
         // The serial still counts when rewriting.
         let same_serial = [target("x", G, 512, Some("QM7"), None)];
         let src = [source(0, G, 512, Some("QM7"), None)];
-        assert_eq!(plan(&src, &same_serial, false, &[], true).map_err(|r| r.code), Err("target_is_source"));
+        assert_eq!(plan(&src, &same_serial, false, &[], true).map_err(|r| r.code), Err(Code::TargetIsSource));
     }
 
     #[test]

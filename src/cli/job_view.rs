@@ -1,0 +1,116 @@
+//! How a job reads on the terminal: `ferry job show`, the `ferry job list` table.
+
+use crate::util::{human_bytes, human_duration};
+use crate::wire::{Job, TargetKind};
+
+/// The `ferry job list` table.
+pub fn print_list(jobs: &[Job]) {
+    if jobs.is_empty() {
+        println!("No jobs.");
+        return;
+    }
+    println!("{:<14} {:<10} {:<24} {:>6} {:>22}  TARGET", "ID", "STATE", "NAME", "DISKS", "PROGRESS");
+    for j in jobs {
+        let (done, total) = j.disks.iter().fold((0, 0), |(d, t), x| (d + x.bytes_done, t + x.size));
+        let target = match (&j.target, &j.delivery) {
+            (TargetKind::Image, _) => "images".to_string(),
+            (TargetKind::Instance, None) => "instance (not registered)".to_string(),
+            (TargetKind::Instance, Some(d)) => format!("instance {}", d.state.as_str()),
+        };
+        println!(
+            "{:<14} {:<10} {:<24} {:>6} {:>22}  {}",
+            j.id,
+            j.state.as_str(),
+            j.name,
+            j.disks.len(),
+            format!("{} / {}", human_bytes(done), human_bytes(total)),
+            target
+        );
+    }
+}
+
+pub fn print_job(j: &Job) {
+    println!("job {} ({}), target {:?}: {}", j.id, j.name, j.target, j.state.as_str());
+    if let (Some(code), Some(reason)) = (&j.error_code, &j.error_reason) {
+        println!("error: {reason} [{code}]");
+    }
+    if let Some(m) = &j.machine {
+        let what = [m.vendor.as_deref(), m.product.as_deref(), m.serial.as_deref(), m.product_uuid.as_deref()]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join(" ");
+        println!("machine: {what} macs {}", m.macs.join(","));
+    }
+    if let Some(e) = &j.enrollment {
+        println!("enrolled itself with enrollment {e}");
+    }
+    for d in &j.disks {
+        let eta = d.eta_seconds.map(|s| format!(", ETA {}", human_duration(s))).unwrap_or_default();
+        println!(
+            "disk {}: {} {} - {} of {} hashed, {} received{}{}",
+            d.index,
+            d.identity.path,
+            format!("{:?}", d.partition_table.kind).to_lowercase(),
+            human_bytes(d.bytes_done),
+            human_bytes(d.size),
+            human_bytes(d.bytes_received),
+            eta,
+            match &d.blake3 {
+                Some(h) if d.verified => format!(", verified blake3 {h}"),
+                _ => String::new(),
+            }
+        );
+    }
+    print_history(&j.history);
+    if let Some(spec) = &j.target_spec {
+        let names: Vec<&str> = spec.machine.iter().chain(&spec.disks).map(String::as_str).collect();
+        println!(
+            "target: {}; wipe {}",
+            if names.is_empty() { "not named".to_string() } else { names.join(", ") },
+            if spec.allow_wipe { "allowed" } else { "NOT allowed" }
+        );
+    }
+    if let Some(d) = &j.delivery {
+        println!("delivery: {}", d.state.as_str());
+        if let (Some(code), Some(reason)) = (&d.error_code, &d.error_reason) {
+            println!("error: {reason} [{code}]");
+        }
+        if let Some(m) = &d.machine {
+            println!(
+                "target machine: {} serial {} uuid {}",
+                m.product.as_deref().unwrap_or("?"),
+                m.serial.as_deref().unwrap_or("none"),
+                m.product_uuid.as_deref().unwrap_or("none")
+            );
+        }
+        for x in &d.disks {
+            println!(
+                "source disk {} -> {} ({}): {} written{}",
+                x.source_index,
+                x.target.path,
+                human_bytes(x.target.size),
+                human_bytes(x.bytes_written),
+                match &x.blake3 {
+                    Some(h) if x.verified => format!(", read back blake3 {h}"),
+                    _ => String::new(),
+                }
+            );
+            for c in &x.changed {
+                println!("  changed after verifying: {} bytes at {} ({})", c.length, c.offset, c.what);
+            }
+        }
+        print_history(&d.history);
+    }
+}
+
+fn print_history(history: &[crate::wire::JobEvent]) {
+    for e in history {
+        println!(
+            "  {} {}{}",
+            crate::util::utc_time(e.at),
+            e.state.as_str(),
+            e.reason.as_ref().map(|r| format!(": {r}")).unwrap_or_default()
+        );
+    }
+}
