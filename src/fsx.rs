@@ -53,10 +53,11 @@ pub fn copy_atomic(src: &Path, dest: &Path) -> std::io::Result<u64> {
     result
 }
 
-/// A sysfs attribute's text without surrounding white space; None when absent or empty.
+/// A sysfs attribute's text without surrounding white space (or the NUL padding some drivers
+/// leave); None when absent or empty.
 pub fn read_trimmed(path: &Path) -> Option<String> {
     let s = fs::read_to_string(path).ok()?;
-    let s = s.trim();
+    let s = s.trim_matches(|c: char| c.is_whitespace() || c == '\0');
     (!s.is_empty()).then(|| s.to_string())
 }
 
@@ -78,6 +79,8 @@ mod tests {
         assert!(write_atomic(&t.path().join("no/such/dir/f"), b"x").is_err());
         fs::write(t.path().join("attr"), " 512\n").unwrap();
         assert_eq!(read_trimmed(&t.path().join("attr")).as_deref(), Some("512"));
+        fs::write(t.path().join("padded"), "QM0001\0\0\n").unwrap();
+        assert_eq!(read_trimmed(&t.path().join("padded")).as_deref(), Some("QM0001"));
         fs::write(t.path().join("empty"), "\n").unwrap();
         assert_eq!(read_trimmed(&t.path().join("empty")), None);
         assert_eq!(read_trimmed(&t.path().join("absent")), None);

@@ -6,7 +6,15 @@ use crate::cmdline::ImageBuildArgs;
 use crate::util::human_bytes;
 
 pub fn run(a: ImageBuildArgs) -> Result<i32> {
-    let out = crate::imagebuild::build(&a)?;
+    let opts = crate::imagebuild::BuildOptions {
+        out: a.out.clone(),
+        init: a.init.clone(),
+        kernel_deb: a.kernel_deb.clone(),
+        cache: a.cache.clone(),
+        cmdline: a.cmdline.clone(),
+        no_usb: a.no_usb,
+    };
+    let out = crate::imagebuild::build(&opts)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {

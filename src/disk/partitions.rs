@@ -246,6 +246,41 @@ fn probe_gpt_header(disk: &DiskReader, lba: u64, last_lba: u64) -> io::Result<Re
     Ok(Ok(GptHeaderInfo { backup_lba: le64(32) }))
 }
 
+/// What is wrong with one of the two GPT headers when the other is good.
+fn header_problems(
+    disk: &DiskReader,
+    primary: &Result<GptHeaderInfo, String>,
+    backup_at_end: &Result<GptHeaderInfo, String>,
+    last_lba: u64,
+) -> io::Result<Vec<String>> {
+    let mut problems = vec![];
+    match (primary, backup_at_end) {
+        (Ok(p), Err(b)) if p.backup_lba != last_lba => {
+            let elsewhere = if p.backup_lba < last_lba {
+                probe_gpt_header(disk, p.backup_lba, last_lba)?
+            } else {
+                Err("beyond the end of the disk".into())
+            };
+            problems.push(match elsewhere {
+                Ok(_) => format!(
+                    "backup GPT header is at LBA {}, not at the last LBA {last_lba} (disk copied onto a larger one?)",
+                    p.backup_lba
+                ),
+                Err(e) => format!(
+                    "backup GPT header expected at LBA {} is {e}; the disk's last LBA is {last_lba}",
+                    p.backup_lba
+                ),
+            });
+        }
+        (Ok(_), Err(b)) => problems.push(format!("backup GPT header at the last LBA {last_lba} is {b}")),
+        (Err(p), Ok(_)) => {
+            problems.push(format!("primary GPT header at LBA 1 is {p}; the table was read from the backup"))
+        }
+        _ => {}
+    }
+    Ok(problems)
+}
+
 fn read_gpt(
     disk: &DiskReader,
     sector0: &Sector0,
@@ -255,33 +290,7 @@ fn read_gpt(
 ) -> io::Result<PartitionTable> {
     let ss = disk.logical_sector_size();
     let mut t = PartitionTable::empty(TableKind::Gpt, ss);
-    match (primary, backup_at_end) {
-        (Ok(p), Err(b)) => {
-            if p.backup_lba != last_lba {
-                let elsewhere = if p.backup_lba < last_lba {
-                    probe_gpt_header(disk, p.backup_lba, last_lba)?
-                } else {
-                    Err("beyond the end of the disk".into())
-                };
-                match elsewhere {
-                    Ok(_) => t.problems.push(format!(
-                        "backup GPT header is at LBA {}, not at the last LBA {last_lba} (disk copied onto a larger one?)",
-                        p.backup_lba
-                    )),
-                    Err(e) => t.problems.push(format!(
-                        "backup GPT header expected at LBA {} is {e}; the disk's last LBA is {last_lba}",
-                        p.backup_lba
-                    )),
-                }
-            } else {
-                t.problems.push(format!("backup GPT header at the last LBA {last_lba} is {b}"));
-            }
-        }
-        (Err(p), Ok(_)) => {
-            t.problems.push(format!("primary GPT header at LBA 1 is {p}; the table was read from the backup"))
-        }
-        _ => {}
-    }
+    t.problems = header_problems(disk, primary, backup_at_end, last_lba)?;
     if !sector0.has_protective_entry() {
         t.problems.push("no protective MBR in sector 0 (tools that only know MBR may overwrite this disk)".into());
     } else if sector0.used().count() > 1 {
@@ -322,21 +331,25 @@ fn read_gpt(
                 .push(format!("partition {number} ends (LBA {}) before it starts (LBA {})", p.last_lba, p.first_lba));
             continue;
         }
-        let type_guid = p.part_type_guid.guid.hyphenated().to_string().to_uppercase();
-        t.partitions.push(Partition {
-            number,
-            start: p.first_lba * u64::from(ss),
-            size: (p.last_lba - p.first_lba + 1) * u64::from(ss),
-            type_name: types::gpt_type_name(&type_guid).map(str::to_owned),
-            type_id: type_guid,
-            name: Some(p.name.clone()),
-            guid: Some(p.part_guid.hyphenated().to_string().to_uppercase()),
-            attributes: Some(p.flags),
-            bootable: None,
-            logical: None,
-        });
+        t.partitions.push(gpt_partition(number, p, ss));
     }
     Ok(t)
+}
+
+fn gpt_partition(number: u32, p: &gpt::partition::Partition, ss: u32) -> Partition {
+    let type_guid = p.part_type_guid.guid.hyphenated().to_string().to_uppercase();
+    Partition {
+        number,
+        start: p.first_lba * u64::from(ss),
+        size: (p.last_lba - p.first_lba + 1) * u64::from(ss),
+        type_name: types::gpt_type_name(&type_guid).map(str::to_owned),
+        type_id: type_guid,
+        name: Some(p.name.clone()),
+        guid: Some(p.part_guid.hyphenated().to_string().to_uppercase()),
+        attributes: Some(p.flags),
+        bootable: None,
+        logical: None,
+    }
 }
 
 fn read_mbr(disk: &DiskReader, sector0: &Sector0) -> io::Result<PartitionTable> {

@@ -29,11 +29,7 @@ fn is_excluded(name: &str) -> bool {
     ["loop", "ram", "zram", "sr", "dm-", "md", "fd", "nbd"].iter().any(|p| name.starts_with(p))
 }
 
-fn read_trimmed(path: &Path) -> Option<String> {
-    let s = fs::read_to_string(path).ok()?;
-    let s = s.trim_matches(|c: char| c.is_whitespace() || c == '\0').to_string();
-    (!s.is_empty()).then_some(s)
-}
+use crate::fsx::read_trimmed;
 
 fn read_u64(path: &Path) -> Option<u64> {
     read_trimmed(path)?.parse().ok()

@@ -44,9 +44,7 @@ impl Coverage {
     }
 }
 
-fn read(p: &Path) -> Option<String> {
-    fs::read_to_string(p).ok().map(|s| s.trim().to_string())
-}
+use crate::fsx::read_trimmed as read;
 
 /// Every PCI function under `sys/bus/pci/devices`.
 pub fn pci_devices(sys: &Path) -> Vec<PciDevice> {

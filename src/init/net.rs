@@ -30,9 +30,7 @@ pub struct Configured {
     pub how: &'static str,
 }
 
-fn read(p: &Path) -> Option<String> {
-    fs::read_to_string(p).ok().map(|s| s.trim().to_string())
-}
+use crate::fsx::read_trimmed as read;
 
 /// Every interface but loopback, sorted by name.
 pub fn links(sys_class_net: &Path) -> Vec<Link> {
@@ -105,50 +103,44 @@ pub async fn bring_up(ip: &IpConfig, bootif: Option<&str>, timeout: Duration) ->
                 how: "static",
             })
         }
-        IpConfig::Dhcp => {
-            wait_for_carrier(&all, deadline).await;
-            log::debug!(
-                "carrier: {:?}",
-                all.iter().map(|l| (l.name.as_str(), has_carrier(&l.name))).collect::<Vec<_>>()
-            );
-            let with_carrier: Vec<&Link> = all.iter().filter(|l| has_carrier(&l.name)).collect();
-            if with_carrier.is_empty() {
-                bail!("no link has carrier (tried {}): check the cable and the switch port", names(&all));
+        IpConfig::Dhcp => dhcp_any(&handle, &all, deadline).await,
+    }
+}
+
+/// DHCP on every link with carrier at once; the first lease wins.
+async fn dhcp_any(handle: &rtnetlink::Handle, all: &[Link], deadline: Instant) -> Result<Configured> {
+    wait_for_carrier(all, deadline).await;
+    log::debug!("carrier: {:?}", all.iter().map(|l| (l.name.as_str(), has_carrier(&l.name))).collect::<Vec<_>>());
+    let with_carrier: Vec<&Link> = all.iter().filter(|l| has_carrier(&l.name)).collect();
+    if with_carrier.is_empty() {
+        bail!("no link has carrier (tried {}): check the cable and the switch port", names(all));
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    for l in &with_carrier {
+        let l = (*l).clone();
+        let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_secs(5));
+        tasks.spawn(async move {
+            let lease = tokio::time::timeout(left, dhcp(&l)).await;
+            (l, lease)
+        });
+    }
+    let mut why = vec![];
+    while let Some(done) = tasks.join_next().await {
+        let Ok((link, lease)) = done else { continue };
+        match lease {
+            Ok(Ok(lease)) => {
+                tasks.abort_all();
+                let prefix = lease.prefix_length();
+                let gw = lease.gateways.as_ref().and_then(|g| g.first().copied());
+                let dns = lease.dns_srvs.clone().unwrap_or_default();
+                apply(handle, &link, lease.yiaddr, prefix, gw, &dns).await?;
+                return Ok(Configured { link: link.name, address: lease.yiaddr, prefix, gateway: gw, how: "dhcp" });
             }
-            let mut tasks = tokio::task::JoinSet::new();
-            for l in &with_carrier {
-                let l = (*l).clone();
-                let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_secs(5));
-                tasks.spawn(async move {
-                    let lease = tokio::time::timeout(left, dhcp(&l)).await;
-                    (l, lease)
-                });
-            }
-            let mut why = vec![];
-            while let Some(done) = tasks.join_next().await {
-                let Ok((link, lease)) = done else { continue };
-                match lease {
-                    Ok(Ok(lease)) => {
-                        tasks.abort_all();
-                        let prefix = lease.prefix_length();
-                        let gw = lease.gateways.as_ref().and_then(|g| g.first().copied());
-                        let dns = lease.dns_srvs.clone().unwrap_or_default();
-                        apply(&handle, &link, lease.yiaddr, prefix, gw, &dns).await?;
-                        return Ok(Configured {
-                            link: link.name,
-                            address: lease.yiaddr,
-                            prefix,
-                            gateway: gw,
-                            how: "dhcp",
-                        });
-                    }
-                    Ok(Err(e)) => why.push(format!("{}: {e:#}", link.name)),
-                    Err(_) => why.push(format!("{}: no DHCP answer", link.name)),
-                }
-            }
-            bail!("DHCP failed on every link with carrier ({})", why.join("; "))
+            Ok(Err(e)) => why.push(format!("{}: {e:#}", link.name)),
+            Err(_) => why.push(format!("{}: no DHCP answer", link.name)),
         }
     }
+    bail!("DHCP failed on every link with carrier ({})", why.join("; "))
 }
 
 fn links_lo_index() -> Option<u32> {

@@ -26,10 +26,47 @@ pub(super) async fn run(client: &Client, job: &str, disks: &[PathBuf], started: 
         explicit: false,
         sector_size: None,
     };
+    let mut on = screen();
+    match pull(client, job, disks, &opts, &mut on).await {
+        Ok(done) => {
+            let mut lines = vec![format!(
+                "job {job}: {} disk(s) written and verified by reading them back in {}",
+                done.len(),
+                human_duration(started.elapsed().as_secs())
+            )];
+            for d in &done {
+                lines.push(format!(
+                    "source disk {} -> {}: blake3 {}",
+                    d.source_index,
+                    d.target.path,
+                    d.blake3.as_deref().unwrap_or("?")
+                ));
+                if d.reused_chunks > 0 {
+                    lines.push(format!("  ({} chunks written before the interruption were kept)", d.reused_chunks));
+                }
+            }
+            Ok(Verdict::migrated(
+                lines,
+                vec!["Remove the ferry stick (or the PXE entry): the machine starts the migrated system.".into()],
+            ))
+        }
+        Err(e) if failure_code(&e) == Code::AlreadyDelivered => Ok(Verdict::already_done(
+            format!("job {job} was already written to this machine and verified; nothing was written now"),
+            "Remove the ferry stick (or the PXE entry) and start the machine from its disks; it powers off now rather than start ferry again.",
+        )),
+        Err(e) => {
+            let code = failure_code(&e);
+            Err(Failed { lines: vec![format!("{e:#} [{code}]")], advice: vec![advice(Some(code), Doing::Target).into()] })
+        }
+    }
+}
+
+/// What the technician watches while the disks are written and read back.
+fn screen() -> impl FnMut(PullEvent) + Send {
     let mut last_line = Instant::now() - Duration::from_secs(60);
     let mut waiting_said = false;
     let t0 = Instant::now();
-    let mut on = move |e: PullEvent| {
+    move |e: PullEvent| {
         let verb = if matches!(e, PullEvent::Writing { .. }) { "written" } else { "read back" };
         match e {
             PullEvent::WaitingForSource { state } => {
@@ -65,38 +102,6 @@ pub(super) async fn run(client: &Client, job: &str, disks: &[PathBuf], started: 
                     crate::say!("  then updated {} ({} bytes at {})", c.what, c.length, c.offset);
                 }
             }
-        }
-    };
-    match pull(client, job, disks, &opts, &mut on).await {
-        Ok(done) => {
-            let mut lines = vec![format!(
-                "job {job}: {} disk(s) written and verified by reading them back in {}",
-                done.len(),
-                human_duration(started.elapsed().as_secs())
-            )];
-            for d in &done {
-                lines.push(format!(
-                    "source disk {} -> {}: blake3 {}",
-                    d.source_index,
-                    d.target.path,
-                    d.blake3.as_deref().unwrap_or("?")
-                ));
-                if d.reused_chunks > 0 {
-                    lines.push(format!("  ({} chunks written before the interruption were kept)", d.reused_chunks));
-                }
-            }
-            Ok(Verdict::migrated(
-                lines,
-                vec!["Remove the ferry stick (or the PXE entry): the machine starts the migrated system.".into()],
-            ))
-        }
-        Err(e) if failure_code(&e) == Code::AlreadyDelivered => Ok(Verdict::already_done(
-            format!("job {job} was already written to this machine and verified; nothing was written now"),
-            "Remove the ferry stick (or the PXE entry) and start the machine from its disks; it powers off now rather than start ferry again.",
-        )),
-        Err(e) => {
-            let code = failure_code(&e);
-            Err(Failed { lines: vec![format!("{e:#} [{code}]")], advice: vec![advice(Some(code), Doing::Target).into()] })
         }
     }
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use futures_util::stream::{self, StreamExt};
 
-use super::chunk::ChunkCtx;
+use super::chunk::{ChunkCtx, Held};
 use super::{failure, readback, PullEvent, PullOptions};
 use crate::agent::client::Client;
 use crate::disk::writer::DiskWriter;
@@ -130,12 +130,4 @@ async fn report_progress(client: &Client, job: &str, index: u32, bytes: u64) {
     if let Err(e) = client.call::<call::TargetProgress>(&[job], &body).await {
         log::warn!("progress report failed: {e:#}");
     }
-}
-
-/// The held-back bytes of a disk being written.
-#[derive(Default)]
-pub(super) struct Held {
-    pub head: Vec<u8>,
-    /// Offset and bytes.
-    pub tail: Option<(u64, Vec<u8>)>,
 }

@@ -2,7 +2,7 @@
 //! large enough, the same logical sector size, and none of them a disk of the source. Each
 //! refusal has a stable code (shown on screen and recorded in the job) and words for people.
 
-use crate::machine::same_id;
+use crate::machine::{is_one_of, same_id};
 use crate::util::human_bytes;
 use crate::wire::{Code, DiskIdentity, SourceDisk};
 
@@ -44,6 +44,44 @@ fn is_source_disk(t: &TargetDisk, sources: &[SourceDisk], rewriting: bool) -> Op
     })
 }
 
+/// Whether a target disk is one the job allows writing: any, or one it names.
+fn eligible(t: &TargetDisk, named: &[String]) -> bool {
+    named.is_empty() || is_one_of(named, t.identity.serial.as_deref()) || is_one_of(named, t.identity.wwn.as_deref())
+}
+
+fn fits(s: &SourceDisk, t: &TargetDisk) -> bool {
+    t.identity.size >= s.size
+}
+
+fn same_sectors(s: &SourceDisk, t: &TargetDisk) -> bool {
+    t.identity.logical_sector_size == s.identity.logical_sector_size
+}
+
+fn too_small(s: &SourceDisk, t: &TargetDisk) -> Refusal {
+    refuse(
+        Code::DiskTooSmall,
+        format!(
+            "source disk {} is {} ({} bytes); {} is only {} ({} bytes)",
+            s.index,
+            human_bytes(s.size),
+            s.size,
+            t.identity.path,
+            human_bytes(t.identity.size),
+            t.identity.size
+        ),
+    )
+}
+
+fn sector_mismatch(s: &SourceDisk, t: &TargetDisk) -> Refusal {
+    refuse(
+        Code::SectorSizeMismatch,
+        format!(
+            "source disk {} has {}-byte sectors, {} has {}-byte sectors: its partition table would not fit",
+            s.index, s.identity.logical_sector_size, t.identity.path, t.identity.logical_sector_size
+        ),
+    )
+}
+
 /// Which target disk receives which source disk. With `explicit`, source disk `i` goes to
 /// target disk `i` (the operator listed them in order); otherwise each source disk, largest
 /// first, gets the smallest free target disk that fits it with the same sector size, the first
@@ -56,13 +94,7 @@ pub fn plan(
     named: &[String],
     rewriting: bool,
 ) -> Result<Mapping, Refusal> {
-    let eligible = |t: &TargetDisk| {
-        named.is_empty()
-            || named
-                .iter()
-                .any(|n| same_id(t.identity.serial.as_deref(), Some(n)) || same_id(t.identity.wwn.as_deref(), Some(n)))
-    };
-    let usable = targets.iter().filter(|t| eligible(t)).count();
+    let usable = targets.iter().filter(|t| eligible(t, named)).count();
     if usable < sources.len() {
         let which = if named.is_empty() {
             String::new()
@@ -80,75 +112,55 @@ pub fn plan(
         }
     }
     if explicit {
-        if let Some(t) = targets.iter().take(sources.len()).find(|t| !eligible(t)) {
-            return Err(refuse(
-                Code::DiskNotNamed,
-                format!("{} is not one of the disks the job names ({})", t.identity.path, named.join(", ")),
-            ));
-        }
+        in_order(sources, targets, named)
+    } else {
+        by_size(sources, targets, named)
     }
-    let fits = |s: &SourceDisk, t: &TargetDisk| t.identity.size >= s.size;
-    let same_sectors =
-        |s: &SourceDisk, t: &TargetDisk| t.identity.logical_sector_size == s.identity.logical_sector_size;
-    let too_small = |s: &SourceDisk, t: &TargetDisk| {
-        refuse(
-            Code::DiskTooSmall,
-            format!(
-                "source disk {} is {} ({} bytes); {} is only {} ({} bytes)",
-                s.index,
-                human_bytes(s.size),
-                s.size,
-                t.identity.path,
-                human_bytes(t.identity.size),
-                t.identity.size
-            ),
-        )
-    };
-    let sector_mismatch = |s: &SourceDisk, t: &TargetDisk| {
-        refuse(
-            Code::SectorSizeMismatch,
-            format!(
-                "source disk {} has {}-byte sectors, {} has {}-byte sectors: its partition table would not fit",
-                s.index, s.identity.logical_sector_size, t.identity.path, t.identity.logical_sector_size
-            ),
-        )
-    };
-    if explicit {
-        let mut mapping = vec![];
-        for (i, s) in sources.iter().enumerate() {
-            let t = &targets[i];
-            if !fits(s, t) {
-                return Err(too_small(s, t));
-            }
-            if !same_sectors(s, t) {
-                return Err(sector_mismatch(s, t));
-            }
-            mapping.push((s.index, i));
-        }
-        return Ok(mapping);
+}
+
+/// The operator's order: source disk `i` onto target disk `i`.
+fn in_order(sources: &[SourceDisk], targets: &[TargetDisk], named: &[String]) -> Result<Mapping, Refusal> {
+    if let Some(t) = targets.iter().take(sources.len()).find(|t| !eligible(t, named)) {
+        return Err(refuse(
+            Code::DiskNotNamed,
+            format!("{} is not one of the disks the job names ({})", t.identity.path, named.join(", ")),
+        ));
     }
+    let mut mapping = vec![];
+    for (i, s) in sources.iter().enumerate() {
+        let t = &targets[i];
+        if !fits(s, t) {
+            return Err(too_small(s, t));
+        }
+        if !same_sectors(s, t) {
+            return Err(sector_mismatch(s, t));
+        }
+        mapping.push((s.index, i));
+    }
+    Ok(mapping)
+}
+
+/// Largest source first onto the smallest free target that fits it with the same sector size.
+fn by_size(sources: &[SourceDisk], targets: &[TargetDisk], named: &[String]) -> Result<Mapping, Refusal> {
     let mut order: Vec<&SourceDisk> = sources.iter().collect();
     order.sort_by_key(|s| (std::cmp::Reverse(s.size), s.index));
     let mut taken = vec![false; targets.len()];
     let mut mapping = vec![];
     for s in order {
+        let free = |i: &usize| !taken[*i] && eligible(&targets[*i], named);
         let best = (0..targets.len())
-            .filter(|&i| !taken[i] && eligible(&targets[i]) && fits(s, &targets[i]) && same_sectors(s, &targets[i]))
+            .filter(|i| free(i) && fits(s, &targets[*i]) && same_sectors(s, &targets[*i]))
             .min_by_key(|&i| (targets[i].identity.size, i));
-        match best {
-            Some(i) => {
-                taken[i] = true;
-                mapping.push((s.index, i));
+        let Some(i) = best else {
+            // Why not: a disk large enough has other sectors, or none is large enough.
+            if let Some(i) = (0..targets.len()).filter(free).find(|&i| fits(s, &targets[i])) {
+                return Err(sector_mismatch(s, &targets[i]));
             }
-            None => {
-                let free = (0..targets.len()).filter(|&i| !taken[i] && eligible(&targets[i]));
-                if let Some(i) = free.clone().find(|&i| fits(s, &targets[i])) {
-                    return Err(sector_mismatch(s, &targets[i]));
-                }
-                let largest = free.max_by_key(|&i| targets[i].identity.size).expect("as many targets as sources");
-                return Err(too_small(s, &targets[largest]));
-            }
-        }
+            let largest = (0..targets.len()).filter(free).max_by_key(|&i| targets[i].identity.size);
+            return Err(too_small(s, &targets[largest.expect("as many targets as sources")]));
+        };
+        taken[i] = true;
+        mapping.push((s.index, i));
     }
     mapping.sort_unstable();
     Ok(mapping)

@@ -7,7 +7,6 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::Result;
 
-use super::body::Held;
 use super::failure;
 use crate::agent::client::Client;
 use crate::disk::writer::DiskWriter;
@@ -139,4 +138,12 @@ impl ChunkCtx {
             }
         }
     }
+}
+
+/// The held-back bytes of a disk being written.
+#[derive(Default)]
+pub(super) struct Held {
+    pub head: Vec<u8>,
+    /// Offset and bytes.
+    pub tail: Option<(u64, Vec<u8>)>,
 }
