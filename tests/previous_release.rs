@@ -1,0 +1,65 @@
+//! A receiver's store made by the release before this one (tests/fixtures/previous-release,
+//! made by its make.sh with that release's binary): this release opens it as it is, shows its
+//! jobs, exports the finished one bit for bit, and resumes the interrupted one, sending only
+//! the chunks it lacked; the old enrollment still enrolls.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use support::*;
+
+fn fixture() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/previous-release")
+}
+
+/// A copy of the old store (the test changes it).
+fn old_store(dir: &Path) -> PathBuf {
+    let store = dir.join("store");
+    run_ok(Command::new("cp").arg("-a").arg(fixture().join("store")).arg(&store));
+    store
+}
+
+#[test]
+fn a_store_of_the_previous_release_opens_exports_and_resumes() {
+    let t = tempfile::tempdir().unwrap();
+    let store = old_store(t.path());
+    let jobs: serde_json::Value = serde_json::from_slice(&std::fs::read(fixture().join("jobs.json")).unwrap()).unwrap();
+    let id = |which: &str| jobs[which]["id"].as_str().unwrap().to_string();
+    let r = Receiver::start(&store, false);
+
+    // Every job of the old database decodes, in its state.
+    let list = ferry_json(&["job", "list", "--store", store.to_str().unwrap(), "--json"]);
+    let state = |job: &str| {
+        list.as_array().unwrap().iter().find(|j| j["id"] == job).unwrap_or_else(|| panic!("no {job} in {list}"))
+            ["state"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(state(&id("finished")), "Finished");
+    assert_eq!(state(&id("interrupted")), "Running");
+    assert_eq!(state(&id("instance")), "Waiting");
+    let instance = r.job(&id("instance"));
+    assert_eq!(instance["target_spec"]["machine"][0], "TGT-OLD", "{instance:#}");
+
+    // The finished disk comes out as it went in.
+    assert_eq!(export_b3sum(&r, &id("finished"), 0, t.path()), b3sum(&fixture().join("disk.img")));
+
+    // The interrupted one resumes: what the old receiver kept is not sent again.
+    let stored_before = r.stored_chunks();
+    let disk2 = fixture().join("disk2.img");
+    let out = sent(&r.send(&id("interrupted"), jobs["interrupted"]["token"].as_str().unwrap(), &[&disk2], &[]));
+    let d = &out["disks"][0];
+    let data_chunks = d["chunks"].as_u64().unwrap() - d["zero_chunks"].as_u64().unwrap();
+    let sent_now = d["sent_chunks"].as_u64().unwrap();
+    assert!(sent_now < data_chunks, "nothing of the old partial copy was kept: sent {sent_now} of {data_chunks}");
+    assert_eq!(r.stored_chunks() as u64, stored_before as u64 + sent_now);
+    assert_eq!(r.job(&id("interrupted"))["state"], "Finished");
+    assert_eq!(export_b3sum(&r, &id("interrupted"), 0, t.path()), b3sum(&disk2));
+
+    // The old enrollment is still there, as it was.
+    let e = ferry_json(&["job", "enroll", "list", "--store", store.to_str().unwrap(), "--json"]);
+    assert_eq!(e[0]["id"], jobs["enrollment"]["id"], "{e}");
+}
