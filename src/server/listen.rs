@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use tokio::net::TcpListener;
 
 use super::state::{open_state, AppState, ReceiverInfo};
-use super::{boot, router};
+use super::{boot, conn, router};
 use crate::tls;
 
 /// What `ferry serve` needs.
@@ -63,10 +63,14 @@ pub async fn serve(cfg: ServeConfig, announce: impl FnOnce(&Started)) -> Result<
     let _ = state.info.set(info.clone());
     announce(&Started { info, unadvertised: cfg.advertise.is_none() && local.ip().is_unspecified(), boot_http, tftp });
     let app = router::router(state.clone());
-    if cfg.plain_http {
-        return axum::serve(listener, app).await.context("serving HTTP");
-    }
-    serve_tls(listener, app, &cfg).await
+    let tls = if cfg.plain_http {
+        None
+    } else {
+        let id = tls::ensure_identity(&cfg.store.join("tls"), &[])?;
+        Some(tokio_rustls::TlsAcceptor::from(Arc::new(tls::server_config(&id)?)))
+    };
+    conn::serve(listener, app, tls, conn::Limits::for_this_process()).await;
+    Ok(())
 }
 
 /// The URLs tools on this machine and sources use, and the certificate pin (made on the first
@@ -91,11 +95,7 @@ async fn start_boot_http(addr: SocketAddr, state: &Arc<AppState>) -> Result<Sock
     let boot = TcpListener::bind(addr).await.with_context(|| format!("listening on {addr} for boot files"))?;
     let local = boot.local_addr()?;
     let router = router::boot_router(state.clone());
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(boot, router).await {
-            log::error!("boot file server stopped: {e}");
-        }
-    });
+    tokio::spawn(conn::serve(boot, router, None, conn::Limits::for_this_process()));
     Ok(local)
 }
 
@@ -105,39 +105,4 @@ async fn start_tftp(addr: SocketAddr, state: &Arc<AppState>) -> Result<SocketAdd
     let local = socket.local_addr()?;
     tokio::spawn(boot::tftp::serve(socket, state.clone()));
     Ok(local)
-}
-
-/// HTTPS (HTTP/2 or HTTP/1.1) with the store's certificate.
-async fn serve_tls(listener: TcpListener, app: axum::Router, cfg: &ServeConfig) -> Result<()> {
-    let id = tls::ensure_identity(&cfg.store.join("tls"), &[])?;
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls::server_config(&id)?));
-    loop {
-        let (tcp, peer) = match listener.accept().await {
-            Ok(c) => c,
-            Err(e) => {
-                // Out of file descriptors and the like: wait and go on serving.
-                log::warn!("accept failed: {e}");
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let _ = tcp.set_nodelay(true);
-        let acceptor = acceptor.clone();
-        let app = app.clone();
-        tokio::spawn(async move {
-            let tls = match acceptor.accept(tcp).await {
-                Ok(t) => t,
-                Err(e) => {
-                    log::info!("TLS handshake with {peer} failed: {e}");
-                    return;
-                }
-            };
-            let io = hyper_util::rt::TokioIo::new(tls);
-            let svc = hyper_util::service::TowerToHyperService::new(app);
-            let builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
-            if let Err(e) = builder.serve_connection(io, svc).await {
-                log::debug!("connection from {peer} ended: {e}");
-            }
-        });
-    }
 }

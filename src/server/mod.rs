@@ -11,6 +11,8 @@
 mod admin;
 mod auth;
 pub mod boot;
+mod budget;
+mod conn;
 mod dashboard;
 pub mod db;
 mod enroll;

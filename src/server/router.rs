@@ -9,7 +9,7 @@ use axum::handler::Handler;
 use axum::routing::{on, MethodFilter};
 use axum::Router;
 
-use super::{admin, auth, boot, dashboard, enroll, logs, metrics, source, target, AppState};
+use super::{admin, auth, boot, budget, dashboard, enroll, logs, metrics, source, target, AppState};
 use crate::image::treehash::MAX_CHUNK_SIZE;
 use crate::wire::routes::{self, call, Call, Method, Route};
 use crate::wire::API_PREFIX;
@@ -44,7 +44,13 @@ where
     T: 'static,
 {
     let authorized = axum::middleware::from_fn_with_state((st.clone(), route), auth::authorize);
-    r.route(route.path, on(filter(route.method), handler).layer(DefaultBodyLimit::max(limit)).route_layer(authorized))
+    let mut method = on(filter(route.method), handler).layer(DefaultBodyLimit::max(limit));
+    // A route whose bodies may be large also waits for its share of the body budget (after
+    // authorization, before a byte of the body is read).
+    if limit > CONTROL_BODY_LIMIT {
+        method = method.layer(axum::middleware::from_fn_with_state((st.budget.clone(), limit), budget::hold));
+    }
+    r.route(route.path, method.route_layer(authorized))
 }
 
 /// [`mount`] for a call of the API.

@@ -49,6 +49,8 @@ pub struct AppState {
     /// Verified manifests targets are reading, by (job, disk): parsed and checked once.
     manifests: Mutex<HashMap<(String, u32), Arc<Manifest>>>,
     pub metrics: metrics::Metrics,
+    /// The request bodies held in memory at once.
+    pub budget: Arc<super::budget::BodyBudget>,
     /// How sources reach this receiver (URL and pin), once it listens: baked into the PXE menu.
     pub info: OnceLock<ReceiverInfo>,
 }
@@ -122,6 +124,7 @@ pub fn open_state(dir: &Path) -> Result<AppState> {
         boot_enroll: None,
         manifests: Default::default(),
         metrics: Default::default(),
+        budget: super::budget::BodyBudget::from_env(),
         info: Default::default(),
     })
 }
