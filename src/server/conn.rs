@@ -145,7 +145,7 @@ pub async fn serve(listener: TcpListener, app: Router, tls: Option<tokio_rustls:
             Err(e) => {
                 // Out of file descriptors and the like: make room, wait, and go on serving.
                 log::warn!("accept failed: {e}");
-                if let Some(c) = registry.lock().values().filter(|c| c.idle_for(registry.epoch).is_some()).next() {
+                if let Some(c) = registry.lock().values().find(|c| c.idle_for(registry.epoch).is_some()) {
                     c.close.notify_one();
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
