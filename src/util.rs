@@ -59,3 +59,24 @@ mod tests {
         assert_eq!(utc_time(1_795_889_008), "2026-11-28 18:03:28Z"); // as `date -u -d @1795889008` prints
     }
 }
+
+/// Text from machines (DMI strings, disk models, partition names, boot logs) as a terminal may
+/// show it: control characters other than newline and tab (escape sequences that move the
+/// cursor, retitle the window or fake output) become `?`.
+pub fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| if (c.is_control() && c != '\n' && c != '\t') || ('\u{80}'..='\u{9f}').contains(&c) { '?' } else { c })
+        .collect()
+}
+
+#[cfg(test)]
+mod printable_tests {
+    #[test]
+    fn escapes_do_not_reach_the_terminal() {
+        let hostile = "\u{1b}]0;TITLE\u{7}\u{1b}[2J\u{1b}[31mFAKE: job verified\u{9b}1m\r\nnext\tline";
+        let shown = super::printable(hostile);
+        assert!(!shown.chars().any(|c| c == '\u{1b}' || c == '\u{7}' || c == '\r' || c == '\u{9b}'), "{shown:?}");
+        assert_eq!(shown, "?]0;TITLE??[2J?[31mFAKE: job verified?1m?\nnext\tline");
+        assert_eq!(super::printable("Dell Inc. PowerEdge R640 — ü"), "Dell Inc. PowerEdge R640 — ü");
+    }
+}

@@ -76,6 +76,8 @@ impl Client {
             .connect_timeout(Duration::from_secs(10))
             .timeout(Duration::from_secs(120))
             .pool_max_idle_per_host(16)
+            // A pinned receiver answers itself: a redirect would lead the token elsewhere.
+            .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("ferry/", env!("CARGO_PKG_VERSION")));
         let (builder, pin_mismatch) = if server.starts_with("https://") {
             let pin = ep.pin.as_deref().context(

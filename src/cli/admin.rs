@@ -31,7 +31,9 @@ pub(super) fn admin_client(a: &AdminArgs) -> Result<Client> {
         (None, None, Some(dir)) => read_token(&dir.join("admin.token"))?,
         _ => bail!("give --admin-token-file PATH, FERRY_ADMIN_TOKEN, or --store DIR"),
     };
-    let plain = a.plain_http || (a.store.is_some() && server.starts_with("http://"));
+    // A plain-HTTP receiver found in the store (started with --plain-http itself) needs no more
+    // consent; a plain URL given with --server always does, as everywhere else.
+    let plain = a.plain_http || (a.server.is_none() && a.store.is_some() && server.starts_with("http://"));
     Client::new(&Endpoint { server, token, pin, plain_http: plain, retry_for: Duration::from_secs(15) })
 }
 

@@ -46,7 +46,7 @@ pub async fn run(cmd: EnrollCommand) -> Result<i32> {
                     println!(
                         "{:<14} {:<20} {:<9} {:<8} {:>5}  {}",
                         e.id,
-                        e.name,
+                        crate::util::printable(&e.name),
                         match e.target {
                             TargetKind::Image => "image",
                             TargetKind::Instance => "instance",

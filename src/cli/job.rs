@@ -89,8 +89,9 @@ async fn print_logs(admin: &AdminArgs, c: &Client, id: &str) -> Result<()> {
         println!("No boot log yet: the live image sends its console every few seconds once its network is up.");
     }
     for l in &logs {
-        println!("==== {} live image, {}", l.role, crate::util::utc_time(l.at));
-        println!("{}", l.text.trim_end());
+        println!("==== {} live image, {}", crate::util::printable(&l.role), crate::util::utc_time(l.at));
+        // The live image's screen, as a machine sent it: no escape reaches the terminal.
+        println!("{}", crate::util::printable(l.text.trim_end()));
     }
     Ok(())
 }

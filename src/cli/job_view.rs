@@ -1,15 +1,21 @@
 //! How a job reads on the terminal: `ferry job show`, the `ferry job list` table.
 
 use crate::util::{human_bytes, human_duration};
+
+/// Prints a line whose parts may come from machines (names, DMI, disks, reasons): control
+/// characters never reach the terminal raw.
+macro_rules! show {
+    ($($a:tt)*) => { println!("{}", crate::util::printable(&format!($($a)*))) };
+}
 use crate::wire::{Job, TargetKind};
 
 /// The `ferry job list` table.
 pub fn print_list(jobs: &[Job]) {
     if jobs.is_empty() {
-        println!("No jobs.");
+        show!("No jobs.");
         return;
     }
-    println!("{:<14} {:<10} {:<24} {:>6} {:>22}  TARGET", "ID", "STATE", "NAME", "DISKS", "PROGRESS");
+    show!("{:<14} {:<10} {:<24} {:>6} {:>22}  TARGET", "ID", "STATE", "NAME", "DISKS", "PROGRESS");
     for j in jobs {
         let (done, total) = j.disks.iter().fold((0, 0), |(d, t), x| (d + x.bytes_done, t + x.size));
         let target = match (&j.target, &j.delivery) {
@@ -17,7 +23,7 @@ pub fn print_list(jobs: &[Job]) {
             (TargetKind::Instance, None) => "instance (not registered)".to_string(),
             (TargetKind::Instance, Some(d)) => format!("instance {}", d.state.as_str()),
         };
-        println!(
+        show!(
             "{:<14} {:<10} {:<24} {:>6} {:>22}  {}",
             j.id,
             j.state.as_str(),
@@ -30,9 +36,9 @@ pub fn print_list(jobs: &[Job]) {
 }
 
 pub fn print_job(j: &Job) {
-    println!("job {} ({}), target {:?}: {}", j.id, j.name, j.target, j.state.as_str());
+    show!("job {} ({}), target {:?}: {}", j.id, j.name, j.target, j.state.as_str());
     if let (Some(code), Some(reason)) = (&j.error_code, &j.error_reason) {
-        println!("error: {reason} [{code}]");
+        show!("error: {reason} [{code}]");
     }
     if let Some(m) = &j.machine {
         let what = [m.vendor.as_deref(), m.product.as_deref(), m.serial.as_deref(), m.product_uuid.as_deref()]
@@ -40,14 +46,14 @@ pub fn print_job(j: &Job) {
             .flatten()
             .collect::<Vec<_>>()
             .join(" ");
-        println!("machine: {what} macs {}", m.macs.join(","));
+        show!("machine: {what} macs {}", m.macs.join(","));
     }
     if let Some(e) = &j.enrollment {
-        println!("enrolled itself with enrollment {e}");
+        show!("enrolled itself with enrollment {e}");
     }
     for d in &j.disks {
         let eta = d.eta_seconds.map(|s| format!(", ETA {}", human_duration(s))).unwrap_or_default();
-        println!(
+        show!(
             "disk {}: {} {} - {} of {} hashed, {} received{}{}",
             d.index,
             d.identity.path,
@@ -65,19 +71,19 @@ pub fn print_job(j: &Job) {
     print_history(&j.history);
     if let Some(spec) = &j.target_spec {
         let names: Vec<&str> = spec.machine.iter().chain(&spec.disks).map(String::as_str).collect();
-        println!(
+        show!(
             "target: {}; wipe {}",
             if names.is_empty() { "not named".to_string() } else { names.join(", ") },
             if spec.allow_wipe { "allowed" } else { "NOT allowed" }
         );
     }
     if let Some(d) = &j.delivery {
-        println!("delivery: {}", d.state.as_str());
+        show!("delivery: {}", d.state.as_str());
         if let (Some(code), Some(reason)) = (&d.error_code, &d.error_reason) {
-            println!("error: {reason} [{code}]");
+            show!("error: {reason} [{code}]");
         }
         if let Some(m) = &d.machine {
-            println!(
+            show!(
                 "target machine: {} serial {} uuid {}",
                 m.product.as_deref().unwrap_or("?"),
                 m.serial.as_deref().unwrap_or("none"),
@@ -85,7 +91,7 @@ pub fn print_job(j: &Job) {
             );
         }
         for x in &d.disks {
-            println!(
+            show!(
                 "source disk {} -> {} ({}): {} written{}",
                 x.source_index,
                 x.target.path,
@@ -97,7 +103,7 @@ pub fn print_job(j: &Job) {
                 }
             );
             for c in &x.changed {
-                println!("  changed after verifying: {} bytes at {} ({})", c.length, c.offset, c.what);
+                show!("  changed after verifying: {} bytes at {} ({})", c.length, c.offset, c.what);
             }
         }
         print_history(&d.history);
@@ -106,7 +112,7 @@ pub fn print_job(j: &Job) {
 
 fn print_history(history: &[crate::wire::JobEvent]) {
     for e in history {
-        println!(
+        show!(
             "  {} {}{}",
             crate::util::utc_time(e.at),
             e.state.as_str(),

@@ -77,7 +77,7 @@ pub struct PartitionTable {
 }
 
 impl PartitionTable {
-    fn empty(kind: TableKind, sector_size: u32) -> Self {
+    pub fn empty(kind: TableKind, sector_size: u32) -> Self {
         Self { kind, sector_size, disk_guid: None, mbr_signature: None, problems: vec![], partitions: vec![] }
     }
 }
@@ -396,6 +396,15 @@ fn read_mbr(disk: &DiskReader, sector0: &Sector0) -> io::Result<PartitionTable> 
             bootable: Some(e.boot == 0x80),
             logical: Some(number > 4),
         });
+    }
+    // An MBR counts sectors in 32 bits: on a larger disk the tail lies beyond any partition it
+    // can describe (it is still copied: ferry copies whole disks).
+    let reach = (u64::from(u32::MAX) + 1) * u64::from(ss);
+    if disk.size() > reach {
+        t.problems.push(format!(
+            "the disk is {} bytes, but an MBR reaches only its first {reach} bytes: the rest can be in no partition of this table",
+            disk.size()
+        ));
     }
     Ok(t)
 }

@@ -6,6 +6,10 @@ use crate::util::human_bytes;
 
 /// The human table.
 pub fn render(disks: &[DiskReport]) -> String {
+    crate::util::printable(&render_raw(disks))
+}
+
+fn render_raw(disks: &[DiskReport]) -> String {
     let mut out = String::new();
     for d in disks {
         let id = &d.identity;

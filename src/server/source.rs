@@ -247,7 +247,10 @@ async fn put_chunk_checked(
     .map_err(|e| anyhow::anyhow!("chunk task failed: {e}"))?;
     match stored {
         Ok(new) => {
-            st.db.add_received(job, disk, expected_len as u64)?;
+            // A chunk another upload stored first is not received twice.
+            if new {
+                st.db.add_received(job, disk, expected_len as u64)?;
+            }
             st.metrics.chunk_received(expected_len as u64, new);
             log::debug!("job {job} disk {disk} chunk {index}: {wire_len} bytes on the wire, new={new}");
             Ok(if new { StatusCode::CREATED } else { StatusCode::OK })

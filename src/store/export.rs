@@ -47,7 +47,7 @@ pub fn load_manifest(store_dir: &Path, job: &str, disk: u32) -> Result<Manifest>
 /// Exports disk `disk` of `job` to `to`.
 pub fn export(store_dir: &Path, job: &str, disk: u32, to: &Path, format: Format) -> Result<Exported> {
     let manifest = load_manifest(store_dir, job, disk)?;
-    let store = LocalStore::open(store_dir)?;
+    let store = LocalStore::open_for_reading(store_dir)?;
     if to.is_dir() {
         bail!("{} is a directory; give a file name", to.display());
     }

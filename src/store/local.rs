@@ -17,16 +17,22 @@ pub struct LocalStore {
 }
 
 impl LocalStore {
-    /// Opens (creating if needed) a store under `dir`, and removes temp files a crash left.
+    /// Opens (creating if needed) a store under `dir` for the receiver, and removes the temp
+    /// files a crash left.
     pub fn open(dir: &Path) -> io::Result<Self> {
-        let chunks = dir.join("chunks");
-        let tmp = dir.join("tmp");
-        fs::create_dir_all(&chunks)?;
-        fs::create_dir_all(&tmp)?;
-        for entry in fs::read_dir(&tmp)? {
+        let store = Self::open_for_reading(dir)?;
+        fs::create_dir_all(&store.chunks)?;
+        fs::create_dir_all(&store.tmp)?;
+        for entry in fs::read_dir(&store.tmp)? {
             let _ = fs::remove_file(entry?.path());
         }
-        Ok(Self { chunks, tmp, counter: AtomicU64::new(0) })
+        Ok(store)
+    }
+
+    /// Opens a store to read it beside a receiver that may be running (`ferry export`): its
+    /// uploads in flight are left alone.
+    pub fn open_for_reading(dir: &Path) -> io::Result<Self> {
+        Ok(Self { chunks: dir.join("chunks"), tmp: dir.join("tmp"), counter: AtomicU64::new(0) })
     }
 
     /// The file a chunk lives in. The id is 32 bytes rendered as hex, so no client input ever
@@ -51,6 +57,8 @@ impl ChunkStore for LocalStore {
         if dest.exists() {
             return Ok(false);
         }
+        // Several uploads of one chunk may race here: the one whose link lands first stores it,
+        // the others find it there (and say so: the chunk is counted once).
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         let tmp = self.tmp.join(format!("{}-{}-{n}", hex::encode(&id[..8]), std::process::id()));
         let result = (|| {
@@ -64,12 +72,19 @@ impl ChunkStore for LocalStore {
             drop(f);
             let parent = dest.parent().expect("chunk paths have a parent");
             fs::create_dir_all(parent)?;
-            fs::rename(&tmp, &dest)
+            // A hard link creates the name only if it is free (rename would replace it).
+            let linked = match fs::hard_link(&tmp, &dest) {
+                Ok(()) => Ok(true),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+                Err(e) => Err(e),
+            };
+            fs::remove_file(&tmp)?;
+            linked
         })();
         if result.is_err() {
             let _ = fs::remove_file(&tmp);
         }
-        result.map(|_| true)
+        result
     }
 
     fn get(&self, id: &Digest) -> io::Result<Vec<u8>> {
@@ -101,6 +116,30 @@ mod tests {
         assert!(store.contains(&id).unwrap());
         assert_eq!(store.get(&id).unwrap(), b"hello");
         assert!(dir.path().join("chunks/ab").join(hex::encode(id)).exists());
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+        // A reader beside a running receiver leaves its uploads in flight alone.
+        fs::write(dir.path().join("tmp/in-flight"), b"upload").unwrap();
+        let reader = LocalStore::open_for_reading(dir.path()).unwrap();
+        assert_eq!(reader.get(&id).unwrap(), b"hello");
+        assert!(dir.path().join("tmp/in-flight").exists());
+    }
+
+    #[test]
+    fn racing_uploads_of_one_chunk_store_it_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = std::sync::Arc::new(LocalStore::open(dir.path()).unwrap());
+        let id = [0x5a; 32];
+        let new: usize = (0..8)
+            .map(|_| {
+                let s = store.clone();
+                std::thread::spawn(move || s.put(&id, &[7u8; 65536]).unwrap())
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|h| h.join().unwrap() as usize)
+            .sum();
+        assert_eq!(new, 1, "eight racing uploads of one chunk were counted {new} times");
+        assert_eq!(store.get(&id).unwrap(), vec![7u8; 65536]);
         assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
     }
 }

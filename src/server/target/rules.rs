@@ -79,6 +79,10 @@ pub fn new_delivery() -> Delivery {
     }
 }
 
+/// A delivery's history keeps its first event and the newest ones: a target (or anyone with its
+/// token) failing over and over cannot grow the job without bound.
+pub const HISTORY_KEPT: usize = 50;
+
 /// Moves a delivery to `state`, with an event in its history.
 pub fn transition(d: &mut Delivery, state: JobState, failure: Option<(Code, &str)>) {
     let failure = if state == JobState::InError { failure } else { None };
@@ -86,6 +90,10 @@ pub fn transition(d: &mut Delivery, state: JobState, failure: Option<(Code, &str
     d.error_code = failure.map(|(c, _)| c.as_str().to_string());
     d.error_reason = failure.map(|(_, r)| r.to_string());
     d.history.push(JobEvent { at: now(), state, code: d.error_code.clone(), reason: d.error_reason.clone() });
+    if d.history.len() > HISTORY_KEPT {
+        let extra = d.history.len() - HISTORY_KEPT;
+        d.history.drain(1..1 + extra);
+    }
 }
 
 /// Whether the delivery is this machine, with these disks, writing again (a reboot mid-way).
@@ -95,4 +103,22 @@ pub fn same_target(d: &Delivery, machine: &MachineIdentity, disks: &[DiskIdentit
             .iter()
             .map(|x| (&x.serial, &x.wwn, x.size))
             .eq(disks.iter().map(|x| (&x.serial, &x.wwn, x.size)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_delivery_history_keeps_its_first_and_newest_events() {
+        let mut d = new_delivery();
+        transition(&mut d, JobState::Waiting, None);
+        for i in 0..500 {
+            transition(&mut d, JobState::InError, Some((Code::WriteFailed, &format!("attempt {i}"))));
+        }
+        assert_eq!(d.history.len(), HISTORY_KEPT);
+        assert_eq!(d.history[0].state, JobState::Waiting);
+        assert_eq!(d.history.last().unwrap().reason.as_deref(), Some("attempt 499"));
+        assert_eq!(d.history[1].reason.as_deref(), Some("attempt 451"));
+    }
 }
