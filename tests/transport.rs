@@ -404,19 +404,39 @@ fn job_creation_with_a_client_token_is_idempotent_and_jobs_can_be_cancelled() {
     };
     let (a, b) = (create(), create());
     assert_eq!(a["id"], b["id"], "the same client token must give the same job");
-    assert_eq!(a["token"], b["token"]);
+    // The receiver keeps only token hashes: a caller that lost the first answer gets new
+    // tokens (the job has not been used yet), and the first stop working.
+    let (first, token) = (a["token"].as_str().unwrap(), b["token"].as_str().unwrap());
+    assert!(first.len() == 64 && token.len() == 64 && first != token, "{a}\n{b}");
     let list = ferry(&["job", "list", "--store", &store, "--json"]);
     let jobs: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
     assert_eq!(jobs.as_array().unwrap().len(), 1);
+    assert!(jobs[0].get("token").is_none(), "a listing carries no token: {jobs}");
+    for file in ["jobs.sqlite", "jobs.sqlite-wal"] {
+        let db = std::fs::read(Path::new(&store).join(file)).unwrap_or_default();
+        for t in [first, token] {
+            assert!(!db.windows(t.len()).any(|w| w == t.as_bytes()), "{file} holds a token in the clear");
+        }
+    }
+    assert!(Path::new(&store).join("jobs.sqlite").exists());
 
     let id = a["id"].as_str().unwrap();
+    let img = t.path().join("x.img");
+    random_image(&img, MIB, 1);
+    let out = r.send(id, first, &[&img], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("does not belong"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(r.job(id)["state"], "Waiting", "a refused token starts nothing");
+
     let out = ferry(&["job", "cancel", "--store", &store, id, "--json"]);
     assert!(out.status.success());
     assert_eq!(r.job(id)["state"], "Cancelled");
     // A cancelled job refuses its agent, with words that say so.
-    let img = t.path().join("x.img");
-    random_image(&img, MIB, 1);
-    let out = r.send(id, a["token"].as_str().unwrap(), &[&img], &[]);
+    let out = r.send(id, token, &[&img], &[]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cancelled"), "{}", String::from_utf8_lossy(&out.stderr));
     // Unknown jobs and bad admin tokens get clear errors and exit 1.

@@ -1,4 +1,4 @@
-//! `ferry job create|list|show|log|restart|cancel|target`: jobs on a receiver, with the admin
+//! `ferry job create|list|show|log|restart|token|cancel|target`: jobs on a receiver, with the admin
 //! token (`enroll` is `cli::enroll`'s).
 
 use anyhow::Result;
@@ -8,7 +8,7 @@ use super::job_view::{print_job, print_list};
 use crate::agent::Client;
 use crate::cmdline::{AdminArgs, JobCommand, TargetSpecArgs};
 use crate::wire::routes::call;
-use crate::wire::{CreateJob, Job, LogEntry, TargetSpec};
+use crate::wire::{CreateJob, Job, LogEntry, NewTokens, TargetSpec, TokenRequest};
 
 pub fn run(cmd: JobCommand) -> Result<i32> {
     super::runtime()?.block_on(run_async(cmd))
@@ -49,6 +49,11 @@ async fn run_async(cmd: JobCommand) -> Result<i32> {
             show(&admin, &job)?;
         }
         JobCommand::Enroll(cmd) => return super::enroll::run(cmd).await,
+        JobCommand::Token { admin, id, agent, target } => {
+            let req = TokenRequest { agent: agent || !target, target };
+            let new = admin_client(&admin)?.call::<call::RotateTokens>(&[&id], &req).await?;
+            print_tokens(&admin, &id, &new)?;
+        }
         JobCommand::Cancel { admin, id } => {
             report(&admin, &admin_client(&admin)?.call::<call::CancelJob>(&[&id], &()).await?)?;
         }
@@ -63,8 +68,27 @@ fn print_created(admin: &AdminArgs, job: &Job) -> Result<()> {
     }
     println!("job {} ({}) created: {}", job.id, job.name, job.state.as_str());
     println!("id:    {}", job.id);
-    println!("token: {}", job.token.as_deref().unwrap_or("?"));
+    match &job.token {
+        Some(t) => println!("token: {t}"),
+        // The same --client-token again, for a job already at work: its tokens were shown once.
+        None => println!("token: (shown when the job was made; new ones: ferry job token {})", job.id),
+    }
     if let Some(t) = &job.target_token {
+        println!("target token: {t}");
+    }
+    Ok(())
+}
+
+fn print_tokens(admin: &AdminArgs, id: &str, new: &NewTokens) -> Result<()> {
+    if admin.json {
+        println!("{}", serde_json::to_string_pretty(new)?);
+        return Ok(());
+    }
+    println!("job {id}: new tokens (the old ones no longer work; these are shown only now)");
+    if let Some(t) = &new.token {
+        println!("token: {t}");
+    }
+    if let Some(t) = &new.target_token {
         println!("target token: {t}");
     }
     Ok(())

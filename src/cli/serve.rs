@@ -13,6 +13,9 @@ pub fn run(a: ServeArgs) -> Result<i32> {
             return Ok(2);
         }
     }
+    // Everything the receiver writes (chunks, manifests, the database, exports' temp files) is
+    // its own: nothing it makes is for other local users to read.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     tls::install_crypto_provider();
     let cfg = ServeConfig {
         store: a.store,

@@ -186,6 +186,19 @@ pub enum JobCommand {
         admin: AdminArgs,
         id: String,
     },
+    /// Give a job new tokens, shown once (the receiver keeps only their hashes); the old
+    /// ones stop working. With neither flag, the agent token.
+    Token {
+        #[command(flatten)]
+        admin: AdminArgs,
+        id: String,
+        /// A new agent (source) token.
+        #[arg(long)]
+        agent: bool,
+        /// A new target token (instance jobs).
+        #[arg(long)]
+        target: bool,
+    },
     /// Cancel a job.
     Cancel {
         #[command(flatten)]

@@ -8,7 +8,7 @@ use axum::Json;
 
 use super::auth::Authorized;
 use super::error::{ApiErr, ApiResult, Body};
-use super::{random_hex, AppState};
+use super::{random_hex, tokens, AppState};
 use crate::image::treehash;
 use crate::wire::routes::{call, Caller};
 use crate::wire::*;
@@ -36,9 +36,26 @@ pub async fn create_job(
         }
         super::target::validate_spec(spec)?;
     }
-    let target_token = (req.target == TargetKind::Instance).then(|| random_hex(32));
-    let job = st.db.create_job(&req, &random_hex(6), &random_hex(32), target_token.as_deref())?;
+    let (token, target_token) = (random_hex(32), (req.target == TargetKind::Instance).then(|| random_hex(32)));
+    let target_hash = target_token.as_deref().map(tokens::hash);
+    let (mut job, new) = st.db.create_job(&req, &random_hex(6), &tokens::hash(&token), target_hash.as_deref())?;
+    if !new {
+        // The same client token again: the job made the first time. A repeat is a caller that
+        // lost the answer, so while nothing has used the job it gets tokens again (new ones:
+        // the first were not kept); a job already at work keeps its tokens (`ferry job token`).
+        if job.state != JobState::Waiting {
+            return Ok((StatusCode::OK, Json(job)));
+        }
+        st.db.set_tokens(&job.id, Some(&tokens::hash(&token)), target_hash.as_deref())?;
+        log::info!("job {} ({}) asked for again: new tokens", job.id, job.name);
+        job.token = Some(token);
+        job.target_token = target_token;
+        return Ok((StatusCode::OK, Json(job)));
+    }
     log::info!("job {} ({}) created", job.id, job.name);
+    // Shown this once: the receiver keeps only their hashes.
+    job.token = Some(token);
+    job.target_token = target_token;
     Ok((StatusCode::CREATED, Json(job)))
 }
 
@@ -51,7 +68,7 @@ pub async fn show_job(
     auth: Authorized,
     Path(job): Path<String>,
 ) -> ApiResult<Json<Job>> {
-    let mut j = st.job(&job, auth.caller == Caller::Admin)?;
+    let mut j = st.job(&job)?;
     if matches!(auth.caller, Caller::Agent | Caller::Target) {
         // An agent learns its job's state, not how the operator named the target.
         j.target_spec = None;
@@ -60,7 +77,7 @@ pub async fn show_job(
 }
 
 pub async fn restart_job(State(st): State<Arc<AppState>>, Path(job): Path<String>) -> ApiResult<Json<Job>> {
-    let current = st.job(&job, false)?;
+    let current = st.job(&job)?;
     if current.state == JobState::Running {
         return Err(ApiErr::new(Code::JobRunning, format!("job {job} is Running; cancel it first")));
     }
@@ -72,11 +89,37 @@ pub async fn restart_job(State(st): State<Arc<AppState>>, Path(job): Path<String
     }
     st.forget_manifests(&job);
     log::info!("job {job} restarted");
-    Ok(Json(st.job(&job, true)?))
+    Ok(Json(st.job(&job)?))
+}
+
+/// `POST /jobs/{job}/tokens` (admin): new agent and/or target tokens, shown once; the old
+/// ones stop working (a lost token, or a target to name for a job a machine made itself).
+pub async fn rotate_tokens(
+    State(st): State<Arc<AppState>>,
+    Path(job): Path<String>,
+    Body(req): Body<call::RotateTokens>,
+) -> ApiResult<Json<NewTokens>> {
+    let j = st.job(&job)?;
+    if req.target && j.target != TargetKind::Instance {
+        return Err(ApiErr::with_status(
+            StatusCode::CONFLICT,
+            Code::NotInstanceJob,
+            format!("job {job} exports images; it has no target token"),
+        ));
+    }
+    let token = req.agent.then(|| random_hex(32));
+    let target_token = req.target.then(|| random_hex(32));
+    st.db.set_tokens(
+        &job,
+        token.as_deref().map(tokens::hash).as_deref(),
+        target_token.as_deref().map(tokens::hash).as_deref(),
+    )?;
+    log::info!("job {job}: new tokens issued (agent: {}, target: {})", req.agent, req.target);
+    Ok(Json(NewTokens { token, target_token }))
 }
 
 pub async fn cancel_job(State(st): State<Arc<AppState>>, Path(job): Path<String>) -> ApiResult<Json<Job>> {
-    let current = st.job(&job, false)?;
+    let current = st.job(&job)?;
     match current.state {
         JobState::Finished => {
             return Err(ApiErr::new(Code::JobFinished, format!("job {job} is Finished; nothing to cancel")))
@@ -84,7 +127,7 @@ pub async fn cancel_job(State(st): State<Arc<AppState>>, Path(job): Path<String>
         JobState::Cancelled => {}
         _ => st.db.set_state(&job, JobState::Cancelled, None, None)?,
     }
-    Ok(Json(st.job(&job, true)?))
+    Ok(Json(st.job(&job)?))
 }
 
 /// `GET /whoami`: which role a token has (the dashboard's login check), and what the dashboard

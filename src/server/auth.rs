@@ -11,9 +11,9 @@ use axum::http::request::Parts;
 use axum::http::HeaderMap;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use subtle::ConstantTimeEq;
 
 use super::error::{ApiErr, ApiResult};
+use super::tokens;
 use super::AppState;
 use crate::wire::routes::{call, Call, Caller, Route};
 use crate::wire::{valid_job_id, Code, Enrollment, JobState};
@@ -85,7 +85,7 @@ async fn decide(st: &Arc<AppState>, route: &Route, parts: &mut Parts) -> ApiResu
         return Ok(Authorized::new(Caller::Anyone));
     }
     if callers == [Caller::Admin] {
-        if !tokens_equal(bearer(&parts.headers)?, &st.admin_token) {
+        if !tokens::equal(bearer(&parts.headers)?, &st.admin_token) {
             return Err(forbidden("this token may not manage jobs"));
         }
         if route.per_job() {
@@ -98,10 +98,10 @@ async fn decide(st: &Arc<AppState>, route: &Route, parts: &mut Parts) -> ApiResu
     }
     if !route.per_job() {
         let token = bearer(&parts.headers)?;
-        if tokens_equal(token, &st.admin_token) {
+        if tokens::equal(token, &st.admin_token) {
             return Ok(Authorized::new(Caller::Admin));
         }
-        if callers.contains(&Caller::Viewer) && tokens_equal(token, &st.viewer_token) {
+        if callers.contains(&Caller::Viewer) && tokens::equal(token, &st.viewer_token) {
             return Ok(Authorized::new(Caller::Viewer));
         }
         return Err(forbidden(if *route == call::WhoAmI::ROUTE {
@@ -157,11 +157,6 @@ pub fn bearer(headers: &HeaderMap) -> ApiResult<&str> {
         .ok_or_else(|| ApiErr::new(Code::BadToken, "the Authorization header must be 'Bearer TOKEN'"))
 }
 
-/// Compares two tokens in constant time. Lengths are not secret: every token is 64 hex digits.
-pub fn tokens_equal(a: &str, b: &str) -> bool {
-    a.len() == b.len() && bool::from(a.as_bytes().ct_eq(b.as_bytes()))
-}
-
 pub fn check_job_id(job: &str) -> ApiResult<()> {
     if valid_job_id(job) {
         Ok(())
@@ -177,13 +172,13 @@ fn job_caller(st: &AppState, headers: &HeaderMap, job: &str) -> ApiResult<(Calle
     // One indexed row: read on the worker (as every small database call here is).
     let (job_token, target_token, state) =
         st.db.tokens_and_state(job)?.ok_or_else(|| ApiErr::new(Code::NoSuchJob, format!("there is no job {job}")))?;
-    let caller = if tokens_equal(token, &job_token) {
+    let caller = if tokens::matches(token, &job_token) {
         Caller::Agent
-    } else if target_token.is_some_and(|t| tokens_equal(token, &t)) {
+    } else if target_token.is_some_and(|t| tokens::matches(token, &t)) {
         Caller::Target
-    } else if tokens_equal(token, &st.admin_token) {
+    } else if tokens::equal(token, &st.admin_token) {
         Caller::Admin
-    } else if tokens_equal(token, &st.viewer_token) {
+    } else if tokens::equal(token, &st.viewer_token) {
         Caller::Viewer
     } else {
         return Err(forbidden(format!("this token does not belong to job {job}")));
@@ -196,8 +191,8 @@ fn job_caller(st: &AppState, headers: &HeaderMap, job: &str) -> ApiResult<(Calle
 fn enrollment_caller(st: &AppState, headers: &HeaderMap) -> ApiResult<Authorized> {
     let token = bearer(headers)?;
     let mut matching = None;
-    for e in st.db.enrollment_rows(true)? {
-        if e.token.as_deref().is_some_and(|t| tokens_equal(token, t)) {
+    for (e, hash) in st.db.enrollment_token_hashes()? {
+        if tokens::matches(token, &hash) {
             matching = Some(e);
         }
     }
@@ -222,6 +217,6 @@ mod tests {
         assert!(denied(&call::TargetBegin::ROUTE, Caller::Admin).contains("target token"));
         assert!(denied(&call::Register::ROUTE, Caller::Target).contains("agent"));
         assert_eq!(denied(&call::GetLog::ROUTE, Caller::Agent), "only the operator reads boot logs");
-        assert!(tokens_equal("abc", "abc") && !tokens_equal("abc", "abd") && !tokens_equal("abc", "ab"));
+        assert!(tokens::equal("abc", "abc") && !tokens::equal("abc", "abd") && !tokens::equal("abc", "ab"));
     }
 }

@@ -12,16 +12,16 @@
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 
-use super::auth::Authorized;
+use super::auth::{bearer, Authorized};
 use super::db::{Enrolled, NewJobIds};
 use super::error::{ApiErr, ApiResult, Body};
-use super::{random_hex, AppState};
+use super::{random_hex, tokens, AppState};
 use crate::image::treehash;
 use crate::machine::meaningful;
-use crate::wire::routes::{call, Caller};
+use crate::wire::routes::call;
 use crate::wire::*;
 
 /// How the receiver tells machines apart (`key`), and the readable part of a job's name
@@ -76,14 +76,17 @@ pub async fn create(
         return Err(ApiErr::new(Code::BadMaxJobs, "max_jobs must be at least 1 (leave it out for no limit)"));
     }
     let req = CreateEnrollment { name: name.to_string(), ..req };
-    let e = st.db.create_enrollment(&req, &random_hex(6), &random_hex(32))?;
+    let token = random_hex(32);
+    let mut e = st.db.create_enrollment(&req, &random_hex(6), &tokens::hash(&token))?;
     log::info!("enrollment {} ({}) created", e.id, e.name);
+    // Shown this once: the receiver keeps only its hash.
+    e.token = Some(token);
     Ok((StatusCode::CREATED, Json(e)))
 }
 
-/// `GET /enrollments` (admin with tokens; viewer without).
-pub async fn list(State(st): State<Arc<AppState>>, auth: Authorized) -> ApiResult<Json<Vec<Enrollment>>> {
-    Ok(Json(st.db.enrollments(auth.caller == Caller::Admin)?))
+/// `GET /enrollments` (admin, viewer): tokens are not kept, so none are listed.
+pub async fn list(State(st): State<Arc<AppState>>) -> ApiResult<Json<Vec<Enrollment>>> {
+    Ok(Json(st.db.enrollments()?))
 }
 
 /// `POST /enrollments/{id}/revoke` (admin).
@@ -103,9 +106,12 @@ pub async fn revoke(State(st): State<Arc<AppState>>, Path(id): Path<String>) -> 
 pub async fn enroll(
     State(st): State<Arc<AppState>>,
     auth: Authorized,
+    headers: HeaderMap,
     Body(req): Body<call::Enroll>,
 ) -> ApiResult<(StatusCode, Json<EnrollAnswer>)> {
     let e = auth.enrollment.expect("the enrollment route carries its enrollment");
+    // The middleware accepted this token as the enrollment's.
+    let presented = bearer(&headers)?;
     let revoked = || {
         ApiErr::new(
             Code::EnrollmentRevoked,
@@ -128,10 +134,13 @@ pub async fn enroll(
         client_token: None,
         target_spec: None,
     };
-    let target_token = (e.target == TargetKind::Instance).then(|| random_hex(32));
-    let ids = NewJobIds { id: &random_hex(6), token: &random_hex(32), target_token: target_token.as_deref() };
+    // A job's target is named by the operator later (`ferry job token --target`); until then
+    // its target token is one nobody holds.
+    let target_hash = (e.target == TargetKind::Instance).then(|| tokens::hash(&random_hex(32)));
+    let ids = NewJobIds { id: &random_hex(6), target_token: target_hash.as_deref() };
+    let token_for = |job: &str| tokens::hash(&tokens::derived_job_token(presented, job));
     // Revoked meanwhile, or full: the database checks inside its transaction.
-    let (job, created) = match st.db.enrolled_job(&e, &key, req.offline, &new, ids)? {
+    let (job, created) = match st.db.enrolled_job(&e, &key, req.offline, &new, ids, &token_for)? {
         Enrolled::Job(job, created) => (*job, created),
         Enrolled::Revoked => return Err(revoked()),
         Enrolled::Full(made) => {
@@ -147,8 +156,8 @@ pub async fn enroll(
     if created {
         log::info!("enrollment {}: job {} ({}) created for {key:?}", e.id, job.id, job.name);
     }
-    let answer =
-        EnrollAnswer { job: job.id, name: job.name, token: job.token.unwrap_or_default(), created, state: job.state };
+    let token = tokens::derived_job_token(presented, &job.id);
+    let answer = EnrollAnswer { job: job.id, name: job.name, token, created, state: job.state };
     Ok((if created { StatusCode::CREATED } else { StatusCode::OK }, Json(answer)))
 }
 

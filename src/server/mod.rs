@@ -24,6 +24,7 @@ mod router;
 mod source;
 mod state;
 mod target;
+mod tokens;
 mod verify;
 
 pub use listen::{serve, ServeConfig, Started};

@@ -80,6 +80,7 @@ pub fn router(st: Arc<AppState>) -> Router {
     let r = api::<PostLog, _, _>(r, &st, logs::post_log);
     let r = api::<WhoAmI, _, _>(r, &st, admin::whoami);
     let r = api::<RestartJob, _, _>(r, &st, admin::restart_job);
+    let r = api::<RotateTokens, _, _>(r, &st, admin::rotate_tokens);
     let r = api::<CancelJob, _, _>(r, &st, admin::cancel_job);
     let r = api::<SetTarget, _, _>(r, &st, target::set_target);
     let r = api::<CreateEnrollment, _, _>(r, &st, enroll::create);

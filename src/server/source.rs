@@ -54,7 +54,7 @@ pub async fn register(
         st.db.set_state(&job, JobState::Running, None, None)?;
     }
     log::info!("job {job}: source registered with {} disks", req.disks.len());
-    let j = st.job(&job, false)?;
+    let j = st.job(&job)?;
     Ok(Json(Registered { job, options: j.options }))
 }
 
@@ -84,7 +84,7 @@ pub async fn finish(
     Path(job): Path<String>,
 ) -> ApiResult<Json<Job>> {
     running(&job, &auth)?;
-    let j = st.job(&job, false)?;
+    let j = st.job(&job)?;
     let expected = st.db.disk_count(&job)?.unwrap_or(0) as usize;
     let verified = j.disks.iter().filter(|d| d.verified && (d.index as usize) < expected).count();
     if expected == 0 || verified != expected {
@@ -95,7 +95,7 @@ pub async fn finish(
     }
     st.db.set_state(&job, JobState::Finished, None, None)?;
     log::info!("job {job} Finished: {expected} disks verified");
-    Ok(Json(st.job(&job, false)?))
+    Ok(Json(st.job(&job)?))
 }
 
 fn disk_in_range(st: &AppState, job: &str, disk: u32) -> ApiResult<()> {

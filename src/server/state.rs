@@ -76,8 +76,8 @@ impl AppState {
     }
 
     /// The job `id`, or the `no_such_job` answer.
-    pub fn job(&self, id: &str, with_token: bool) -> ApiResult<Job> {
-        self.db.job(id, with_token)?.ok_or_else(|| ApiErr::new(Code::NoSuchJob, format!("there is no job {id}")))
+    pub fn job(&self, id: &str) -> ApiResult<Job> {
+        self.db.job(id)?.ok_or_else(|| ApiErr::new(Code::NoSuchJob, format!("there is no job {id}")))
     }
 
     /// A job restarted: none of its manifests stay.
@@ -106,9 +106,28 @@ fn token_file(path: &Path) -> Result<String> {
     Ok(fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?.trim().to_string())
 }
 
+/// The store holds disk contents: only the receiver's user may enter it. A store made by a
+/// release before this one was 0755 with 0644 files; the directory's mode alone closes it (its
+/// files stay as they are, beneath it), and the database files are made 0600 as well.
+fn make_private(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    for (path, mode) in
+        [(dir.to_owned(), 0o700), (dir.join("jobs.sqlite"), 0o600), (dir.join("jobs.sqlite-wal"), 0o600)]
+    {
+        let Ok(meta) = fs::metadata(&path) else { continue };
+        if meta.permissions().mode() & 0o077 != 0 {
+            fs::set_permissions(&path, fs::Permissions::from_mode(mode))
+                .with_context(|| format!("making {} private", path.display()))?;
+            log::warn!("{} was readable by other users: now mode {mode:o}", path.display());
+        }
+    }
+    Ok(())
+}
+
 /// Opens (creating on first start) the store directory: admin token, TLS identity, database.
 pub fn open_state(dir: &Path) -> Result<AppState> {
     fs::create_dir_all(dir).with_context(|| format!("creating store {}", dir.display()))?;
+    make_private(dir)?;
     let admin_token = token_file(&dir.join("admin.token"))?;
     let viewer_token = token_file(&dir.join("viewer.token"))?;
     let db = db::Db::open(&dir.join("jobs.sqlite"))?;

@@ -170,6 +170,26 @@ pub struct EnrollAnswer {
     pub state: JobState,
 }
 
+/// Which of a job's tokens to replace (`POST /jobs/{job}/tokens`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct TokenRequest {
+    /// The agent's (the source's) token.
+    #[serde(default)]
+    pub agent: bool,
+    /// The target machine's token (`instance` jobs).
+    #[serde(default)]
+    pub target: bool,
+}
+
+/// The tokens just made: shown this once, since the receiver keeps only their hashes.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct NewTokens {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_token: Option<String>,
+}
+
 /// The target machine an `instance` job may write to, as the operator named it.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TargetSpec {

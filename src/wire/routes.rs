@@ -129,6 +129,7 @@ pub mod call {
         PostLog: Post "/jobs/{job}/log" [Agent, Target] Raw => ();
         WhoAmI: Get "/whoami" [Admin, Viewer] () => serde_json::Value;
         RestartJob: Post "/jobs/{job}/restart" [Admin] () => Job;
+        RotateTokens: Post "/jobs/{job}/tokens" [Admin] wire::TokenRequest => wire::NewTokens;
         CancelJob: Post "/jobs/{job}/cancel" [Admin] () => Job;
         SetTarget: Post "/jobs/{job}/target" [Admin] wire::TargetSpec => Job;
         CreateEnrollment: Post "/enrollments" [Admin] wire::CreateEnrollment => wire::Enrollment;

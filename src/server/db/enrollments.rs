@@ -17,14 +17,30 @@ pub enum Enrolled {
     Full(u64),
 }
 
-/// The ids and tokens of a job about to be created.
+/// The id and target token hash of a job about to be created for a machine; its agent token
+/// hash follows from its id (`token_for`).
 pub struct NewJobIds<'a> {
     pub id: &'a str,
-    pub token: &'a str,
     pub target_token: Option<&'a str>,
 }
 
+/// An enrollment's row (its token is shown once, when made, and kept only as a hash).
+fn enrollment_row(r: &rusqlite::Row) -> rusqlite::Result<Enrollment> {
+    Ok(Enrollment {
+        id: r.get("id")?,
+        name: r.get("name")?,
+        target: target_kind(r, "target")?,
+        options: from_json(r, "options")?,
+        token: None,
+        created_at: r.get("created_at")?,
+        revoked_at: r.get("revoked_at")?,
+        max_jobs: r.get("max_jobs")?,
+        jobs: vec![],
+    })
+}
+
 impl Db {
+    /// Creates an enrollment with this token hash.
     pub fn create_enrollment(&self, req: &CreateEnrollment, id: &str, token: &str) -> Result<Enrollment> {
         self.conn().execute(
             "INSERT INTO enrollments (id, name, target, options, token, created_at, max_jobs)
@@ -32,12 +48,12 @@ impl Db {
             params![id, req.name, kind_str(req.target), json(&req.options), token, now(), req.max_jobs],
         )?;
         // A new enrollment has no jobs yet.
-        self.enrollment_rows(true)?.into_iter().find(|e| e.id == id).context("enrollment vanished")
+        self.enrollment_rows()?.into_iter().find(|e| e.id == id).context("enrollment vanished")
     }
 
-    /// Every enrollment, oldest first, with the jobs each created; tokens only when `with_token`.
-    pub fn enrollments(&self, with_token: bool) -> Result<Vec<Enrollment>> {
-        let mut list = self.enrollment_rows(with_token)?;
+    /// Every enrollment, oldest first, with the jobs each created.
+    pub fn enrollments(&self) -> Result<Vec<Enrollment>> {
+        let mut list = self.enrollment_rows()?;
         let conn = self.conn();
         let mut jobs = conn.prepare("SELECT id FROM jobs WHERE enrollment = ?1 ORDER BY rowid")?;
         for e in &mut list {
@@ -46,28 +62,25 @@ impl Db {
         Ok(list)
     }
 
-    /// The enrollments without their jobs: what checking an enrollment token needs (cheap:
-    /// every `POST /enroll` compares its token with all of them).
-    pub fn enrollment_rows(&self, with_token: bool) -> Result<Vec<Enrollment>> {
+    /// The enrollments without their jobs, each with its token hash: what checking an
+    /// enrollment token needs (cheap: every `POST /enroll` compares its token with all of them).
+    pub fn enrollment_token_hashes(&self) -> Result<Vec<(Enrollment, String)>> {
         let conn = self.conn();
         let mut stmt = conn.prepare(
             "SELECT id, name, target, options, token, created_at, revoked_at, max_jobs FROM enrollments ORDER BY rowid",
         )?;
-        let list = stmt
-            .query_map([], |r| {
-                Ok(Enrollment {
-                    id: r.get("id")?,
-                    name: r.get("name")?,
-                    target: target_kind(r, "target")?,
-                    options: from_json(r, "options")?,
-                    token: if with_token { Some(r.get("token")?) } else { None },
-                    created_at: r.get("created_at")?,
-                    revoked_at: r.get("revoked_at")?,
-                    max_jobs: r.get("max_jobs")?,
-                    jobs: vec![],
-                })
-            })?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
+        let list =
+            stmt.query_map([], |r| Ok((enrollment_row(r)?, r.get("token")?)))?.collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(list)
+    }
+
+    /// The enrollments without their jobs.
+    pub fn enrollment_rows(&self) -> Result<Vec<Enrollment>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT id, name, target, options, token, created_at, revoked_at, max_jobs FROM enrollments ORDER BY rowid",
+        )?;
+        let list = stmt.query_map([], enrollment_row)?.collect::<rusqlite::Result<Vec<_>>>()?;
         Ok(list)
     }
 
@@ -77,7 +90,7 @@ impl Db {
             "UPDATE enrollments SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
             params![id, now()],
         )?;
-        Ok(self.enrollments(false)?.into_iter().find(|e| e.id == id))
+        Ok(self.enrollments()?.into_iter().find(|e| e.id == id))
     }
 
     /// The job a machine works on under an enrollment: its newest job, so that a reboot or an
@@ -99,6 +112,7 @@ impl Db {
         offline: bool,
         new: &CreateJob,
         ids: NewJobIds,
+        token_for: &dyn Fn(&str) -> String,
     ) -> Result<Enrolled> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
@@ -138,13 +152,19 @@ impl Db {
                 if !newest_known && max_jobs.is_some_and(|max| machines >= max) {
                     return Ok(Enrolled::Full(machines));
                 }
-                insert_job(&tx, new, ids.id, ids.token, ids.target_token, Some((&e.id, machine_key)))?;
+                insert_job(&tx, new, ids.id, &token_for(ids.id), ids.target_token, Some((&e.id, machine_key)))?;
                 (ids.id.to_string(), true)
             }
         };
-        tx.execute("UPDATE jobs SET enrolled_offline = ?2 WHERE id = ?1", params![id, offline as i64])?;
+        // The machine's token for its job follows from the enrollment token and the job's id:
+        // the same after every reboot, and (for a job from a release that kept another one)
+        // the one this machine now holds.
+        tx.execute(
+            "UPDATE jobs SET enrolled_offline = ?2, token = ?3 WHERE id = ?1",
+            params![id, offline as i64, token_for(&id)],
+        )?;
         tx.commit()?;
         drop(conn);
-        Ok(Enrolled::Job(Box::new(self.job(&id, true)?.context("job vanished")?), created))
+        Ok(Enrolled::Job(Box::new(self.job(&id)?.context("job vanished")?), created))
     }
 }

@@ -14,8 +14,9 @@ const DISK_COLUMNS: &str = "job_id, idx, identity, partition_table, size, chunk_
      chunks_received, rate, blake3, verified";
 const EVENT_COLUMNS: &str = "job_id, at, state, code, reason";
 
-/// A job's row, without its disks and history; tokens only when `with_token`.
-fn job_row(r: &Row, with_token: bool) -> rusqlite::Result<Job> {
+/// A job's row, without its disks and history. Tokens are kept only as hashes and never read
+/// back: they are shown once, when made.
+fn job_row(r: &Row) -> rusqlite::Result<Job> {
     Ok(Job {
         id: r.get("id")?,
         name: r.get("name")?,
@@ -24,7 +25,7 @@ fn job_row(r: &Row, with_token: bool) -> rusqlite::Result<Job> {
         error_code: r.get("error_code")?,
         error_reason: r.get("error_reason")?,
         options: from_json(r, "options")?,
-        token: if with_token { Some(r.get("token")?) } else { None },
+        token: None,
         created_at: r.get("created_at")?,
         updated_at: r.get("updated_at")?,
         machine: from_json_opt::<MachineIdentity>(r, "machine")?,
@@ -32,7 +33,7 @@ fn job_row(r: &Row, with_token: bool) -> rusqlite::Result<Job> {
         history: vec![],
         inventory: from_json_opt(r, "inventory")?,
         target_spec: from_json_opt(r, "target_spec")?,
-        target_token: if with_token { r.get("target_token")? } else { None },
+        target_token: None,
         delivery: from_json_opt(r, "delivery")?,
         enrollment: r.get("enrollment")?,
     })
@@ -102,8 +103,15 @@ pub(super) fn insert_job(
 }
 
 impl Db {
-    /// Creates a job, or returns the one created earlier with the same client token.
-    pub fn create_job(&self, req: &CreateJob, id: &str, token: &str, target_token: Option<&str>) -> Result<Job> {
+    /// Creates a job with these token hashes, or returns the one created earlier with the same
+    /// client token (the bool: whether it is new).
+    pub fn create_job(
+        &self,
+        req: &CreateJob,
+        id: &str,
+        token: &str,
+        target_token: Option<&str>,
+    ) -> Result<(Job, bool)> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         if let Some(ct) = &req.client_token {
@@ -112,20 +120,32 @@ impl Db {
             if let Some(existing) = existing {
                 drop(tx);
                 drop(conn);
-                return self.job(&existing, true)?.context("job vanished");
+                return Ok((self.job(&existing)?.context("job vanished")?, false));
             }
         }
         insert_job(&tx, req, id, token, target_token, None)?;
         tx.commit()?;
         drop(conn);
-        self.job(id, true)?.context("job vanished")
+        Ok((self.job(id)?.context("job vanished")?, true))
     }
 
-    /// A job with its disks and history; the agent token only when `with_token`.
-    pub fn job(&self, id: &str, with_token: bool) -> Result<Option<Job>> {
+    /// Replaces a job's token hashes (the ones given).
+    pub fn set_tokens(&self, id: &str, token: Option<&str>, target_token: Option<&str>) -> Result<()> {
+        let conn = self.conn();
+        if let Some(t) = token {
+            conn.execute("UPDATE jobs SET token = ?2 WHERE id = ?1", params![id, t])?;
+        }
+        if let Some(t) = target_token {
+            conn.execute("UPDATE jobs SET target_token = ?2 WHERE id = ?1", params![id, t])?;
+        }
+        Ok(())
+    }
+
+    /// A job with its disks and history.
+    pub fn job(&self, id: &str) -> Result<Option<Job>> {
         let conn = self.conn();
         let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1");
-        let Some(mut job) = conn.query_row(&sql, [id], |r| job_row(r, with_token)).optional()? else {
+        let Some(mut job) = conn.query_row(&sql, [id], job_row).optional()? else {
             return Ok(None);
         };
         let sql = format!("SELECT {DISK_COLUMNS} FROM disks WHERE job_id = ?1 ORDER BY idx");
@@ -149,7 +169,7 @@ impl Db {
         let conn = self.conn();
         let mut jobs: Vec<Job> = conn
             .prepare(&format!("SELECT {JOB_COLUMNS} FROM jobs ORDER BY rowid"))?
-            .query_map([], |r| job_row(r, false))?
+            .query_map([], job_row)?
             .collect::<rusqlite::Result<_>>()?;
         let at: HashMap<String, usize> = jobs.iter().enumerate().map(|(i, j)| (j.id.clone(), i)).collect();
         for d in
@@ -179,7 +199,7 @@ impl Db {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
-    /// The agent token, target token (instance jobs) and state of a job.
+    /// The hashes of the agent token and target token (instance jobs), and the state of a job.
     pub fn tokens_and_state(&self, id: &str) -> Result<Option<(String, Option<String>, JobState)>> {
         Ok(self
             .conn()

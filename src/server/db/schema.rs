@@ -91,7 +91,32 @@ const MIGRATIONS: &[(&str, Step)] = &[
              CREATE INDEX IF NOT EXISTS logs_by_boot ON job_logs (job_id, boot, role);",
         )?)
     }),
+    ("tokens kept as their SHA-256, not in plaintext", hash_tokens),
 ];
+
+/// Replaces every plaintext token (agent, target, enrollment) with its hash.
+fn hash_tokens(tx: &Transaction) -> Result<()> {
+    use crate::server::tokens::{hash, HASHED};
+    let plain = |table: &str, column: &str| -> Result<Vec<(String, String)>> {
+        let sql =
+            format!("SELECT id, {column} FROM {table} WHERE {column} IS NOT NULL AND {column} NOT LIKE '{HASHED}%'");
+        Ok(tx.prepare(&sql)?.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<rusqlite::Result<_>>()?)
+    };
+    let mut n = 0;
+    for (table, column) in [("jobs", "token"), ("jobs", "target_token"), ("enrollments", "token")] {
+        for (id, token) in plain(table, column)? {
+            tx.execute(
+                &format!("UPDATE {table} SET {column} = ?2 WHERE id = ?1"),
+                rusqlite::params![id, hash(&token)],
+            )?;
+            n += 1;
+        }
+    }
+    if n > 0 {
+        log::warn!("the job database kept {n} tokens in plaintext: each is now kept as its SHA-256 (they still work)");
+    }
+    Ok(())
+}
 
 /// The version a database of this release has.
 pub const VERSION: usize = MIGRATIONS.len();
@@ -166,7 +191,10 @@ mod tests {
         let path = t.path().join("jobs.db");
         Connection::open(&path).unwrap().execute_batch(FIRST_SCHEMA).unwrap();
         let db = Db::open(&path).unwrap();
-        assert_eq!(db.job("old1", false).unwrap().unwrap().state, JobState::Finished);
+        assert_eq!(db.job("old1").unwrap().unwrap().state, JobState::Finished);
+        // Its plaintext token is kept as a hash now, and still matches.
+        let (hash, _, _) = db.tokens_and_state("old1").unwrap().unwrap();
+        assert!(crate::server::tokens::matches("tok", &hash), "{hash}");
 
         let req = CreateEnrollment {
             name: "w".into(),
@@ -174,7 +202,7 @@ mod tests {
             options: Default::default(),
             max_jobs: Some(1),
         };
-        let e = db.create_enrollment(&req, "e1", &"a".repeat(64)).unwrap();
+        let e = db.create_enrollment(&req, "e1", &crate::server::tokens::hash(&"a".repeat(64))).unwrap();
         let new = CreateJob {
             name: "w-S1".into(),
             target: TargetKind::Image,
@@ -182,13 +210,14 @@ mod tests {
             client_token: None,
             target_spec: None,
         };
-        let ids = NewJobIds { id: "j1", token: "t1", target_token: None };
-        let Enrolled::Job(job, true) = db.enrolled_job(&e, "serial:S1", true, &new, ids).unwrap() else {
+        let token_for = |id: &str| crate::server::tokens::hash(id);
+        let ids = NewJobIds { id: "j1", target_token: None };
+        let Enrolled::Job(job, true) = db.enrolled_job(&e, "serial:S1", true, &new, ids, &token_for).unwrap() else {
             panic!("no new job")
         };
         assert_eq!(job.enrollment.as_deref(), Some("e1"));
-        let ids = NewJobIds { id: "j2", token: "t2", target_token: None };
-        assert!(matches!(db.enrolled_job(&e, "serial:S2", true, &new, ids).unwrap(), Enrolled::Full(1)));
+        let ids = NewJobIds { id: "j2", target_token: None };
+        assert!(matches!(db.enrolled_job(&e, "serial:S2", true, &new, ids, &token_for).unwrap(), Enrolled::Full(1)));
 
         db.add_log("j1", "source", "first", Some(("b1", 5))).unwrap();
         db.add_log("j1", "source", "final", Some(("b1", i64::MAX))).unwrap();
@@ -200,7 +229,7 @@ mod tests {
         assert_eq!(logs.iter().map(|l| l.text.as_str()).collect::<Vec<_>>(), ["final", "target's"]);
         // Opening again changes nothing more.
         drop(db);
-        assert_eq!(Db::open(&path).unwrap().enrollments(false).unwrap()[0].jobs, ["j1"]);
+        assert_eq!(Db::open(&path).unwrap().enrollments().unwrap()[0].jobs, ["j1"]);
     }
 
     #[test]
@@ -212,7 +241,7 @@ mod tests {
         c.execute_batch(UNVERSIONED).unwrap();
         drop(c);
         let db = Db::open(&path).unwrap();
-        assert_eq!(db.job("old1", false).unwrap().unwrap().name, "old job");
+        assert_eq!(db.job("old1").unwrap().unwrap().name, "old job");
         drop(db);
         let v: i64 = Connection::open(&path).unwrap().query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
         assert_eq!(v as usize, VERSION);

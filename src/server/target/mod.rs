@@ -38,14 +38,14 @@ pub async fn set_target(
     Path(job): Path<String>,
     Body(spec): Body<call::SetTarget>,
 ) -> ApiResult<Json<Job>> {
-    let j = st.job(&job, false)?;
+    let j = st.job(&job)?;
     if j.target != TargetKind::Instance {
         return Err(not_instance(&job));
     }
     validate_spec(&spec)?;
     st.db.set_target_spec(&job, &spec)?;
     log::info!("job {job}: target set to {:?}, wipe allowed: {}", spec.machine, spec.allow_wipe);
-    Ok(Json(st.job(&job, true)?))
+    Ok(Json(st.job(&job)?))
 }
 
 /// `POST /jobs/{job}/target/register` (target): who is asking; the answer is the plan.
@@ -55,7 +55,7 @@ pub async fn register(
     Path(job): Path<String>,
     Body(req): Body<call::TargetRegister>,
 ) -> ApiResult<Json<TargetPlan>> {
-    let j = st.job(&job, false)?;
+    let j = st.job(&job)?;
     if j.target != TargetKind::Instance {
         return Err(not_instance(&job));
     }
@@ -138,7 +138,7 @@ fn reading_target(st: &AppState, auth: &Authorized, job: &str) -> ApiResult<Job>
             format!("the source side of job {job} is {}", auth.state().as_str()),
         ));
     }
-    let j = st.job(job, false)?;
+    let j = st.job(job)?;
     if auth.caller == Caller::Admin {
         return Ok(j);
     }
@@ -255,7 +255,7 @@ pub async fn finish(
         return Err(ApiErr::new(Code::ReadbackMismatch, p));
     }
     log::info!("job {job}: target verified, {} disks", done.disks.len());
-    let mut j = st.job(&job, false)?;
+    let mut j = st.job(&job)?;
     j.target_spec = None;
     Ok(Json(j))
 }
