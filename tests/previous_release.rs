@@ -31,9 +31,15 @@ fn a_store_of_the_previous_release_opens_exports_and_resumes() {
     // As the old release left it: open to every local user.
     let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     std::fs::set_permissions(&store, std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::set_permissions(store.join("jobs.sqlite"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    for f in walk_files(&store) {
+        std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
     let r = Receiver::start(&store, false);
     assert_eq!((mode(&store), mode(&store.join("jobs.sqlite"))), (0o700, 0o600));
+    for f in walk_files(&store) {
+        assert_eq!(mode(&f), 0o600, "{}", f.display());
+    }
+    assert_eq!(mode(&store.join("chunks")), 0o700);
 
     // Every job of the old database decodes, in its state.
     let list = ferry_json(&["job", "list", "--store", store.to_str().unwrap(), "--json"]);

@@ -106,21 +106,39 @@ fn token_file(path: &Path) -> Result<String> {
     Ok(fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?.trim().to_string())
 }
 
-/// The store holds disk contents: only the receiver's user may enter it. A store made by a
-/// release before this one was 0755 with 0644 files; the directory's mode alone closes it (its
-/// files stay as they are, beneath it), and the database files are made 0600 as well.
+/// The store holds disk contents: only the receiver's user may read it. A store made by a
+/// release before this one was 0755 with 0644 files: when its directory is open to others,
+/// every directory beneath is made 0700 and every file 0600, once (the log says how many).
 fn make_private(dir: &Path) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
-    for (path, mode) in
-        [(dir.to_owned(), 0o700), (dir.join("jobs.sqlite"), 0o600), (dir.join("jobs.sqlite-wal"), 0o600)]
-    {
-        let Ok(meta) = fs::metadata(&path) else { continue };
-        if meta.permissions().mode() & 0o077 != 0 {
-            fs::set_permissions(&path, fs::Permissions::from_mode(mode))
-                .with_context(|| format!("making {} private", path.display()))?;
-            log::warn!("{} was readable by other users: now mode {mode:o}", path.display());
+    let open_to_others = |p: &Path| fs::symlink_metadata(p).map(|m| m.permissions().mode() & 0o077 != 0);
+    if !open_to_others(dir).with_context(|| format!("reading {}", dir.display()))? {
+        return Ok(());
+    }
+    let mut changed = 0u64;
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for entry in fs::read_dir(&d).with_context(|| format!("reading {}", d.display()))? {
+            let entry = entry?;
+            let kind = entry.file_type()?;
+            let mode = if kind.is_dir() {
+                stack.push(entry.path());
+                0o700
+            } else if kind.is_file() {
+                0o600
+            } else {
+                continue; // symlinks and the like: not the receiver's to change
+            };
+            if open_to_others(&entry.path())? {
+                fs::set_permissions(entry.path(), fs::Permissions::from_mode(mode))
+                    .with_context(|| format!("making {} private", entry.path().display()))?;
+                changed += 1;
+            }
         }
     }
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("making {} private", dir.display()))?;
+    log::warn!("the store {} was readable by other users: it is now 0700, and {changed} files and directories in it are the receiver's alone", dir.display());
     Ok(())
 }
 
