@@ -43,7 +43,13 @@ pub fn chunk_len(size: u64, chunk_size: u64, index: u64) -> u64 {
 /// `offset` must be a multiple of `chunk_size`, and `data` must be the whole chunk.
 pub fn chunk_id(data: &[u8], offset: u64, disk_size: u64, chunk_size: u64) -> Digest {
     debug_assert_eq!(offset % chunk_size, 0);
-    if disk_size <= chunk_size {
+    id_at(data, offset, disk_size <= chunk_size)
+}
+
+/// The id of `data` at byte `offset`: the root hash when it is the whole disk, else its
+/// chaining value.
+pub fn id_at(data: &[u8], offset: u64, whole_disk: bool) -> Digest {
+    if whole_disk {
         // A single-chunk disk: the root hash is the only node there is.
         return *blake3::hash(data).as_bytes();
     }

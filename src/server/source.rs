@@ -12,7 +12,8 @@ use super::auth::Authorized;
 use super::error::{ApiErr, ApiResult, Body};
 use super::AppState;
 use crate::image::manifest::hex_digest;
-use crate::image::treehash::{self, chunk_id};
+use crate::image::treehash;
+use crate::store::Place;
 use crate::wire::routes::call;
 use crate::wire::*;
 
@@ -145,7 +146,8 @@ pub async fn missing(
                 format!("chunk {} is past the last chunk ({})", c.index, count.saturating_sub(1)),
             ));
         }
-        if !st.store.contains(&c.id).map_err(anyhow::Error::from)? {
+        // Held only where it was verified: an id stored for another index does not count.
+        if !st.store.contains(&c.id, Place::of(size, chunk_size, c.index)).map_err(anyhow::Error::from)? {
             out.push(c.index);
         }
     }
@@ -228,14 +230,15 @@ async fn put_chunk_checked(
                 format!("chunk {index} must be {expected_len} bytes, got {}", bytes.len()),
             ));
         }
-        let actual = chunk_id(bytes, index * chunk_size, size, chunk_size);
+        let at = Place::of(size, chunk_size, index);
+        let actual = at.id_of(bytes);
         if actual != id {
             return Err(ApiErr::new(
                 Code::HashMismatch,
                 format!("chunk {index}: its bytes hash to {}, not to the id sent", hex::encode(actual)),
             ));
         }
-        match st2.store.put(&id, bytes) {
+        match st2.store.put(&id, at, bytes) {
             Ok(new) => Ok(new),
             Err(e) if e.kind() == std::io::ErrorKind::StorageFull || e.raw_os_error() == Some(libc::EDQUOT) => {
                 Err(ApiErr::new(Code::StoreFull, format!("the receiver's store is full: {e}")))

@@ -7,6 +7,7 @@ use super::error::ApiResult;
 use super::AppState;
 use crate::image::treehash::chunk_id;
 use crate::image::{hasher, Manifest};
+use crate::store::Place;
 use crate::wire::Code;
 
 pub fn verify_manifest(st: &AppState, m: &Manifest) -> Result<(), (Code, String)> {
@@ -16,10 +17,15 @@ pub fn verify_manifest(st: &AppState, m: &Manifest) -> Result<(), (Code, String)
         if c.zero {
             continue;
         }
-        match st.store.contains(&c.id) {
+        // A stored id counts only at the index it was verified for: ids of this disk's chunks
+        // listed in another order still merge to a root, but are not this disk.
+        match st.store.contains(&c.id, Place::of(m.size, m.chunk_size, i as u64)) {
             Ok(true) => {}
             Ok(false) => {
-                return Err((Code::ChunkMissing, format!("chunk {i} (id {}) was never received", hex::encode(c.id))))
+                return Err((
+                    Code::ChunkMissing,
+                    format!("chunk {i} (id {}) was never received for this place on the disk", hex::encode(c.id)),
+                ))
             }
             Err(e) => return Err((Code::StoreError, format!("reading the store: {e}"))),
         }

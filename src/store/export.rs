@@ -10,7 +10,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use rayon::prelude::*;
 
-use super::{ChunkStore, LocalStore};
+use super::{ChunkStore, LocalStore, Place};
 use crate::disk::DiskReader;
 use crate::image::{self, hasher, treehash, Manifest};
 
@@ -101,8 +101,15 @@ fn write_raw(store: &LocalStore, m: &Manifest, path: &Path) -> Result<()> {
             return Ok(());
         }
         let (offset, len) = m.chunk_range(i as u64);
-        let data =
-            store.get(&c.id).with_context(|| format!("reading chunk {i} ({}) from the store", hex::encode(c.id)))?;
+        let data = match store.get(&c.id, Place::of(m.size, m.chunk_size, i as u64)) {
+            Ok(data) => data,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                bail!("chunk {i} ({}) is not in the store at byte {offset}: it was removed", hex::encode(c.id))
+            }
+            Err(e) => {
+                return Err(e).with_context(|| format!("reading chunk {i} ({}) from the store", hex::encode(c.id)))
+            }
+        };
         if data.len() as u64 != len || treehash::chunk_id(&data, offset, m.size, m.chunk_size) != c.id {
             bail!("chunk {i} in the store is damaged: its bytes no longer match its id {}", hex::encode(c.id));
         }

@@ -5,11 +5,16 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::ChunkStore;
+use super::{ChunkStore, Place};
 use crate::image::Digest;
 
-/// Chunks under `DIR/chunks/ab/abcdef…` (two-level fan-out keeps directories small); writes go
-/// to `DIR/tmp`, are fsynced, then renamed into place.
+/// Chunks under `DIR/chunks/ab/abcdef….OFFSET` (`….whole` for a disk of one chunk; the two-level
+/// fan-out keeps directories small); writes go to `DIR/tmp`, are fsynced, then linked into
+/// place.
+///
+/// A store from before places were kept names its chunks `ab/abcdef…` alone. Such a chunk is
+/// adopted the first time it is asked for at a place: if its bytes have that id there, it is
+/// renamed to the placed name; else it stays unplaced and is absent for that place.
 pub struct LocalStore {
     chunks: PathBuf,
     tmp: PathBuf,
@@ -35,25 +40,55 @@ impl LocalStore {
         Ok(Self { chunks: dir.join("chunks"), tmp: dir.join("tmp"), counter: AtomicU64::new(0) })
     }
 
-    /// The file a chunk lives in. The id is 32 bytes rendered as hex, so no client input ever
-    /// becomes a path component.
-    fn path_of(&self, id: &Digest) -> PathBuf {
+    /// The file a chunk lives in at a place. The id is 32 bytes rendered as hex and the offset
+    /// a number, so no client input ever becomes a path component.
+    fn path_of(&self, id: &Digest, at: Place) -> PathBuf {
         let hex = hex::encode(id);
-        self.chunks.join(&hex[..2]).join(&hex)
+        let place = if at.whole_disk { "whole".to_string() } else { at.offset.to_string() };
+        self.chunks.join(&hex[..2]).join(format!("{hex}.{place}"))
+    }
+
+    /// Where a store from before places kept the chunk.
+    fn unplaced_path(&self, id: &Digest) -> PathBuf {
+        let hex = hex::encode(id);
+        self.chunks.join(&hex[..2]).join(hex)
+    }
+
+    /// Gives an unplaced chunk its place if its bytes have `id` there. True: it is held at `at`.
+    fn adopt(&self, id: &Digest, at: Place) -> io::Result<bool> {
+        let old = self.unplaced_path(id);
+        let data = match fs::read(&old) {
+            Ok(d) => d,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        if data.len() as u64 != at.len || at.id_of(&data) != *id {
+            return Ok(false);
+        }
+        match fs::hard_link(&old, self.path_of(id, at)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+        match fs::remove_file(&old) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(true),
+        }
     }
 }
 
 impl ChunkStore for LocalStore {
-    fn contains(&self, id: &Digest) -> io::Result<bool> {
-        match fs::metadata(self.path_of(id)) {
-            Ok(_) => Ok(true),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+    fn contains(&self, id: &Digest, at: Place) -> io::Result<bool> {
+        match fs::metadata(self.path_of(id, at)) {
+            Ok(m) => Ok(m.len() == at.len),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => self.adopt(id, at),
             Err(e) => Err(e),
         }
     }
 
-    fn put(&self, id: &Digest, data: &[u8]) -> io::Result<bool> {
-        let dest = self.path_of(id);
+    fn put(&self, id: &Digest, at: Place, data: &[u8]) -> io::Result<bool> {
+        debug_assert!(data.len() as u64 == at.len && at.id_of(data) == *id, "put takes verified chunks");
+        let dest = self.path_of(id, at);
         if dest.exists() {
             return Ok(false);
         }
@@ -65,8 +100,8 @@ impl ChunkStore for LocalStore {
             let mut f = File::create(&tmp)?;
             f.write_all(data)?;
             // The bytes are on disk before the chunk gets its name, so a crash can never leave
-            // a chunk file holding other bytes than its id says. The rename itself becomes
-            // durable at the next `sync` (a lost rename only means the chunk is sent again);
+            // a chunk file holding other bytes than its id says. The link itself becomes
+            // durable at the next `sync` (a lost link only means the chunk is sent again);
             // syncing the directory for every chunk would stall every upload on the disk.
             f.sync_data()?;
             drop(f);
@@ -87,12 +122,23 @@ impl ChunkStore for LocalStore {
         result
     }
 
-    fn get(&self, id: &Digest) -> io::Result<Vec<u8>> {
-        fs::read(self.path_of(id))
+    fn get(&self, id: &Digest, at: Place) -> io::Result<Vec<u8>> {
+        let data = match fs::read(self.path_of(id, at)) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound && self.adopt(id, at)? => fs::read(self.path_of(id, at))?,
+            other => other?,
+        };
+        if data.len() as u64 != at.len {
+            // The id of other bytes than this place's length: not held here.
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("held with {} bytes, not {}", data.len(), at.len),
+            ));
+        }
+        Ok(data)
     }
 
     fn sync(&self) -> io::Result<()> {
-        // syncfs: one call makes every rename (and any data) on the store's filesystem durable.
+        // syncfs: one call makes every link (and any data) on the store's filesystem durable.
         let dir = File::open(&self.chunks)?;
         nix::unistd::syncfs(&dir).map_err(io::Error::from)
     }
@@ -102,6 +148,13 @@ impl ChunkStore for LocalStore {
 mod tests {
     use super::*;
 
+    /// Chunk 1 of a disk of three 64 KiB chunks, its bytes and id.
+    fn chunk(fill: u8) -> (Digest, Place, Vec<u8>) {
+        let at = Place::of(3 << 16, 1 << 16, 1);
+        let data = vec![fill; 1 << 16];
+        (at.id_of(&data), at, data)
+    }
+
     #[test]
     fn put_get_dedup_and_crash_leftovers() {
         let dir = tempfile::tempdir().unwrap();
@@ -109,37 +162,97 @@ mod tests {
         fs::write(dir.path().join("tmp/leftover"), b"half a chunk").unwrap();
         let store = LocalStore::open(dir.path()).unwrap();
         assert!(!dir.path().join("tmp/leftover").exists());
-        let id = [0xab; 32];
-        assert!(!store.contains(&id).unwrap());
-        assert!(store.put(&id, b"hello").unwrap());
-        assert!(!store.put(&id, b"hello").unwrap());
-        assert!(store.contains(&id).unwrap());
-        assert_eq!(store.get(&id).unwrap(), b"hello");
-        assert!(dir.path().join("chunks/ab").join(hex::encode(id)).exists());
+        let (id, at, data) = chunk(1);
+        assert!(!store.contains(&id, at).unwrap());
+        assert!(store.put(&id, at, &data).unwrap());
+        assert!(!store.put(&id, at, &data).unwrap());
+        assert!(store.contains(&id, at).unwrap());
+        assert_eq!(store.get(&id, at).unwrap(), data);
+        assert!(dir
+            .path()
+            .join("chunks")
+            .join(&hex::encode(id)[..2])
+            .join(format!("{}.65536", hex::encode(id)))
+            .exists());
         assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
         // A reader beside a running receiver leaves its uploads in flight alone.
         fs::write(dir.path().join("tmp/in-flight"), b"upload").unwrap();
         let reader = LocalStore::open_for_reading(dir.path()).unwrap();
-        assert_eq!(reader.get(&id).unwrap(), b"hello");
+        assert_eq!(reader.get(&id, at).unwrap(), data);
         assert!(dir.path().join("tmp/in-flight").exists());
+    }
+
+    #[test]
+    fn a_chunk_is_held_only_at_the_place_it_was_verified_at() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(dir.path()).unwrap();
+        let (id, at, data) = chunk(2);
+        store.put(&id, at, &data).unwrap();
+        let elsewhere = [
+            Place { offset: 0, ..at },
+            Place { offset: 2 << 16, ..at },
+            Place { len: at.len - 1, ..at },
+            Place { whole_disk: true, ..at },
+        ];
+        for other in elsewhere {
+            assert!(!store.contains(&id, other).unwrap(), "{other:?}");
+            assert_eq!(
+                store.get(&id, other).map(|d| d.len()).unwrap_err().kind(),
+                io::ErrorKind::NotFound,
+                "{other:?}"
+            );
+        }
+        assert!(store.contains(&id, at).unwrap());
+    }
+
+    #[test]
+    fn a_chunk_of_an_older_store_is_adopted_only_where_its_bytes_have_its_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(dir.path()).unwrap();
+        let as_before = |id: &Digest, data: &[u8]| {
+            let path = store.unplaced_path(id);
+            fs::create_dir_all(path.parent().unwrap()).unwrap();
+            fs::write(&path, data).unwrap();
+            path
+        };
+        let (id, at, data) = chunk(3);
+        let unplaced = as_before(&id, &data);
+        // Asked for at another index, it is absent, and stays unplaced.
+        let other = Place { offset: 0, ..at };
+        assert!(!store.contains(&id, other).unwrap());
+        assert!(unplaced.exists());
+        // At its own, it is held, and renamed to its placed name.
+        assert!(store.contains(&id, at).unwrap());
+        assert!(!unplaced.exists() && store.path_of(&id, at).exists());
+        assert_eq!(store.get(&id, at).unwrap(), data);
+        // The same through get.
+        let (id2, at2, data2) = chunk(4);
+        as_before(&id2, &data2);
+        assert_eq!(store.get(&id2, at2).unwrap(), data2);
+        // Damaged bytes are never adopted.
+        let (id3, at3, mut data3) = chunk(5);
+        data3[7] ^= 1;
+        let damaged = as_before(&id3, &data3);
+        assert!(!store.contains(&id3, at3).unwrap() && damaged.exists());
     }
 
     #[test]
     fn racing_uploads_of_one_chunk_store_it_once() {
         let dir = tempfile::tempdir().unwrap();
         let store = std::sync::Arc::new(LocalStore::open(dir.path()).unwrap());
-        let id = [0x5a; 32];
+        let (id, at, data) = chunk(7);
+        let data = std::sync::Arc::new(data);
         let new: usize = (0..8)
             .map(|_| {
-                let s = store.clone();
-                std::thread::spawn(move || s.put(&id, &[7u8; 65536]).unwrap())
+                let (s, d) = (store.clone(), data.clone());
+                std::thread::spawn(move || s.put(&id, at, &d).unwrap())
             })
             .collect::<Vec<_>>()
             .into_iter()
             .map(|h| h.join().unwrap() as usize)
             .sum();
         assert_eq!(new, 1, "eight racing uploads of one chunk were counted {new} times");
-        assert_eq!(store.get(&id).unwrap(), vec![7u8; 65536]);
+        assert_eq!(store.get(&id, at).unwrap(), *data);
         assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
     }
 }

@@ -21,6 +21,7 @@ use super::auth::Authorized;
 use super::error::{ApiErr, ApiResult, Body};
 use super::AppState;
 use crate::image::{treehash, Manifest};
+use crate::store::Place;
 use crate::wire::routes::{call, Caller};
 use crate::wire::*;
 
@@ -312,8 +313,10 @@ pub async fn chunk(
         if entry.zero {
             return Err(ApiErr::new(Code::ZeroChunk, format!("chunk {index} is all zeros")));
         }
-        let bytes =
-            st2.store.get(&entry.id).map_err(|e| anyhow::anyhow!("reading chunk {index} from the store: {e}"))?;
+        let bytes = st2
+            .store
+            .get(&entry.id, Place::of(m.size, m.chunk_size, index))
+            .map_err(|e| anyhow::anyhow!("reading chunk {index} from the store: {e}"))?;
         debug_assert_eq!(bytes.len() as u64, treehash::chunk_len(m.size, m.chunk_size, index));
         Ok((entry.id, bytes))
     })
