@@ -30,7 +30,28 @@ impl Receiver {
     }
 
     pub fn start_with(store: &Path, plain: bool, port: u16, extra: &[&str]) -> Self {
-        let mut cmd = Command::new(FERRY);
+        Self::start_custom(store, plain, port, extra, &[], &[])
+    }
+
+    /// `ferry serve` run through `wrapper` (e.g. `prlimit --nofile=256:256 --`, which execs it:
+    /// the child's pid is the receiver's), with `env` set.
+    pub fn start_custom(
+        store: &Path,
+        plain: bool,
+        port: u16,
+        extra: &[&str],
+        wrapper: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
+        let mut cmd = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(FERRY);
+                c
+            }
+            None => Command::new(FERRY),
+        };
+        cmd.envs(env.iter().copied());
         cmd.args(["serve", "--store"]).arg(store).args(["--listen", &format!("127.0.0.1:{port}")]).args(extra);
         if plain {
             cmd.arg("--plain-http");
@@ -113,6 +134,13 @@ impl Receiver {
         let mut cmd = Command::new(FERRY);
         cmd.args(self.send_args(id, token)).args(extra).arg("--json").args(images);
         cmd.output().unwrap()
+    }
+
+    /// The receiver's peak resident memory so far (VmHWM), in bytes.
+    pub fn peak_memory(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let kib = status.lines().find_map(|l| l.strip_prefix("VmHWM:")).expect("VmHWM in /proc/PID/status");
+        kib.trim().trim_end_matches("kB").trim().parse::<u64>().unwrap() * 1024
     }
 
     /// Chunk files in the store.
