@@ -8,7 +8,10 @@ mod checks;
 
 use std::path::{Path, PathBuf};
 
-const TARGETS: &[(&str, fn(&[u8]))] = &[
+/// A fuzz target's check: panics on a crash input.
+type Check = fn(&[u8]);
+
+const TARGETS: &[(&str, Check)] = &[
     ("partition_tables", checks::partition_tables),
     ("manifest", checks::manifest),
     ("api_bodies", checks::api_bodies),
