@@ -365,6 +365,13 @@ fn read_mbr(disk: &DiskReader, sector0: &Sector0) -> io::Result<PartitionTable> 
         return Ok(t);
     }
     t.mbr_signature = Some(format!("0x{:08x}", u32::from_le_bytes(sector0.disk_signature)));
+    if let Some(e) = sector0.used().find(|e| e.2 == 0) {
+        // A partition over the MBR itself: damage, and mbrman panics on a table whose every
+        // partition starts at LBA 0 (found by fuzzing).
+        t.kind = TableKind::Damaged;
+        t.problems.push(format!("an MBR partition of type 0x{:02x} starts at LBA 0, over the MBR itself", e.1));
+        return Ok(t);
+    }
     let mut cursor = disk.cursor();
     let parsed = catch_unwind(AssertUnwindSafe(|| mbrman::MBR::read_from(&mut cursor, ss)));
     let mbr = match parsed {
