@@ -351,3 +351,106 @@ fn a_manifest_of_stored_chunks_in_another_order_is_not_verified() {
     // A's own copy is untouched and exports as it came.
     assert_eq!(export_b3sum(&r, &a, 0, t.path()), b3sum(&img));
 }
+
+/// Raw HTTP/1.1 connections that each send `head` and then hold on, re-sending it whenever the
+/// receiver answers or closes (a client that keeps requests in flight for as long as it can).
+fn hold_requests_open(port: u16, head: String, conns: usize) -> std::sync::Arc<std::sync::atomic::AtomicBool> {
+    use std::io::Read;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    for _ in 0..conns {
+        let (stop, head) = (stop.clone(), head.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let Ok(mut c) = TcpStream::connect(("127.0.0.1", port)) else { continue };
+                let _ = c.set_read_timeout(Some(Duration::from_secs(1)));
+                if c.write_all(head.as_bytes()).is_err() {
+                    continue;
+                }
+                let mut buf = [0u8; 4096];
+                while !stop.load(Ordering::Relaxed) {
+                    match c.read(&mut buf) {
+                        Ok(0) => break,
+                        Ok(_) => {
+                            if c.write_all(head.as_bytes()).is_err() {
+                                break;
+                            }
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                        Err(_) => break,
+                    }
+                }
+            }
+        });
+    }
+    stop
+}
+
+#[test]
+fn refused_requests_held_open_do_not_keep_a_real_agent_out() {
+    let t = tempfile::tempdir().unwrap();
+    // 256 descriptors: 16 API connections.
+    let r = Receiver::start_custom(
+        &t.path().join("store"),
+        true,
+        free_port(),
+        &[],
+        &["prlimit", "--nofile=256:256", "--"],
+        &[],
+    );
+    // Sixty clients without a token, each keeping a refused request waiting for its 1-byte body.
+    let head = "POST /api/v1/jobs/nosuchjob/register HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\n".to_string();
+    let stop = hold_requests_open(r.port, head, 60);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(http_code(&format!("{}/api/v1/health", r.url)), "200");
+    let img = t.path().join("disk.img");
+    random_image(&img, 8 * MIB as usize, 5);
+    let (id, token) = r.create_job("real-agent");
+    sent(&r.send(&id, &token, &[&img], &[]));
+    assert_eq!(export_b3sum(&r, &id, 0, t.path()), b3sum(&img));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+#[test]
+fn one_token_holding_uploads_open_does_not_stall_another_job() {
+    let t = tempfile::tempdir().unwrap();
+    let r = Receiver::start(&t.path().join("store"), true);
+    // Job A's token opens twelve 64 MiB chunk uploads and sends none of their bytes: more than
+    // the whole body budget (512 MiB), were it let take it.
+    let (a, a_token) = r.create_job("holder");
+    let api = format!("{}/api/v1", r.url);
+    register_and_begin(&api, &a, &a_token, 16 * 64 * MIB, 64 * MIB);
+    let mut held = vec![];
+    for i in 0..12 {
+        let mut c = TcpStream::connect(("127.0.0.1", r.port)).unwrap();
+        write!(
+            c,
+            "PUT /api/v1/jobs/{a}/disks/0/chunks/{i} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {a_token}\r\nx-ferry-chunk-id: {}\r\nContent-Length: {}\r\n\r\n",
+            "ab".repeat(32),
+            64 * MIB
+        )
+        .unwrap();
+        held.push(c);
+    }
+    // And a body with no length at all is refused at once.
+    let out = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "PUT", "-H", "Transfer-Encoding: chunked"])
+        .args([
+            "-H",
+            &format!("Authorization: Bearer {a_token}"),
+            "-H",
+            &format!("x-ferry-chunk-id: {}", "ab".repeat(32)),
+        ])
+        .args(["--data-binary", "x", &format!("{api}/jobs/{a}/disks/0/chunks/0")])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "411");
+    std::thread::sleep(Duration::from_secs(1));
+    // Job B sends its disk meanwhile, whole.
+    let img = t.path().join("b.img");
+    random_image(&img, 16 * MIB as usize, 6);
+    let (b, b_token) = r.create_job("other");
+    sent(&r.send(&b, &b_token, &[&img], &[]));
+    assert_eq!(export_b3sum(&r, &b, 0, t.path()), b3sum(&img));
+    drop(held);
+}

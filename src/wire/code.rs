@@ -130,6 +130,8 @@ codes! {
     NoChunkId = "no_chunk_id", http(400), TellOperator;
     BadChunkId = "bad_chunk_id", http(400), TellOperator;
     TooLarge = "too_large", http(413), TellOperator;
+    /// An HTTP/1 upload of a chunk or manifest without `Content-Length`.
+    LengthRequired = "length_required", http(411), TellOperator;
     BadCompression = "bad_compression", http(400), BootAgainSuspectHardware;
     BadLength = "bad_length", http(400), BootAgainSuspectHardware;
     HashMismatch = "hash_mismatch", http(422), BootAgainSuspectHardware;
