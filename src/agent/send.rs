@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, Mutex, Semaphore};
 use tokio::task::JoinSet;
 
 use super::client::{refused_with, Client, Refused};
-use crate::disk::{self, DiskReader};
+use crate::disk::{self, BadRange, BadSectors, DiskReader};
 use crate::image::hasher::{self, HashedChunk};
 use crate::image::{treehash, ChunkEntry, Manifest, DEFAULT_CHUNK_SIZE, MANIFEST_VERSION};
 use crate::machine::machine_identity;
@@ -33,6 +33,8 @@ pub struct SendOptions {
     pub compress: Option<bool>,
     pub bandwidth_limit: Option<u64>,
     pub chunk_size: Option<u64>,
+    /// What to do with sectors that cannot be read (the job's option when `None`).
+    pub bad_sectors: Option<BadSectors>,
     /// Hardware inventory to register with (the live image's driver coverage).
     pub inventory: Option<serde_json::Value>,
 }
@@ -45,6 +47,7 @@ impl Default for SendOptions {
             compress: None,
             bandwidth_limit: None,
             chunk_size: None,
+            bad_sectors: None,
             inventory: None,
         }
     }
@@ -56,9 +59,13 @@ pub struct DiskSummary {
     pub index: u32,
     pub path: String,
     pub size: u64,
+    pub sector_size: u32,
     pub blake3: String,
     pub chunks: u64,
     pub zero_chunks: u64,
+    /// Sectors that could not be read (sent as zeros), with `bad_sectors = record`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub bad_ranges: Vec<BadRange>,
     /// Chunks the receiver lacked, which were uploaded.
     pub sent_chunks: u64,
     /// Bytes on the wire for those chunks (after compression).
@@ -137,6 +144,7 @@ async fn send_opened(
         compress: Some(opts.compress.unwrap_or(job_opts.compress)),
         bandwidth_limit: opts.bandwidth_limit.or(job_opts.bandwidth_limit),
         chunk_size: Some(chunk_size),
+        bad_sectors: Some(opts.bad_sectors.unwrap_or(job_opts.bad_sectors)),
         ..opts.clone()
     };
     let mut summaries = vec![];
@@ -228,8 +236,17 @@ async fn send_disk(
     let chunk_size = opts.chunk_size.unwrap_or(DEFAULT_CHUNK_SIZE);
     let size = reader.size();
     let path = reader.path().display().to_string();
-    let partition_table =
-        disk::read_partition_table(&reader).with_context(|| format!("reading the partition table of {path}"))?;
+    reader.set_bad_sectors(opts.bad_sectors.unwrap_or_default());
+    let partition_table = match disk::read_partition_table(&reader) {
+        Ok(t) => t,
+        // Recording bad sectors: a table that cannot be read is damage to report, not the end.
+        Err(e) if opts.bad_sectors == Some(BadSectors::Record) => {
+            let mut t = disk::PartitionTable::empty(disk::TableKind::Damaged, reader.logical_sector_size());
+            t.problems.push(format!("the partition table could not be read: {e}"));
+            t
+        }
+        Err(e) => return Err(e).with_context(|| format!("reading the partition table of {path}")),
+    };
     let identity = disk::identify(&reader);
     let disk = index.to_string();
     let begin = BeginDisk { identity: identity.clone(), partition_table: partition_table.clone(), size, chunk_size };
@@ -247,15 +264,24 @@ async fn send_disk(
         zero_chunks: 0,
         uploads: JoinSet::new(),
     };
-    hash_and_send(client, job, reader, opts, &mut pass, on_progress).await?;
+    hash_and_send(client, job, reader.clone(), opts, &mut pass, on_progress).await?;
+    let bad_ranges = disk::rescue::in_partitions(reader.bad_ranges(), &partition_table);
     let chunks: Vec<ChunkEntry> = std::mem::take(&mut pass.ids)
         .into_iter()
         .enumerate()
         .map(|(i, e)| e.with_context(|| format!("chunk {i} of {} was never hashed", pass.path)))
         .collect::<Result<_>>()?;
     let root = treehash::root_from_ids(&chunks.iter().map(|c| c.id).collect::<Vec<_>>(), size, chunk_size)?;
-    let manifest =
-        Manifest { version: MANIFEST_VERSION, identity, partition_table, size, chunk_size, blake3: root, chunks };
+    let manifest = Manifest {
+        version: MANIFEST_VERSION,
+        identity,
+        partition_table,
+        size,
+        chunk_size,
+        blake3: root,
+        chunks,
+        bad_ranges: bad_ranges.clone(),
+    };
     let verdict = client
         .call::<call::CompleteDisk>(&[job, &disk], &manifest)
         .await
@@ -268,9 +294,11 @@ async fn send_disk(
         index,
         path: pass.path,
         size,
+        sector_size: reader.logical_sector_size(),
         blake3: local,
         chunks: count as u64,
         zero_chunks: pass.zero_chunks,
+        bad_ranges,
         sent_chunks: pass.sent_chunks,
         sent_bytes: pass.sent_bytes,
         verified: true,

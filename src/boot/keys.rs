@@ -13,6 +13,7 @@ pub const DISKS: &str = "ferry.disks";
 pub const COUNTDOWN: &str = "ferry.countdown";
 pub const RETRY: &str = "ferry.retry";
 pub const PLAIN_HTTP: &str = "ferry.plain_http";
+pub const BAD_SECTORS: &str = "ferry.bad_sectors";
 /// Debug logs on the console: read by the logger from the command line alone, before the rest.
 pub const DEBUG: &str = "ferry.debug";
 /// The kernel's own network key, in dracut's form.
@@ -91,6 +92,12 @@ pub const TOML_KEYS: &[TomlKey] = &[
         example: "10",
         help: "Seconds the verdict stays on screen before on_finish (default 10).",
     },
+    TomlKey {
+        key: "bad_sectors",
+        example: "fail",
+        help: "A source disk with sectors that cannot be read: \"fail\" (stop and say where) or\n\
+               # \"record\" (send them as zeros, list them in the job and the verdict). Default: the job's.",
+    },
 ];
 
 #[cfg(test)]
@@ -99,7 +106,8 @@ mod tests {
 
     #[test]
     fn the_toml_keys_are_the_command_line_keys_without_the_prefix() {
-        let cmdline = [SERVER, PIN, JOB, TOKEN, ENROLL, ROLE, ON_FINISH, DISKS, COUNTDOWN, RETRY, PLAIN_HTTP];
+        let cmdline =
+            [SERVER, PIN, JOB, TOKEN, ENROLL, ROLE, ON_FINISH, DISKS, COUNTDOWN, RETRY, PLAIN_HTTP, BAD_SECTORS];
         for k in TOML_KEYS {
             assert!(cmdline.contains(&k.cmdline_key().as_str()), "{} is not a key", k.key);
         }

@@ -36,7 +36,10 @@ pub fn print_list(jobs: &[Job]) {
 }
 
 pub fn print_job(j: &Job) {
-    show!("job {} ({}), target {:?}: {}", j.id, j.name, j.target, j.state.as_str());
+    let bad: u64 =
+        j.disks.iter().map(|d| crate::disk::rescue::sector_count(&d.bad_ranges, d.identity.logical_sector_size)).sum();
+    let with_bad = if bad > 0 { format!(" WITH {bad} UNREADABLE SECTORS") } else { String::new() };
+    show!("job {} ({}), target {:?}: {}{with_bad}", j.id, j.name, j.target, j.state.as_str());
     if let (Some(code), Some(reason)) = (&j.error_code, &j.error_reason) {
         show!("error: {reason} [{code}]");
     }
@@ -67,6 +70,16 @@ pub fn print_job(j: &Job) {
                 _ => String::new(),
             }
         );
+        if !d.bad_ranges.is_empty() {
+            let ss = d.identity.logical_sector_size;
+            show!(
+                "  {} UNREADABLE SECTORS on the source, zeros in this copy:",
+                crate::disk::rescue::sector_count(&d.bad_ranges, ss)
+            );
+            for r in &d.bad_ranges {
+                show!("    {}", r.describe(ss));
+            }
+        }
     }
     print_history(&j.history);
     if let Some(spec) = &j.target_spec {

@@ -14,6 +14,7 @@ mod pull;
 
 mod send;
 mod serve;
+mod store;
 
 use clap::Parser;
 
@@ -42,6 +43,7 @@ pub fn run() -> i32 {
         Command::Send(a) => send::run(a),
         Command::Pull(a) => pull::run(a),
         Command::Export(a) => export::run(a),
+        Command::Store(crate::cmdline::StoreCommand::Verify(a)) => store::verify(a),
         Command::Image(crate::cmdline::ImageCommand::Build(a)) => image::run(a),
         Command::Completions { shell } => docs::completions(shell),
         Command::Manpages { out } => docs::manpages(&out),

@@ -9,6 +9,7 @@ use crate::agent::enroll::enroll;
 use crate::agent::send::{send, SendOptions};
 use crate::agent::Client;
 use crate::cmdline::SendArgs;
+use crate::disk::rescue::sector_count;
 use crate::image::hasher;
 use crate::util::human_bytes;
 
@@ -42,6 +43,7 @@ pub fn run(a: SendArgs) -> Result<i32> {
         compress: a.compress.then_some(true),
         bandwidth_limit: a.bandwidth_limit,
         chunk_size: a.chunk_size,
+        bad_sectors: a.bad_sectors,
         inventory: None,
     };
     let mut bars: HashMap<u32, Progress> = HashMap::new();
@@ -71,8 +73,27 @@ pub fn run(a: SendArgs) -> Result<i32> {
                 human_bytes(s.sent_bytes),
                 s.zero_chunks
             );
+            print_bad_ranges(s);
         }
-        println!("MIGRATED: job {} is Finished; every disk's whole-disk BLAKE3 matches on both ends", job);
+        let bad: u64 = summaries.iter().map(|s| sector_count(&s.bad_ranges, s.sector_size)).sum();
+        if bad > 0 {
+            println!(
+                "MIGRATED WITH {bad} UNREADABLE SECTORS: job {job} is Finished; those sectors are zeros in the copy"
+            );
+        } else {
+            println!("MIGRATED: job {} is Finished; every disk's whole-disk BLAKE3 matches on both ends", job);
+        }
     }
     Ok(0)
+}
+
+/// Each unreadable range of a disk, a line each (the first 20, then how many more).
+fn print_bad_ranges(s: &crate::agent::send::DiskSummary) {
+    const SHOWN: usize = 20;
+    for r in s.bad_ranges.iter().take(SHOWN) {
+        println!("  unreadable: {}", r.describe(s.sector_size));
+    }
+    if s.bad_ranges.len() > SHOWN {
+        println!("  ... and {} more unreadable ranges (ferry job show lists them all)", s.bad_ranges.len() - SHOWN);
+    }
 }

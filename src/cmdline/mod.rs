@@ -32,6 +32,9 @@ pub enum Command {
     Pull(PullArgs),
     /// Write a received disk out of the store as a raw or qcow2 image.
     Export(ExportArgs),
+    /// Check a receiver's store.
+    #[command(subcommand)]
+    Store(StoreCommand),
     /// Build the live image: kernel, initramfs, iPXE script, USB image.
     #[command(subcommand)]
     Image(ImageCommand),
@@ -47,6 +50,26 @@ pub enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StoreCommand {
+    /// Hash every stored chunk again at its place and check every manifest against the store
+    /// (read-only; a receiver may run beside it). Exit 1 when anything is wrong.
+    Verify(StoreVerifyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct StoreVerifyArgs {
+    /// The receiver's store directory.
+    #[arg(long, env = "FERRY_STORE")]
+    pub store: PathBuf,
+    /// Only this job's manifests and the chunks they name.
+    #[arg(long)]
+    pub job: Option<String>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -274,6 +297,9 @@ pub struct JobArgs {
     /// Chunk size for the job's disks.
     #[arg(long, value_parser = parse_chunk_size)]
     pub chunk_size: Option<u64>,
+    /// Sectors a source cannot read: fail the job, or record them and send zeros in their place.
+    #[arg(long, value_enum, default_value_t)]
+    pub bad_sectors: crate::disk::BadSectors,
 }
 
 impl JobArgs {
@@ -289,6 +315,7 @@ impl JobArgs {
             compress: self.compress,
             bandwidth_limit: self.bandwidth_limit,
             chunk_size: self.chunk_size,
+            bad_sectors: self.bad_sectors,
         }
     }
 }
@@ -343,6 +370,9 @@ pub struct SendArgs {
     /// Chunk size (default: the job's setting, else 4M).
     #[arg(long, value_parser = parse_chunk_size)]
     pub chunk_size: Option<u64>,
+    /// Sectors that cannot be read: fail, or record them and send zeros (default: the job's).
+    #[arg(long, value_enum)]
+    pub bad_sectors: Option<crate::disk::BadSectors>,
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,

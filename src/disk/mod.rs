@@ -6,6 +6,7 @@ pub mod ioctl;
 pub mod lock;
 pub mod partitions;
 pub mod report;
+pub mod rescue;
 pub mod source;
 pub mod sysfs;
 pub mod types;
@@ -18,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 pub use partitions::{read_partition_table, Partition, PartitionTable, TableKind};
 pub use report::render;
+pub use rescue::{BadRange, BadSectors};
 pub use source::DiskReader;
 
 /// What identifies a disk: where it was found, what the hardware says it is, and its geometry.

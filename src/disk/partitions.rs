@@ -203,7 +203,11 @@ struct GptHeaderInfo {
 fn probe_gpt_header(disk: &DiskReader, lba: u64, last_lba: u64) -> io::Result<Result<GptHeaderInfo, String>> {
     let ss = u64::from(disk.logical_sector_size());
     let mut sector = vec![0u8; ss as usize];
-    read_at(disk, &mut sector, lba * ss)?;
+    match read_at(disk, &mut sector, lba * ss) {
+        // A failing disk's header sector: reported like any damage; the other header may do.
+        Err(e) if e.raw_os_error() == Some(libc::EIO) => return Ok(Err("unreadable (I/O error)".into())),
+        r => r?,
+    }
     if &sector[0..8] != b"EFI PART" {
         return Ok(Err("missing (no GPT signature)".into()));
     }

@@ -5,9 +5,13 @@ use std::io;
 use std::os::unix::fs::{FileExt, FileTypeExt};
 use std::path::{Path, PathBuf};
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, OnceLock};
+
 use anyhow::{bail, Context, Result};
 
 use super::ioctl;
+use super::rescue::{self, BadRange, BadSectors};
 
 /// A disk or image opened read-only. Reads name the path and offset when they fail.
 #[derive(Debug)]
@@ -18,6 +22,13 @@ pub struct DiskReader {
     logical_sector_size: u32,
     physical_sector_size: u32,
     is_block_device: bool,
+    /// What a chunk read that fails does: fail, or (true) read around the failing sectors.
+    record_bad_sectors: AtomicBool,
+    /// The ranges given up so far (with [`BadSectors::Record`]), in no order.
+    given_up: Mutex<Vec<BadRange>>,
+    /// A second handle that bypasses the page cache, opened at the first failed read: through
+    /// the cache a failing sector fails the whole page around it.
+    direct: OnceLock<Option<File>>,
 }
 
 impl DiskReader {
@@ -52,6 +63,9 @@ impl DiskReader {
                 logical_sector_size: logical,
                 physical_sector_size: physical.max(logical),
                 is_block_device: true,
+                record_bad_sectors: AtomicBool::new(false),
+                given_up: Mutex::default(),
+                direct: OnceLock::new(),
             });
         }
         if !ft.is_file() {
@@ -75,7 +89,72 @@ impl DiskReader {
             logical_sector_size: logical,
             physical_sector_size: logical,
             is_block_device: false,
+            record_bad_sectors: AtomicBool::new(false),
+            given_up: Mutex::default(),
+            direct: OnceLock::new(),
         })
+    }
+
+    /// Reads chunks with `policy` for sectors that fail (see [`DiskReader::read_chunk_at`]).
+    /// The source agent sets it once it knows the job's options, before the hashing pass.
+    pub fn set_bad_sectors(&self, policy: BadSectors) {
+        self.record_bad_sectors.store(policy == BadSectors::Record, Ordering::Relaxed);
+    }
+
+    /// Fills `buf` from `offset` like [`DiskReader::read_exact_at`]; but with
+    /// [`BadSectors::Record`], an I/O error is read around (`rescue`): the sectors that still
+    /// fail are left zero and recorded, and the read succeeds.
+    pub fn read_chunk_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        let err = match self.read_exact_at(buf, offset) {
+            Ok(()) => return Ok(()),
+            Err(e) => e,
+        };
+        let io_failure = err.downcast_ref::<ReadFailure>().is_some_and(|f| matches!(f.kind, ReadFailureKind::Io(_)));
+        if !self.record_bad_sectors.load(Ordering::Relaxed) || !io_failure {
+            return Err(err);
+        }
+        log::warn!("{err:#}: reading around the sectors that fail");
+        let sector = self.logical_sector_size as usize;
+        let given_up = rescue::read_around_failures(buf, offset, sector, |b, at| self.read_sectors_at(b, at));
+        for r in &given_up {
+            log::warn!(
+                "{}: {} bytes at offset {} cannot be read; sent as zeros",
+                self.path.display(),
+                r.length,
+                r.offset
+            );
+        }
+        self.given_up.lock().unwrap_or_else(|p| p.into_inner()).extend(given_up);
+        Ok(())
+    }
+
+    /// The ranges given up so far, in order and merged.
+    pub fn bad_ranges(&self) -> Vec<BadRange> {
+        rescue::merge(self.given_up.lock().unwrap_or_else(|p| p.into_inner()).clone())
+    }
+
+    /// One small read for `rescue`, past the page cache when the disk allows it.
+    fn read_sectors_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        let direct = self.direct.get_or_init(|| {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new().read(true).custom_flags(libc::O_DIRECT).open(&self.path).ok()
+        });
+        match direct {
+            Some(f) => {
+                // O_DIRECT wants a buffer aligned to the sector size: read through one.
+                let mut aligned = rescue::AlignedBuf::new(buf.len());
+                match f.read_exact_at(aligned.as_mut_slice(), offset) {
+                    Ok(()) => {
+                        buf.copy_from_slice(aligned.as_mut_slice());
+                        Ok(())
+                    }
+                    // An image file's short last sector cannot be read past the cache.
+                    Err(e) if e.raw_os_error() == Some(libc::EINVAL) => self.file.read_exact_at(buf, offset),
+                    Err(e) => Err(e),
+                }
+            }
+            None => self.file.read_exact_at(buf, offset),
+        }
     }
 
     pub fn path(&self) -> &Path {

@@ -98,7 +98,7 @@ pub fn hash_chunks_pooled<S: ChunkSink>(
                     let offset = index * chunk_size;
                     let len = chunk_len(size, chunk_size, index) as usize;
                     let mut buf = pool.get(len);
-                    if let Err(e) = disk.read_exact_at(buf.as_mut_slice(), offset) {
+                    if let Err(e) = disk.read_chunk_at(buf.as_mut_slice(), offset) {
                         stop.store(true, Ordering::Relaxed);
                         first_error.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(e);
                         break;

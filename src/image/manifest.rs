@@ -7,7 +7,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::treehash::{self, Digest};
-use crate::disk::{DiskIdentity, PartitionTable};
+use crate::disk::{BadRange, DiskIdentity, PartitionTable};
 
 /// The manifest format this build writes and reads.
 pub const MANIFEST_VERSION: u32 = 1;
@@ -41,6 +41,10 @@ pub struct Manifest {
     pub blake3: Digest,
     /// One entry per chunk, in disk order.
     pub chunks: Vec<ChunkEntry>,
+    /// Sectors the source could not read (`bad_sectors = record`): zeros in this copy, in order.
+    /// The whole-disk hash is that of the disk with them zeroed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bad_ranges: Vec<BadRange>,
 }
 
 /// What is wrong with a manifest received from elsewhere.
@@ -54,6 +58,8 @@ pub enum ManifestError {
     Tree(#[from] treehash::TreeError),
     #[error("the chunk ids do not merge to the whole-disk hash the manifest states")]
     RootMismatch,
+    #[error("the unreadable ranges are out of order, overlap, or reach past the disk's end")]
+    BadRanges,
 }
 
 impl Manifest {
@@ -66,6 +72,13 @@ impl Manifest {
         treehash::validate_chunk_size(self.chunk_size).map_err(ManifestError::ChunkSize)?;
         if self.recompute_root()? != self.blake3 {
             return Err(ManifestError::RootMismatch);
+        }
+        let mut end = 0;
+        for r in &self.bad_ranges {
+            if r.length == 0 || r.offset < end || r.offset.checked_add(r.length).is_none_or(|e| e > self.size) {
+                return Err(ManifestError::BadRanges);
+            }
+            end = r.end();
         }
         Ok(())
     }

@@ -54,8 +54,9 @@ pub fn build_manifest(
         disk::read_partition_table(&disk).with_context(|| format!("reading the partition table of {path}"))?;
     let identity = disk::identify(&disk);
     let size = disk.size();
-    let chunks = hash_all_chunks(disk, chunk_size, threads, progress)?;
+    let chunks = hash_all_chunks(disk.clone(), chunk_size, threads, progress)?;
     let ids: Vec<Digest> = chunks.iter().map(|c| c.id).collect();
     let blake3 = treehash::root_from_ids(&ids, size, chunk_size)?;
-    Ok(Manifest { version: MANIFEST_VERSION, identity, partition_table, size, chunk_size, blake3, chunks })
+    let bad_ranges = disk::rescue::in_partitions(disk.bad_ranges(), &partition_table);
+    Ok(Manifest { version: MANIFEST_VERSION, identity, partition_table, size, chunk_size, blake3, chunks, bad_ranges })
 }

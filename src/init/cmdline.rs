@@ -10,6 +10,7 @@ use std::net::Ipv4Addr;
 use serde::Deserialize;
 
 use crate::boot::keys;
+use crate::disk::BadSectors;
 
 /// What to do when the work is over.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
@@ -58,6 +59,8 @@ pub struct LiveConfig {
     /// Seconds to keep retrying an unreachable receiver before the verdict is FAILED.
     pub retry: u64,
     pub plain_http: bool,
+    /// Unreadable sectors on a source disk: fail or record (the job's option when absent).
+    pub bad_sectors: Option<BadSectors>,
     pub ip: IpConfig,
     /// MAC of the PXE boot NIC (from `BOOTIF=01-aa-bb-cc-dd-ee-ff`).
     pub bootif: Option<String>,
@@ -140,6 +143,10 @@ impl LiveConfig {
             keys::PLAIN_HTTP => match parse_bool(value) {
                 Ok(b) => self.plain_http = b,
                 Err(e) => self.errors.push(format!("ferry.plain_http: {e}")),
+            },
+            keys::BAD_SECTORS => match value.and_then(BadSectors::parse) {
+                Some(b) => self.bad_sectors = Some(b),
+                None => self.errors.push(format!("ferry.bad_sectors={} must be fail or record", value.unwrap_or(""))),
             },
             keys::IP => match parse_ip(value.unwrap_or("")) {
                 Ok(ip) => self.ip = ip,

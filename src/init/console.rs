@@ -31,6 +31,8 @@ const WIDTH: usize = 78;
 pub fn render_verdict(v: &Verdict) -> String {
     let bar = if v.ok { "=" } else { "!" }.repeat(WIDTH);
     let spaced: String = v.headline.chars().map(|c| format!("{c} ")).collect::<String>().trim_end().to_string();
+    // A headline of several words (MIGRATED WITH N UNREADABLE SECTORS) reads as it is.
+    let spaced = if v.headline.contains(' ') { v.headline.clone() } else { spaced };
     let mut out = format!("\n{bar}\n\n{:^WIDTH$}\n\n", spaced);
     for l in &v.lines {
         for piece in wrap(l, WIDTH - 2) {

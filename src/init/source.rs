@@ -11,6 +11,7 @@ use super::verdict::{advice_for_refusal, Doing, Failed};
 use crate::agent::client::refused_with;
 use crate::agent::send::{send, SendOptions, SendProgress};
 use crate::agent::Client;
+use crate::disk::rescue::sector_count;
 use crate::disk::source::ReadFailure;
 use crate::image::hasher;
 use crate::util::{human_bytes, human_duration};
@@ -53,7 +54,12 @@ pub async fn run(
     machine: &MachineIdentity,
     started: Instant,
 ) -> Result<Verdict, Failed> {
-    let opts = SendOptions { threads: hasher::default_threads(), inventory: Some(inventory), ..Default::default() };
+    let opts = SendOptions {
+        threads: hasher::default_threads(),
+        inventory: Some(inventory),
+        bad_sectors: cfg.bad_sectors,
+        ..Default::default()
+    };
     let mut on_progress = progress_lines();
     match send(client, job, paths, &opts, &mut on_progress).await {
         Ok(summaries) => {
@@ -65,12 +71,35 @@ pub async fn run(
             for s in &summaries {
                 lines.push(format!("disk {} {} {}: blake3 {}", s.index, s.path, human_bytes(s.size), s.blake3));
             }
-            Ok(Verdict::migrated(lines, vec![]))
+            let unreadable: u64 = summaries.iter().map(|s| sector_count(&s.bad_ranges, s.sector_size)).sum();
+            if unreadable == 0 {
+                return Ok(Verdict::migrated(lines, vec![]));
+            }
+            lines.extend(unreadable_lines(&summaries, job));
+            Ok(Verdict::migrated_with_unreadable(unreadable, lines))
         }
         Err(e) if refused_with(&e, Code::JobFinished) => finished_before(client, job, machine).await,
         Err(e) => Err(Failed { lines: vec![format!("{e:#}")], advice: vec![advice_for(&e, cfg)] }),
     }
 }
+
+/// The unreadable ranges for the verdict, a line each, at most [`UNREADABLE_SHOWN`] of them.
+fn unreadable_lines(summaries: &[crate::agent::send::DiskSummary], job: &str) -> Vec<String> {
+    let all: Vec<String> = summaries
+        .iter()
+        .flat_map(|s| {
+            s.bad_ranges.iter().map(move |r| format!("disk {} unreadable: {}", s.index, r.describe(s.sector_size)))
+        })
+        .collect();
+    let mut lines: Vec<String> = all.iter().take(UNREADABLE_SHOWN).cloned().collect();
+    if all.len() > UNREADABLE_SHOWN {
+        lines.push(format!("... and {} more ranges: ferry job show {job}", all.len() - UNREADABLE_SHOWN));
+    }
+    lines
+}
+
+/// Unreadable ranges listed on the verdict screen (it must fit a 25-line console).
+const UNREADABLE_SHOWN: usize = 8;
 
 /// The job was Finished already: by this machine before (booted into ferry again), or by
 /// another machine whose job this one was given by mistake. Only the first is "migrated".

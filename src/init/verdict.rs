@@ -24,6 +24,18 @@ impl Verdict {
         Verdict { ok: true, headline: "MIGRATED".into(), lines, advice, on_finish: None, countdown: None }
     }
 
+    /// MIGRATED, but `sectors` sectors could not be read: the copy has zeros there, and the
+    /// headline says so, so it is never mistaken for a clean copy.
+    pub fn migrated_with_unreadable(sectors: u64, lines: Vec<String>) -> Self {
+        let advice = format!(
+            "Tell the operator: {sectors} sectors of this machine's disks could not be read and are zeros in the copy (listed above and in `ferry job show`). Check what lies there before the cutover."
+        );
+        Verdict {
+            headline: format!("MIGRATED WITH {sectors} UNREADABLE SECTORS"),
+            ..Self::migrated(lines, vec![advice])
+        }
+    }
+
     /// MIGRATED before, nothing done now: the machine powers off rather than start ferry again
     /// and again (the stick left in, the PXE entry still set).
     pub fn already_done(line: String, advice: &str) -> Self {

@@ -10,6 +10,7 @@
 
 pub mod export;
 mod local;
+pub mod verify;
 
 pub use local::LocalStore;
 

@@ -32,7 +32,7 @@ pub mod routes;
 
 use serde::{Deserialize, Serialize};
 
-pub use crate::disk::{DiskIdentity, Partition, PartitionTable, TableKind};
+pub use crate::disk::{BadRange, BadSectors, DiskIdentity, Partition, PartitionTable, TableKind};
 use crate::image::manifest::hex_digest;
 use crate::image::Digest;
 pub use crate::image::{ChunkEntry, Manifest, MANIFEST_VERSION};
@@ -93,6 +93,13 @@ pub struct JobOptions {
     /// Chunk size the agent should cut disks into (the default when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chunk_size: Option<u64>,
+    /// What the source does with sectors it cannot read: `fail` (the default) or `record`.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub bad_sectors: BadSectors,
+}
+
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
 }
 
 /// `POST /jobs`: create a migration job (admin).
@@ -350,6 +357,9 @@ pub struct DiskStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub blake3: Option<String>,
     pub verified: bool,
+    /// Sectors the source could not read, sent as zeros (`bad_sectors = record`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bad_ranges: Vec<BadRange>,
 }
 
 /// A job as the API shows it. The agent token is shown to admins only.

@@ -6,12 +6,14 @@ use anyhow::{Context, Result};
 use rusqlite::{params, OptionalExtension, Row};
 
 use super::{from_json, from_json_opt, job_state, json, kind_str, now, target_kind, Db};
-use crate::wire::{BeginDisk, CreateJob, Delivery, DiskStatus, Job, JobEvent, JobState, MachineIdentity, TargetSpec};
+use crate::wire::{
+    BadRange, BeginDisk, CreateJob, Delivery, DiskStatus, Job, JobEvent, JobState, MachineIdentity, TargetSpec,
+};
 
 const JOB_COLUMNS: &str = "id, name, target, state, error_code, error_reason, options, token, machine, created_at,
      updated_at, inventory, target_token, target_spec, delivery, enrollment";
 const DISK_COLUMNS: &str = "job_id, idx, identity, partition_table, size, chunk_size, bytes_done, bytes_received,
-     chunks_received, rate, blake3, verified";
+     chunks_received, rate, blake3, verified, bad_ranges";
 const EVENT_COLUMNS: &str = "job_id, at, state, code, reason";
 
 /// A job's row, without its disks and history. Tokens are kept only as hashes and never read
@@ -56,6 +58,7 @@ fn disk_row(r: &Row) -> rusqlite::Result<(String, DiskStatus)> {
         eta_seconds: (rate > 0 && bytes_done < size).then(|| (size - bytes_done) / rate),
         blake3: r.get("blake3")?,
         verified: r.get::<_, i64>("verified")? != 0,
+        bad_ranges: from_json_opt(r, "bad_ranges")?.unwrap_or_default(),
     };
     Ok((r.get("job_id")?, disk))
 }
@@ -282,8 +285,8 @@ impl Db {
         let conn = self.conn();
         if same == Some((b.size, b.chunk_size)) {
             conn.execute(
-                "UPDATE disks SET identity = ?3, partition_table = ?4, verified = 0, blake3 = NULL, bytes_done = 0
-                 WHERE job_id = ?1 AND idx = ?2",
+                "UPDATE disks SET identity = ?3, partition_table = ?4, verified = 0, blake3 = NULL, bytes_done = 0,
+                 bad_ranges = NULL WHERE job_id = ?1 AND idx = ?2",
                 params![id, idx, json(&b.identity), json(&b.partition_table)],
             )?;
         } else {
@@ -325,10 +328,12 @@ impl Db {
         Ok(())
     }
 
-    pub fn verify_disk(&self, id: &str, idx: u32, blake3: &str, size: u64) -> Result<()> {
+    /// The disk is verified with `blake3`, with the sectors the source could not read.
+    pub fn verify_disk(&self, id: &str, idx: u32, blake3: &str, size: u64, bad_ranges: &[BadRange]) -> Result<()> {
+        let bad = (!bad_ranges.is_empty()).then(|| json(&bad_ranges));
         self.conn().execute(
-            "UPDATE disks SET verified = 1, blake3 = ?3, bytes_done = ?4 WHERE job_id = ?1 AND idx = ?2",
-            params![id, idx, blake3, size],
+            "UPDATE disks SET verified = 1, blake3 = ?3, bytes_done = ?4, bad_ranges = ?5 WHERE job_id = ?1 AND idx = ?2",
+            params![id, idx, blake3, size, bad],
         )?;
         Ok(())
     }

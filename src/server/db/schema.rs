@@ -92,6 +92,7 @@ const MIGRATIONS: &[(&str, Step)] = &[
         )?)
     }),
     ("tokens kept as their SHA-256, not in plaintext", hash_tokens),
+    ("the sectors a source could not read, per disk", |tx| add_columns(tx, "disks", &[("bad_ranges", "TEXT")])),
 ];
 
 /// Replaces every plaintext token (agent, target, enrollment) with its hash.

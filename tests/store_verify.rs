@@ -1,0 +1,118 @@
+//! `ferry store verify` on a real receiver's store: clean after real sends, and each kind of
+//! damage found and named (a chunk file's bytes changed on disk, a chunk file gone, a manifest
+//! changed), with exit 1; `--job` checks one job only.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+
+use support::*;
+
+const MIB: usize = 1 << 20;
+
+fn verify(store: &Path, extra: &[&str]) -> (i32, serde_json::Value) {
+    let mut args = vec!["store", "verify", "--store", store.to_str().unwrap(), "--json"];
+    args.extend(extra);
+    let out = ferry(&args);
+    let report = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!("{e}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    });
+    (out.status.code().unwrap(), report)
+}
+
+fn chunk_files(store: &Path) -> Vec<PathBuf> {
+    let mut out = vec![];
+    for fan in std::fs::read_dir(store.join("chunks")).unwrap() {
+        for f in std::fs::read_dir(fan.unwrap().path()).unwrap() {
+            out.push(f.unwrap().path());
+        }
+    }
+    out.sort();
+    out
+}
+
+fn problems(report: &serde_json::Value) -> Vec<String> {
+    report["problems"].as_array().unwrap().iter().map(|p| p.as_str().unwrap().to_string()).collect()
+}
+
+#[test]
+fn a_store_is_verified_from_its_own_bytes_and_damage_is_named() {
+    let t = tempfile::tempdir().unwrap();
+    let store = t.path().join("store");
+    let r = Receiver::start(&store, true);
+    // Two jobs, 1 MiB chunks: one 6 MiB disk with a zero chunk, one 3 MiB disk.
+    let a_img = t.path().join("a.img");
+    random_image(&a_img, 6 * MIB, 1);
+    write_at(&a_img, 2 << 20, &vec![0u8; MIB]);
+    let b_img = t.path().join("b.img");
+    random_image(&b_img, 3 * MIB, 2);
+    let (a, a_token) = r.create_job("verify-a");
+    sent(&r.send(&a, &a_token, &[&a_img], &["--chunk-size", "1M"]));
+    let (b, b_token) = r.create_job("verify-b");
+    sent(&r.send(&b, &b_token, &[&b_img], &["--chunk-size", "1M"]));
+
+    // Clean: every chunk file hashed again (5 + 3), both manifests checked.
+    let files = chunk_files(&store);
+    assert_eq!(files.len(), 8, "{files:?}");
+    let (code, report) = verify(&store, &[]);
+    assert_eq!(code, 0, "{report:#}");
+    assert_eq!(report["chunks_checked"], 8);
+    assert_eq!(report["bytes_checked"], 8 * MIB as u64);
+    assert_eq!(report["manifests_checked"], serde_json::json!([format!("{a}/0"), format!("{b}/0")]));
+    let text = ferry(&["store", "verify", "--store", store.to_str().unwrap()]);
+    assert!(
+        String::from_utf8_lossy(&text.stdout)
+            .contains("8 chunks (8.0 MiB) hashed again at their place, 2 manifests checked: nothing wrong"),
+        "{}",
+        String::from_utf8_lossy(&text.stdout)
+    );
+
+    // One byte of one of job A's chunk files changed on the store's disk: named, exit 1.
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(store.join("manifests").join(&a).join("0.json")).unwrap()).unwrap();
+    let id = manifest["chunks"][3]["id"].as_str().unwrap().to_string();
+    let damaged = store.join("chunks").join(&id[..2]).join(format!("{id}.{}", 3 * MIB));
+    let mut bytes = std::fs::read(&damaged).unwrap();
+    bytes[12345] ^= 1;
+    std::fs::write(&damaged, &bytes).unwrap();
+    let (code, report) = verify(&store, &[]);
+    assert_eq!(code, 1);
+    assert_eq!(
+        problems(&report),
+        vec![format!(
+            "{}: its bytes do not hash to its id at offset {} (damaged on the store's disk)",
+            damaged.display(),
+            3 * MIB
+        )]
+    );
+    // --job B does not look at A's chunks.
+    let (code, report) = verify(&store, &["--job", &b]);
+    assert_eq!((code, report["chunks_checked"].as_u64()), (0, Some(3)), "{report:#}");
+    // ...and --job A does.
+    let (code, _) = verify(&store, &["--job", &a]);
+    assert_eq!(code, 1);
+
+    // A chunk file of B gone: B's manifest names it missing.
+    let b_manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(store.join("manifests").join(&b).join("0.json")).unwrap()).unwrap();
+    let b_id = b_manifest["chunks"][1]["id"].as_str().unwrap().to_string();
+    std::fs::remove_file(store.join("chunks").join(&b_id[..2]).join(format!("{b_id}.{MIB}"))).unwrap();
+    let (code, report) = verify(&store, &["--job", &b]);
+    assert_eq!(code, 1);
+    assert_eq!(problems(&report), vec![format!("manifest {b}/0: chunk 1 (id {b_id}) is missing from the store")]);
+
+    // A manifest whose whole-disk hash was changed no longer merges.
+    let mut changed = b_manifest.clone();
+    changed["blake3"] = serde_json::json!("00".repeat(32));
+    std::fs::write(store.join("manifests").join(&b).join("0.json"), serde_json::to_vec(&changed).unwrap()).unwrap();
+    let (_, report) = verify(&store, &["--job", &b]);
+    assert_eq!(
+        problems(&report),
+        vec![format!("manifest {b}/0: the chunk ids do not merge to the whole-disk hash the manifest states")]
+    );
+
+    // Usage: a job the store has no manifests for is an error, not a clean report.
+    let out = ferry(&["store", "verify", "--store", store.to_str().unwrap(), "--job", "nosuchjob"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("job nosuchjob has no verified disk"));
+}
