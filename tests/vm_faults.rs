@@ -73,6 +73,8 @@ fn unreadable_sectors_are_recorded_sent_as_zeros_and_named_in_the_verdict() {
     vm.disk(Disk::FailingVirtio { file: &disk, config: &cfg }, 0);
     let (serial, took) = vm.run(BOOT_TIMEOUT);
     eprintln!("source with unreadable sectors: {took:?}");
+    let verdict_at = serial.rfind("MIGRATED WITH").map(|i| serial[..i].rfind("=====").unwrap_or(i)).unwrap_or(0);
+    eprintln!("{}", &serial[verdict_at..]);
 
     // The verdict names the count, never a plain MIGRATED, and lists each range with its partition.
     assert!(serial.contains("MIGRATED WITH 2050 UNREADABLE SECTORS"), "{serial}");
