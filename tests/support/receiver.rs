@@ -43,6 +43,20 @@ impl Receiver {
         wrapper: &[&str],
         env: &[(&str, &str)],
     ) -> Self {
+        Self::start_at(store, plain, &format!("127.0.0.1:{port}"), extra, wrapper, env)
+    }
+
+    /// [`Receiver::start_custom`] listening on `listen` (`ADDR:PORT`), e.g. inside a network
+    /// namespace made by the test (with `wrapper` `ip netns exec NS`).
+    pub fn start_at(
+        store: &Path,
+        plain: bool,
+        listen: &str,
+        extra: &[&str],
+        wrapper: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
+        let port = listen.rsplit(':').next().and_then(|p| p.parse().ok()).expect("ADDR:PORT");
         let mut cmd = match wrapper.split_first() {
             Some((program, args)) => {
                 let mut c = Command::new(program);
@@ -52,7 +66,7 @@ impl Receiver {
             None => Command::new(FERRY),
         };
         cmd.envs(env.iter().copied());
-        cmd.args(["serve", "--store"]).arg(store).args(["--listen", &format!("127.0.0.1:{port}")]).args(extra);
+        cmd.args(["serve", "--store"]).arg(store).args(["--listen", listen]).args(extra);
         if plain {
             cmd.arg("--plain-http");
         }
