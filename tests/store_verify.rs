@@ -1,6 +1,7 @@
 //! `ferry store verify` on a real receiver's store: clean after real sends, and each kind of
 //! damage found and named (a chunk file's bytes changed on disk, a chunk file gone, a manifest
-//! changed), with exit 1; `--job` checks one job only.
+//! changed), with exit 1; `--job` checks one job only. And the `bad_sectors` job option, whose
+//! ranges such a store keeps (a disk with real bad sectors is in `vm_faults.rs`).
 
 mod support;
 
@@ -115,4 +116,35 @@ fn a_store_is_verified_from_its_own_bytes_and_damage_is_named() {
     let out = ferry(&["store", "verify", "--store", store.to_str().unwrap(), "--job", "nosuchjob"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("job nosuchjob has no verified disk"));
+}
+
+/// The `bad_sectors` job option: set at create, shown with the job, refused when misspelt; a
+/// clean disk sent under `record` is a plain MIGRATED with no ranges anywhere.
+#[test]
+fn the_bad_sectors_option_is_kept_with_the_job_and_a_clean_disk_records_nothing() {
+    let t = tempfile::tempdir().unwrap();
+    let store = t.path().join("store");
+    let r = Receiver::start(&store, true);
+    let s = store.to_str().unwrap();
+    let out = ferry(&["job", "create", "--store", s, "--name", "rec", "--bad-sectors", "record", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let created: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (id, token) = (created["id"].as_str().unwrap(), created["token"].as_str().unwrap());
+    assert_eq!(r.job(id)["options"]["bad_sectors"], "record");
+    let (plain, _) = r.create_job("plain");
+    assert!(r.job(&plain)["options"].get("bad_sectors").is_none(), "fail is the default and not spelt out");
+    let misspelt = ferry(&["job", "create", "--store", s, "--name", "x", "--bad-sectors", "skip"]);
+    assert_eq!(misspelt.status.code(), Some(2));
+
+    let img = t.path().join("clean.img");
+    random_image(&img, 3 * MIB, 9);
+    let out = r.send(id, token, &[&img], &[]);
+    let summary = sent(&out);
+    assert!(summary["disks"][0].get("bad_ranges").is_none(), "{summary:#}");
+    let j = r.job(id);
+    assert_eq!(j["state"], "Finished");
+    assert!(j["disks"][0].get("bad_ranges").is_none(), "{j:#}");
+    let shown = String::from_utf8_lossy(&ferry(&["job", "show", "--store", s, id]).stdout).to_string();
+    assert!(shown.contains(": Finished") && !shown.contains("UNREADABLE"), "{shown}");
+    assert_eq!(export_b3sum(&r, id, 0, t.path()), b3sum(&img));
 }
