@@ -203,6 +203,17 @@ fn an_http2_connection_carries_at_most_32_streams() {
 }
 
 /// A small boot directory: what is served, not what boots, is tested here.
+/// A receiver (run through `wrapper`) serving boot files from `DIR/boot` (an initrd of
+/// `initrd_mib`) on a plain-HTTP boot listener of its own; the receiver and that port.
+fn receiver_with_boot_files(dir: &Path, initrd_mib: u64, wrapper: &[&str]) -> (Receiver, u16) {
+    let boot = dir.join("boot");
+    boot_dir(&boot, initrd_mib);
+    let boot_port = free_port();
+    let listen = format!("127.0.0.1:{boot_port}");
+    let args = ["--boot-dir", boot.to_str().unwrap(), "--boot-listen", &listen];
+    (Receiver::start_custom(&dir.join("store"), false, free_port(), &args, wrapper, &[]), boot_port)
+}
+
 fn boot_dir(dir: &Path, initrd_mib: u64) {
     std::fs::create_dir_all(dir).unwrap();
     random_image(&dir.join("vmlinuz"), MIB as usize, 1);
@@ -221,17 +232,7 @@ fn http_code(url: &str) -> String {
 #[test]
 fn idle_and_half_sent_connections_do_not_keep_a_real_agent_out() {
     let t = tempfile::tempdir().unwrap();
-    let boot = t.path().join("boot");
-    boot_dir(&boot, 1);
-    let boot_port = free_port();
-    let r = Receiver::start_custom(
-        &t.path().join("store"),
-        false,
-        free_port(),
-        &["--boot-dir", boot.to_str().unwrap(), "--boot-listen", &format!("127.0.0.1:{boot_port}")],
-        &["prlimit", "--nofile=256:256", "--"],
-        &[],
-    );
+    let (r, boot_port) = receiver_with_boot_files(t.path(), 1, &["prlimit", "--nofile=256:256", "--"]);
     // Far more connections than the receiver has descriptors for: TCP that never says hello,
     // TLS-less half headers on the API port, and half-sent requests on the boot listener.
     let api = ("127.0.0.1", r.port);
@@ -264,15 +265,8 @@ fn idle_and_half_sent_connections_do_not_keep_a_real_agent_out() {
 #[test]
 fn a_wave_of_slow_boot_downloads_keeps_memory_flat() {
     let t = tempfile::tempdir().unwrap();
+    let (r, boot_port) = receiver_with_boot_files(t.path(), 48, &[]);
     let boot = t.path().join("boot");
-    boot_dir(&boot, 48);
-    let boot_port = free_port();
-    let r = Receiver::start_with(
-        &t.path().join("store"),
-        false,
-        free_port(),
-        &["--boot-dir", boot.to_str().unwrap(), "--boot-listen", &format!("127.0.0.1:{boot_port}")],
-    );
     let url = format!("http://127.0.0.1:{boot_port}/boot/initrd.img");
     let before = r.peak_memory();
     let mut slow: Vec<_> = (0..50)
