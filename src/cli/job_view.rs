@@ -35,26 +35,9 @@ pub fn print_list(jobs: &[Job]) {
     }
 }
 
-pub fn print_job(j: &Job) {
-    let bad: u64 =
-        j.disks.iter().map(|d| crate::disk::rescue::sector_count(&d.bad_ranges, d.identity.logical_sector_size)).sum();
-    let with_bad = if bad > 0 { format!(" WITH {bad} UNREADABLE SECTORS") } else { String::new() };
-    show!("job {} ({}), target {:?}: {}{with_bad}", j.id, j.name, j.target, j.state.as_str());
-    if let (Some(code), Some(reason)) = (&j.error_code, &j.error_reason) {
-        show!("error: {reason} [{code}]");
-    }
-    if let Some(m) = &j.machine {
-        let what = [m.vendor.as_deref(), m.product.as_deref(), m.serial.as_deref(), m.product_uuid.as_deref()]
-            .into_iter()
-            .flatten()
-            .collect::<Vec<_>>()
-            .join(" ");
-        show!("machine: {what} macs {}", m.macs.join(","));
-    }
-    if let Some(e) = &j.enrollment {
-        show!("enrolled itself with enrollment {e}");
-    }
-    for d in &j.disks {
+/// A line per disk, and its unreadable sectors when the source recorded any.
+fn print_disks(disks: &[crate::wire::DiskStatus]) {
+    for d in disks {
         let eta = d.eta_seconds.map(|s| format!(", ETA {}", human_duration(s))).unwrap_or_default();
         show!(
             "disk {}: {} {} - {} of {} hashed, {} received{}{}",
@@ -81,6 +64,28 @@ pub fn print_job(j: &Job) {
             }
         }
     }
+}
+
+pub fn print_job(j: &Job) {
+    let bad: u64 =
+        j.disks.iter().map(|d| crate::disk::rescue::sector_count(&d.bad_ranges, d.identity.logical_sector_size)).sum();
+    let with_bad = if bad > 0 { format!(" WITH {bad} UNREADABLE SECTORS") } else { String::new() };
+    show!("job {} ({}), target {:?}: {}{with_bad}", j.id, j.name, j.target, j.state.as_str());
+    if let (Some(code), Some(reason)) = (&j.error_code, &j.error_reason) {
+        show!("error: {reason} [{code}]");
+    }
+    if let Some(m) = &j.machine {
+        let what = [m.vendor.as_deref(), m.product.as_deref(), m.serial.as_deref(), m.product_uuid.as_deref()]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join(" ");
+        show!("machine: {what} macs {}", m.macs.join(","));
+    }
+    if let Some(e) = &j.enrollment {
+        show!("enrolled itself with enrollment {e}");
+    }
+    print_disks(&j.disks);
     print_history(&j.history);
     if let Some(spec) = &j.target_spec {
         let names: Vec<&str> = spec.machine.iter().chain(&spec.disks).map(String::as_str).collect();
