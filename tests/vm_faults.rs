@@ -64,7 +64,8 @@ fn unreadable_sectors_are_recorded_sent_as_zeros_and_named_in_the_verdict() {
     );
 
     let r = Receiver::start(&t.path().join("store"), false);
-    let (job, token) = r.create_job("vm-bad-sectors");
+    let (job, token, target_token) =
+        r.create_instance_job("vm-bad-sectors", &["--target-machine", "TGT-1", "--allow-wipe"]);
     let pin = r.pin().unwrap();
     let log = t.path().join("serial.log");
     let cmdline =
@@ -109,4 +110,19 @@ fn unreadable_sectors_are_recorded_sent_as_zeros_and_named_in_the_verdict() {
     assert_eq!(export_b3sum(&r, &job, 0, t.path()), b3sum(&expected));
     assert_eq!(j["disks"][0]["blake3"].as_str().unwrap(), b3sum(&expected));
     assert_ne!(b3sum(&expected), b3sum(&disk), "the zeroed sectors held data");
+
+    // A target (ferry pull onto an image file, as machine TGT-1) writes it and verifies its
+    // read-back against the same hashes: it gets exactly that copy.
+    let target = t.path().join("target.img");
+    std::fs::File::create(&target).unwrap().set_len(std::fs::metadata(&disk).unwrap().len()).unwrap();
+    let pull = std::process::Command::new(FERRY)
+        .args(["pull", "--server", &r.url, "--job", &job, "--token", &target_token, "--pin", &pin, "--json"])
+        .arg("--to")
+        .arg(&target)
+        .env("FERRY_SYS_ROOT", machine(t.path(), "TGT-1", None, Some("Test Machine")))
+        .output()
+        .unwrap();
+    assert!(pull.status.success(), "pull: {}", String::from_utf8_lossy(&pull.stderr));
+    assert_eq!(r.job(&job)["delivery"]["state"], "Finished");
+    assert_eq!(b3sum(&target), b3sum(&expected));
 }
