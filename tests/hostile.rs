@@ -448,3 +448,56 @@ fn one_token_holding_uploads_open_does_not_stall_another_job() {
     assert_eq!(export_b3sum(&r, &b, 0, t.path()), b3sum(&img));
     drop(held);
 }
+
+#[test]
+fn a_body_that_goes_silent_is_ended_and_its_share_given_back() {
+    let t = tempfile::tempdir().unwrap();
+    // 64 MiB in all, so a job may hold 16 MiB: four 4 MiB uploads. A body may be silent 2 s.
+    let r = Receiver::start_custom(
+        &t.path().join("store"),
+        true,
+        free_port(),
+        &[],
+        &[],
+        &[("FERRY_BODY_BUDGET_MIB", "64"), ("FERRY_BODY_STALL_SECS", "2")],
+    );
+    let (id, token) = r.create_job("silent");
+    let api = format!("{}/api/v1", r.url);
+    register_and_begin(&api, &id, &token, 8 * MIB, 4 * MIB);
+    // Four uploads take the job's whole share and then send nothing.
+    let mut silent = vec![];
+    for i in 0..4 {
+        let mut c = TcpStream::connect(("127.0.0.1", r.port)).unwrap();
+        write!(
+            c,
+            "PUT /api/v1/jobs/{id}/disks/0/chunks/{} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nx-ferry-chunk-id: {}\r\nContent-Length: {}\r\n\r\n",
+            i % 2,
+            "ab".repeat(32),
+            4 * MIB
+        )
+        .unwrap();
+        silent.push(c);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    // The same job's real agent waits for its share only until the silent bodies are ended.
+    let img = t.path().join("disk.img");
+    random_image(&img, 8 * MIB as usize, 11);
+    let send = Command::new("timeout")
+        .arg("60")
+        .arg(FERRY)
+        .args(r.send_args(&id, &token))
+        .arg("--json")
+        .arg(&img)
+        .output()
+        .unwrap();
+    sent(&send);
+    assert_eq!(export_b3sum(&r, &id, 0, t.path()), b3sum(&img));
+    // Each silent upload got an answer or was closed; none is still held open.
+    for mut c in silent {
+        use std::io::Read;
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = [0u8; 64];
+        let n = c.read(&mut buf).unwrap_or(0);
+        assert!(n == 0 || buf.starts_with(b"HTTP/1.1 4"), "{:?}", String::from_utf8_lossy(&buf[..n]));
+    }
+}

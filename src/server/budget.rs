@@ -5,8 +5,8 @@
 //!
 //! Two more rules keep one caller from holding the budget against everyone else: a job may hold
 //! at most a quarter of it (so one token opening many uploads and sending nothing leaves room for
-//! every other job), and a body that sends no byte for [`BODY_STALL`] is ended, giving its share
-//! back.
+//! every other job), and a body that sends no byte for [`BODY_STALL`] (`FERRY_BODY_STALL_SECS`)
+//! is ended, giving its share back.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -36,6 +36,8 @@ pub struct BodyBudget {
     per_job: Mutex<HashMap<String, u32>>,
     per_job_mib: u32,
     per_job_freed: Notify,
+    /// How long a body may be silent.
+    stall: Duration,
 }
 
 impl BodyBudget {
@@ -43,10 +45,15 @@ impl BodyBudget {
     /// largest chunks, or 128 default ones.
     pub fn from_env() -> Arc<Self> {
         let total = std::env::var("FERRY_BODY_BUDGET_MIB").ok().and_then(|v| v.parse::<u32>().ok()).unwrap_or(512);
-        Self::new(total)
+        let stall = std::env::var("FERRY_BODY_STALL_SECS").ok().and_then(|v| v.parse().ok()).map(Duration::from_secs);
+        Self::with_stall(total, stall.unwrap_or(BODY_STALL))
     }
 
     pub fn new(total_mib: u32) -> Arc<Self> {
+        Self::with_stall(total_mib, BODY_STALL)
+    }
+
+    fn with_stall(total_mib: u32, stall: Duration) -> Arc<Self> {
         let total_mib = total_mib.max(1);
         Arc::new(Self {
             mib: Semaphore::new(total_mib as usize),
@@ -54,6 +61,7 @@ impl BodyBudget {
             per_job: Mutex::default(),
             per_job_mib: (total_mib / 4).max(1),
             per_job_freed: Notify::new(),
+            stall,
         })
     }
 
@@ -107,11 +115,11 @@ fn job_of(path: &str) -> Option<&str> {
     parts.next().filter(|j| !j.is_empty())
 }
 
-/// The body, ended with an error when no byte arrives for [`BODY_STALL`].
-fn ending_when_stalled(body: Body) -> Body {
-    let stream = futures_util::stream::unfold(Some(body.into_data_stream()), |state| async move {
+/// The body, ended with an error when no byte arrives for `stall`.
+fn ending_when_stalled(body: Body, stall: Duration) -> Body {
+    let stream = futures_util::stream::unfold(Some(body.into_data_stream()), move |state| async move {
         let mut data = state?;
-        match tokio::time::timeout(BODY_STALL, data.next()).await {
+        match tokio::time::timeout(stall, data.next()).await {
             Ok(Some(item)) => Some((item, Some(data))),
             Ok(None) => None,
             Err(_) => {
@@ -142,7 +150,7 @@ pub async fn hold(State((budget, limit)): State<(Arc<BodyBudget>, usize)>, req: 
     };
     let _permit = budget.mib.acquire_many(share).await.expect("the budget is never closed");
     let (parts, body) = req.into_parts();
-    next.run(Request::from_parts(parts, ending_when_stalled(body))).await
+    next.run(Request::from_parts(parts, ending_when_stalled(body, budget.stall))).await
 }
 
 #[cfg(test)]
