@@ -88,6 +88,13 @@ impl Source {
     }
 }
 
+impl Drop for Source {
+    /// A failed assertion must not leave senders retrying behind the test.
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 fn restart(r: &mut Receiver, store: &Path) {
     let port = r.port;
     r.kill();

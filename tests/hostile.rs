@@ -202,7 +202,6 @@ fn an_http2_connection_carries_at_most_32_streams() {
     assert_eq!(streams, 32);
 }
 
-/// A small boot directory: what is served, not what boots, is tested here.
 /// A receiver (run through `wrapper`) serving boot files from `DIR/boot` (an initrd of
 /// `initrd_mib`) on a plain-HTTP boot listener of its own; the receiver and that port.
 fn receiver_with_boot_files(dir: &Path, initrd_mib: u64, wrapper: &[&str]) -> (Receiver, u16) {
@@ -214,6 +213,7 @@ fn receiver_with_boot_files(dir: &Path, initrd_mib: u64, wrapper: &[&str]) -> (R
     (Receiver::start_custom(&dir.join("store"), false, free_port(), &args, wrapper, &[]), boot_port)
 }
 
+/// A small boot directory: what is served, not what boots, is tested here.
 fn boot_dir(dir: &Path, initrd_mib: u64) {
     std::fs::create_dir_all(dir).unwrap();
     random_image(&dir.join("vmlinuz"), MIB as usize, 1);
@@ -346,9 +346,18 @@ fn a_manifest_of_stored_chunks_in_another_order_is_not_verified() {
     assert_eq!(export_b3sum(&r, &a, 0, t.path()), b3sum(&img));
 }
 
+/// Ends the client threads of [`hold_requests_open`] when dropped, also when a test fails.
+struct StopOnDrop(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// Raw HTTP/1.1 connections that each send `head` and then hold on, re-sending it whenever the
 /// receiver answers or closes (a client that keeps requests in flight for as long as it can).
-fn hold_requests_open(port: u16, head: String, conns: usize) -> std::sync::Arc<std::sync::atomic::AtomicBool> {
+fn hold_requests_open(port: u16, head: String, conns: usize) -> StopOnDrop {
     use std::io::Read;
     use std::sync::atomic::{AtomicBool, Ordering};
     let stop = std::sync::Arc::new(AtomicBool::new(false));
@@ -356,7 +365,10 @@ fn hold_requests_open(port: u16, head: String, conns: usize) -> std::sync::Arc<s
         let (stop, head) = (stop.clone(), head.clone());
         std::thread::spawn(move || {
             while !stop.load(Ordering::Relaxed) {
-                let Ok(mut c) = TcpStream::connect(("127.0.0.1", port)) else { continue };
+                let Ok(mut c) = TcpStream::connect(("127.0.0.1", port)) else {
+                    std::thread::sleep(Duration::from_millis(50));
+                    continue;
+                };
                 let _ = c.set_read_timeout(Some(Duration::from_secs(1)));
                 if c.write_all(head.as_bytes()).is_err() {
                     continue;
@@ -377,7 +389,7 @@ fn hold_requests_open(port: u16, head: String, conns: usize) -> std::sync::Arc<s
             }
         });
     }
-    stop
+    StopOnDrop(stop)
 }
 
 #[test]
@@ -402,7 +414,7 @@ fn refused_requests_held_open_do_not_keep_a_real_agent_out() {
     let (id, token) = r.create_job("real-agent");
     sent(&r.send(&id, &token, &[&img], &[]));
     assert_eq!(export_b3sum(&r, &id, 0, t.path()), b3sum(&img));
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    drop(stop);
 }
 
 #[test]
@@ -440,11 +452,14 @@ fn one_token_holding_uploads_open_does_not_stall_another_job() {
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "411");
     std::thread::sleep(Duration::from_secs(1));
-    // Job B sends its disk meanwhile, whole.
+    // Job B sends its disk meanwhile, whole, without waiting for A's silent bodies to be ended
+    // (30 s): A may hold only a quarter of the budget.
     let img = t.path().join("b.img");
     random_image(&img, 16 * MIB as usize, 6);
     let (b, b_token) = r.create_job("other");
+    let started = std::time::Instant::now();
     sent(&r.send(&b, &b_token, &[&img], &[]));
+    assert!(started.elapsed() < Duration::from_secs(20), "job B waited {:?} for job A", started.elapsed());
     assert_eq!(export_b3sum(&r, &b, 0, t.path()), b3sum(&img));
     drop(held);
 }

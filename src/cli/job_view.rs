@@ -9,6 +9,11 @@ macro_rules! show {
 }
 use crate::wire::{Job, TargetKind};
 
+/// Sectors the source could not read, over every disk of the job.
+fn unreadable_sectors(j: &Job) -> u64 {
+    j.disks.iter().map(|d| crate::disk::rescue::sector_count(&d.bad_ranges, d.identity.logical_sector_size)).sum()
+}
+
 /// The `ferry job list` table.
 pub fn print_list(jobs: &[Job]) {
     if jobs.is_empty() {
@@ -23,8 +28,12 @@ pub fn print_list(jobs: &[Job]) {
             (TargetKind::Instance, None) => "instance (not registered)".to_string(),
             (TargetKind::Instance, Some(d)) => format!("instance {}", d.state.as_str()),
         };
+        let unreadable = match unreadable_sectors(j) {
+            0 => String::new(),
+            n => format!("  WITH {n} UNREADABLE SECTORS"),
+        };
         show!(
-            "{:<14} {:<10} {:<24} {:>6} {:>22}  {}",
+            "{:<14} {:<10} {:<24} {:>6} {:>22}  {}{unreadable}",
             j.id,
             j.state.as_str(),
             j.name,
@@ -67,8 +76,7 @@ fn print_disks(disks: &[crate::wire::DiskStatus]) {
 }
 
 pub fn print_job(j: &Job) {
-    let bad: u64 =
-        j.disks.iter().map(|d| crate::disk::rescue::sector_count(&d.bad_ranges, d.identity.logical_sector_size)).sum();
+    let bad = unreadable_sectors(j);
     let with_bad = if bad > 0 { format!(" WITH {bad} UNREADABLE SECTORS") } else { String::new() };
     show!("job {} ({}), target {:?}: {}{with_bad}", j.id, j.name, j.target, j.state.as_str());
     if let (Some(code), Some(reason)) = (&j.error_code, &j.error_reason) {

@@ -67,7 +67,15 @@ pub fn run(a: PullArgs) -> Result<i32> {
                         println!("  then changed {} bytes at {} ({})", c.length, c.offset, c.what);
                     }
                 }
-                println!("MIGRATED: job {} written to this machine and verified by reading it back", a.job);
+                let unreadable: u64 = disks.iter().map(|d| d.unreadable_sectors).sum();
+                if unreadable > 0 {
+                    println!(
+                        "MIGRATED WITH {unreadable} UNREADABLE SECTORS: job {} written and verified; the sectors the source could not read are zeros (ferry job show {} lists them)",
+                        a.job, a.job
+                    );
+                } else {
+                    println!("MIGRATED: job {} written to this machine and verified by reading it back", a.job);
+                }
             }
             Ok(0)
         }

@@ -68,11 +68,24 @@ impl BadRange {
     }
 }
 
-/// `ranges` with the partition each begins in, from `table`.
+/// `ranges` cut where partitions begin and end, each piece with the partition it lies in
+/// (from `table`; none in the space between partitions).
 pub fn in_partitions(ranges: Vec<BadRange>, table: &super::PartitionTable) -> Vec<BadRange> {
     let number_at =
         |at: u64| table.partitions.iter().find(|p| at >= p.start && at - p.start < p.size).map(|p| p.number);
-    ranges.into_iter().map(|r| BadRange { partition: number_at(r.offset), ..r }).collect()
+    let mut edges: Vec<u64> = table.partitions.iter().flat_map(|p| [p.start, p.start.saturating_add(p.size)]).collect();
+    edges.sort_unstable();
+    let mut out = vec![];
+    for r in ranges {
+        let mut at = r.offset;
+        for &cut in edges.iter().filter(|&&e| e > r.offset && e < r.end()).chain([r.end()].iter()) {
+            if cut > at {
+                out.push(BadRange { offset: at, length: cut - at, partition: number_at(at) });
+                at = cut;
+            }
+        }
+    }
+    out
 }
 
 /// Sectors in all of `ranges`.
@@ -114,6 +127,13 @@ impl AlignedBuf {
     }
 }
 
+/// The most bytes of a disk of `size` bytes that may be given up before the copy fails: 0.1%
+/// of the disk, at least 16 MiB. Past it the disk is failing badly, every further failure costs
+/// seconds on real media, and a copy with that much missing is not worth having.
+pub fn most_given_up(size: u64) -> u64 {
+    (size / 1000).max(16 << 20)
+}
+
 /// The first pass reads blocks of this size, skipping those that fail.
 pub const SKIP_BLOCK: usize = 64 * 1024;
 /// Tries for each sector of a failed block before it is given up.
@@ -138,8 +158,14 @@ pub fn read_around_failures(
             failed_blocks.push(start..end);
         }
     }
-    // Come back: each failed block a sector at a time, a few tries each.
     let mut bad = vec![];
+    if failed_blocks.len() > 1 && failed_blocks.len() == buf.len().div_ceil(block) {
+        // Not one block of the chunk reads: an area, not a few sectors. Reading it a sector at
+        // a time would cost thousands of failing reads (seconds each on real media) for nothing.
+        buf.fill(0);
+        return vec![BadRange { offset, length: buf.len() as u64, partition: None }];
+    }
+    // Come back: each failed block a sector at a time, a few tries each.
     for blk in failed_blocks {
         for start in (blk.start..blk.end).step_by(sector) {
             let end = (start + sector).min(blk.end);
@@ -248,6 +274,46 @@ mod tests {
         let got = read_around_failures(&mut buf, 0, 4096, |b, at| disk.read(b, at));
         assert_eq!(got, vec![range(3 * 4096, 4096)]);
         assert_eq!(*disk.reads.borrow(), 1 + 15 + u64::from(SECTOR_TRIES));
+    }
+
+    #[test]
+    fn a_chunk_of_which_no_block_reads_is_given_up_whole_without_sector_reads() {
+        let bad: Vec<u64> = (0..1024).map(|b| b * 128 + 7).collect(); // one sector in every block
+        let disk = FakeDisk { sector: 512, bad, flaky: RefCell::default(), reads: RefCell::default() };
+        let mut buf = vec![0xaau8; 1 << 20];
+        let got = read_around_failures(&mut buf, 0, 512, |b, at| disk.read(b, at));
+        assert_eq!(got, vec![range(0, 1 << 20)]);
+        assert!(buf.iter().all(|&b| b == 0));
+        assert_eq!(*disk.reads.borrow(), 16, "one read per block, none per sector");
+        assert_eq!(most_given_up(1 << 30), 16 << 20);
+        assert_eq!(most_given_up(100 << 40), (100 << 40) / 1000);
+    }
+
+    #[test]
+    fn a_range_across_partitions_is_cut_at_their_edges() {
+        let mut table = crate::disk::PartitionTable::empty(crate::disk::TableKind::Gpt, 512);
+        for (number, start, size) in [(1, 1 << 20, 1 << 20), (2, 2 << 20, 1 << 20)] {
+            table.partitions.push(crate::disk::Partition {
+                number,
+                start,
+                size,
+                type_id: String::new(),
+                type_name: None,
+                name: None,
+                guid: None,
+                attributes: None,
+                bootable: None,
+                logical: None,
+            });
+        }
+        // From the gap before partition 1, through it, into partition 2.
+        let got = in_partitions(vec![range((1 << 20) - 512, (1 << 20) + 1024)], &table);
+        let part = |offset, length, p| BadRange { offset, length, partition: p };
+        assert_eq!(
+            got,
+            vec![part((1 << 20) - 512, 512, None), part(1 << 20, 1 << 20, Some(1)), part(2 << 20, 512, Some(2))]
+        );
+        assert_eq!(in_partitions(vec![range(4096, 512)], &table), vec![range(4096, 512)]);
     }
 
     #[test]

@@ -109,8 +109,13 @@ impl DiskReader {
             Ok(()) => return Ok(()),
             Err(e) => e,
         };
-        let io_failure = err.downcast_ref::<ReadFailure>().is_some_and(|f| matches!(f.kind, ReadFailureKind::Io(_)));
-        if !self.record_bad_sectors.load(Ordering::Relaxed) || !io_failure {
+        // Only a medium error is read around: a disk that is gone (unplugged, its controller
+        // reset) is not a disk of zeros.
+        let medium_error = err.downcast_ref::<ReadFailure>().is_some_and(|f| match &f.kind {
+            ReadFailureKind::Io(e) => !matches!(e.raw_os_error(), Some(libc::ENODEV | libc::ENXIO | libc::ENOMEDIUM)),
+            _ => false,
+        });
+        if !self.record_bad_sectors.load(Ordering::Relaxed) || !medium_error {
             return Err(err);
         }
         log::warn!("{err:#}: reading around the sectors that fail");
@@ -124,7 +129,14 @@ impl DiskReader {
                 r.offset
             );
         }
-        self.given_up.lock().unwrap_or_else(|p| p.into_inner()).extend(given_up);
+        let mut all = self.given_up.lock().unwrap_or_else(|p| p.into_inner());
+        all.extend(given_up);
+        let total: u64 = all.iter().map(|r| r.length).sum();
+        let cap = rescue::most_given_up(self.size);
+        if total > cap {
+            let kind = ReadFailureKind::FailingBadly { given_up: total, cap };
+            return Err(ReadFailure { path: self.path.clone(), offset, kind }.into());
+        }
         Ok(())
     }
 
@@ -227,7 +239,14 @@ pub struct ReadFailure {
 #[derive(Debug)]
 pub enum ReadFailureKind {
     Io(io::Error),
-    Ended { opened_size: u64 },
+    Ended {
+        opened_size: u64,
+    },
+    /// Recording bad sectors, more bytes failed than a copy worth making may lack.
+    FailingBadly {
+        given_up: u64,
+        cap: u64,
+    },
 }
 
 impl std::fmt::Display for ReadFailure {
@@ -239,6 +258,10 @@ impl std::fmt::Display for ReadFailure {
                 f,
                 "{path}: the disk ended at byte {at}, but it was {opened_size} bytes when opened (removed or resized?)"
             ),
+            ReadFailureKind::FailingBadly { given_up, cap } => write!(
+                f,
+                "{path}: {given_up} bytes cannot be read by byte offset {at}, more than the {cap} a copy may lack: the disk is failing badly; image it with ddrescue onto a healthy disk and migrate that"
+            ),
         }
     }
 }
@@ -247,7 +270,7 @@ impl std::error::Error for ReadFailure {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match &self.kind {
             ReadFailureKind::Io(e) => Some(e),
-            ReadFailureKind::Ended { .. } => None,
+            ReadFailureKind::Ended { .. } | ReadFailureKind::FailingBadly { .. } => None,
         }
     }
 }

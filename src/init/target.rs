@@ -45,10 +45,17 @@ pub(super) async fn run(client: &Client, job: &str, disks: &[PathBuf], started: 
                     lines.push(format!("  ({} chunks written before the interruption were kept)", d.reused_chunks));
                 }
             }
-            Ok(Verdict::migrated(
-                lines,
-                vec!["Remove the ferry stick (or the PXE entry): the machine starts the migrated system.".into()],
-            ))
+            let remove = "Remove the ferry stick (or the PXE entry): the machine starts the migrated system.";
+            let unreadable: u64 = done.iter().map(|d| d.unreadable_sectors).sum();
+            if unreadable > 0 {
+                lines.push(format!(
+                    "{unreadable} sectors the source could not read are zeros here (ferry job show {job} lists them)"
+                ));
+                let mut v = Verdict::migrated_with_unreadable(unreadable, lines);
+                v.advice.push(remove.into());
+                return Ok(v);
+            }
+            Ok(Verdict::migrated(lines, vec![remove.into()]))
         }
         Err(e) if failure_code(&e) == Code::AlreadyDelivered => Ok(Verdict::already_done(
             format!("job {job} was already written to this machine and verified; nothing was written now"),

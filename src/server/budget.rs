@@ -3,12 +3,15 @@
 //! parallel uploads hold N such bodies. A large body waits for its share of the budget before a
 //! byte of it is read (its token was accepted first: `auth` runs before this).
 //!
-//! Two more rules keep one caller from holding the budget against everyone else: a job may hold
-//! at most a quarter of it (so one token opening many uploads and sending nothing leaves room for
-//! every other job), and a body that sends no byte for [`BODY_STALL`] (`FERRY_BODY_STALL_SECS`)
-//! is ended, giving its share back.
+//! Three more rules keep one caller from holding the budget against everyone else: a job may
+//! hold at most a quarter of it (so one token opening many uploads and sending nothing leaves
+//! room for every other job; a single body larger than a quarter, a big manifest, holds what it
+//! needs alone); a body that sends no byte for [`BODY_STALL`] (`FERRY_BODY_STALL_SECS`) is
+//! ended, giving its share back; and so is one that trickles slower than [`MIN_BODY_RATE`] on
+//! the whole (a byte every 29 s would never stall).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -27,6 +30,10 @@ const MIB: u64 = 1 << 20;
 /// How long a body may send nothing before it is ended: an agent sends a chunk's bytes as fast
 /// as its link allows, so a silence this long is a client holding memory, not a slow network.
 pub const BODY_STALL: Duration = Duration::from_secs(30);
+
+/// The slowest a body may arrive on the whole, in bytes per second, after [`BODY_STALL`] of
+/// grace: 4 MiB in about 4 minutes. A real agent on the slowest link still sends faster.
+pub const MIN_BODY_RATE: u64 = 16 << 10;
 
 /// Bodies in flight, in MiB.
 pub struct BodyBudget {
@@ -115,16 +122,24 @@ fn job_of(path: &str) -> Option<&str> {
     parts.next().filter(|j| !j.is_empty())
 }
 
-/// The body, ended with an error when no byte arrives for `stall`.
-fn ending_when_stalled(body: Body, stall: Duration) -> Body {
-    let stream = futures_util::stream::unfold(Some(body.into_data_stream()), move |state| async move {
-        let mut data = state?;
-        match tokio::time::timeout(stall, data.next()).await {
-            Ok(Some(item)) => Some((item, Some(data))),
-            Ok(None) => None,
-            Err(_) => {
-                let e = std::io::Error::new(std::io::ErrorKind::TimedOut, "the request body stalled");
-                Some((Err(axum::Error::new(e)), None))
+/// The body, ended with an error when no byte arrives for `stall`, or when all of its `len`
+/// bytes have not arrived by `stall` plus `len` at [`MIN_BODY_RATE`].
+/// `timed_out` is set when it ends so.
+fn ending_when_stalled(body: Body, stall: Duration, len: u64, timed_out: Arc<AtomicBool>) -> Body {
+    let deadline = tokio::time::Instant::now() + stall + Duration::from_secs(len / MIN_BODY_RATE);
+    let stream = futures_util::stream::unfold(Some(body.into_data_stream()), move |state| {
+        let timed_out = timed_out.clone();
+        async move {
+            let mut data = state?;
+            let wait = stall.min(deadline.saturating_duration_since(tokio::time::Instant::now()));
+            match tokio::time::timeout(wait, data.next()).await {
+                Ok(Some(item)) => Some((item, Some(data))),
+                Ok(None) => None,
+                Err(_) => {
+                    timed_out.store(true, Ordering::Relaxed);
+                    let e = std::io::Error::new(std::io::ErrorKind::TimedOut, "the request body stalled");
+                    Some((Err(axum::Error::new(e)), None))
+                }
             }
         }
     });
@@ -150,7 +165,14 @@ pub async fn hold(State((budget, limit)): State<(Arc<BodyBudget>, usize)>, req: 
     };
     let _permit = budget.mib.acquire_many(share).await.expect("the budget is never closed");
     let (parts, body) = req.into_parts();
-    next.run(Request::from_parts(parts, ending_when_stalled(body, budget.stall))).await
+    let timed_out = Arc::new(AtomicBool::new(false));
+    let body = ending_when_stalled(body, budget.stall, len, timed_out.clone());
+    let response = next.run(Request::from_parts(parts, body)).await;
+    // The handler saw a broken body (a 400 of its own); the agent must hear "send it again".
+    if timed_out.load(Ordering::Relaxed) {
+        return ApiErr::new(Code::BodyTimeout, "the upload sent nothing for too long").into_response();
+    }
+    response
 }
 
 #[cfg(test)]

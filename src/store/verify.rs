@@ -129,6 +129,10 @@ fn sorted_names(dir: &Path) -> Result<Vec<String>> {
 fn chunk_files(dir: &Path, problems: &mut Vec<String>) -> Result<Vec<ChunkFile>> {
     let mut out = vec![];
     for fan in sorted_names(&dir.join("chunks"))? {
+        if !dir.join("chunks").join(&fan).is_dir() {
+            problems.push(format!("{}: not a chunk directory", dir.join("chunks").join(&fan).display()));
+            continue;
+        }
         for name in sorted_names(&dir.join("chunks").join(&fan))? {
             let path = dir.join("chunks").join(&fan).join(&name);
             match ChunkFile::parse(path.clone()) {
@@ -167,17 +171,22 @@ fn check_manifest(dir: &Path, name: &str, path: &Path, named: &mut HashSet<PathB
         return report.problems.push(format!("manifest {name}: {e}"));
     }
     let chunks = dir.join("chunks");
+    let zeros = vec![0u8; m.chunk_size.min(m.size) as usize];
+    debug_assert!(hasher::is_zero(&zeros));
+    let bad_zero: Vec<usize> = (0..m.chunks.len())
+        .into_par_iter()
+        .filter(|&i| m.chunks[i].zero)
+        .filter(|&i| {
+            let (offset, len) = m.chunk_range(i as u64);
+            chunk_id(&zeros[..len as usize], offset, m.size, m.chunk_size) != m.chunks[i].id
+        })
+        .collect();
+    for i in bad_zero {
+        report.problems.push(format!("manifest {name}: chunk {i} is marked zero but its id is not that of zeros"));
+    }
     for (i, c) in m.chunks.iter().enumerate() {
         let at = Place::of(m.size, m.chunk_size, i as u64);
         if c.zero {
-            let (offset, len) = m.chunk_range(i as u64);
-            let zeros = vec![0u8; len as usize];
-            debug_assert!(hasher::is_zero(&zeros));
-            if chunk_id(&zeros, offset, m.size, m.chunk_size) != c.id {
-                report
-                    .problems
-                    .push(format!("manifest {name}: chunk {i} is marked zero but its id is not that of zeros"));
-            }
             continue;
         }
         let hex = hex::encode(c.id);

@@ -132,6 +132,8 @@ codes! {
     TooLarge = "too_large", http(413), TellOperator;
     /// An HTTP/1 upload of a chunk or manifest without `Content-Length`.
     LengthRequired = "length_required", http(411), TellOperator;
+    /// A chunk or manifest upload that went silent or trickled (agents send it again).
+    BodyTimeout = "body_timeout", http(408), BootAgain;
     BadCompression = "bad_compression", http(400), BootAgainSuspectHardware;
     BadLength = "bad_length", http(400), BootAgainSuspectHardware;
     HashMismatch = "hash_mismatch", http(422), BootAgainSuspectHardware;

@@ -54,6 +54,13 @@ pub struct DeliveredDisk {
     /// with their ids (read and hashed), and not pulled or written again.
     #[serde(default)]
     pub reused_chunks: u64,
+    /// Sectors the source could not read, written as the zeros the source sent for them.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub unreadable_sectors: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// The target side of an `instance` job: its own state and history, apart from the source's.
@@ -92,6 +99,9 @@ pub struct SourceDisk {
     pub size: u64,
     pub chunk_size: u64,
     pub blake3: String,
+    /// Sectors the source could not read: zeros in what the target writes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bad_ranges: Vec<BadRange>,
 }
 
 /// The answer to a target's registration: what it is to write.

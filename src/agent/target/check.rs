@@ -197,6 +197,7 @@ mod tests {
             size,
             chunk_size: 4 << 20,
             blake3: String::new(),
+            bad_ranges: vec![],
         }
     }
     fn target(path: &str, size: u64, ss: u32, serial: Option<&str>, guid: Option<&str>) -> TargetDisk {

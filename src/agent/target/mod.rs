@@ -33,6 +33,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 
 use super::client::{Client, Refused};
+use crate::disk::rescue::sector_count;
 use crate::disk::writer::DiskWriter;
 use crate::disk::{self, DiskReader};
 use crate::machine::machine_identity;
@@ -180,6 +181,12 @@ async fn write_all(
                 verified: false,
                 changed: vec![],
                 reused_chunks: 0,
+                unreadable_sectors: plan
+                    .disks
+                    .iter()
+                    .find(|d| d.index == s)
+                    .map(|d| sector_count(&d.bad_ranges, d.identity.logical_sector_size))
+                    .unwrap_or(0),
             })
             .collect(),
     };

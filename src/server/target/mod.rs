@@ -125,6 +125,7 @@ fn plan(j: Job, job: String, named_disks: Vec<String>, rewriting: bool) -> Targe
             size: d.size,
             chunk_size: d.chunk_size,
             blake3: d.blake3.clone().unwrap_or_default(),
+            bad_ranges: d.bad_ranges.clone(),
         })
         .collect();
     TargetPlan { job, name: j.name, source_machine: j.machine, disks, named_disks, rewriting }
