@@ -41,6 +41,19 @@ pub fn utc_time(epoch: u64) -> String {
     format!("{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}Z", secs / 3600, secs % 3600 / 60, secs % 60)
 }
 
+/// Makes glibc give every large buffer (a chunk body, 4 MiB) back to the system when it is
+/// freed. By default glibc raises its mmap threshold after each large free, up to 32 MiB; from
+/// then on chunk bodies come from the heap, whose freed pages stay in the process. Measured on
+/// the receiver with 50 sources at once (scripts/bench-wave): peak RSS 288 MiB by default,
+/// 132 MiB with the threshold fixed, at the same throughput.
+pub fn return_large_buffers_to_the_system() {
+    // SAFETY: mallopt only sets an allocator parameter; glibc serialises it with allocation.
+    let ok = unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024) };
+    if ok != 1 {
+        log::debug!("mallopt(M_MMAP_THRESHOLD) was refused; large buffers may stay in the heap");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -422,7 +422,7 @@ fn one_token_holding_uploads_open_does_not_stall_another_job() {
     let t = tempfile::tempdir().unwrap();
     let r = Receiver::start(&t.path().join("store"), true);
     // Job A's token opens twelve 64 MiB chunk uploads and sends none of their bytes: more than
-    // the whole body budget (512 MiB), were it let take it.
+    // the whole body budget (128 MiB), were it let take it.
     let (a, a_token) = r.create_job("holder");
     let api = format!("{}/api/v1", r.url);
     register_and_begin(&api, &a, &a_token, 16 * 64 * MIB, 64 * MIB);

@@ -16,6 +16,7 @@ pub fn run(a: ServeArgs) -> Result<i32> {
     // Everything the receiver writes (chunks, manifests, the database, exports' temp files) is
     // its own: nothing it makes is for other local users to read.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    crate::util::return_large_buffers_to_the_system();
     tls::install_crypto_provider();
     let cfg = ServeConfig {
         store: a.store,

@@ -31,6 +31,11 @@ const MIB: u64 = 1 << 20;
 /// as its link allows, so a silence this long is a client holding memory, not a slow network.
 pub const BODY_STALL: Duration = Duration::from_secs(30);
 
+/// Bodies in flight by default: 32 chunks of the default 4 MiB (a job's quarter is the 8 an agent
+/// keeps in flight), or one of the largest. Measured with 50 sources at once (scripts/bench-wave),
+/// 128 MiB moves as much as 512 did, and keeps the receiver's peak RSS near 130 MiB.
+pub const DEFAULT_BUDGET_MIB: u32 = 128;
+
 /// The slowest a body may arrive on the whole, in bytes per second, after [`BODY_STALL`] of
 /// grace: 4 MiB in about 4 minutes. A real agent on the slowest link still sends faster.
 pub const MIN_BODY_RATE: u64 = 16 << 10;
@@ -48,10 +53,12 @@ pub struct BodyBudget {
 }
 
 impl BodyBudget {
-    /// `FERRY_BODY_BUDGET_MIB` (for tests and small machines), else 512 MiB: eight of the
-    /// largest chunks, or 128 default ones.
+    /// `FERRY_BODY_BUDGET_MIB` (for tests and larger machines), else [`DEFAULT_BUDGET_MIB`].
     pub fn from_env() -> Arc<Self> {
-        let total = std::env::var("FERRY_BODY_BUDGET_MIB").ok().and_then(|v| v.parse::<u32>().ok()).unwrap_or(512);
+        let total = std::env::var("FERRY_BODY_BUDGET_MIB")
+            .ok()
+            .and_then(|v| v.parse::<u32>().ok())
+            .unwrap_or(DEFAULT_BUDGET_MIB);
         let stall = std::env::var("FERRY_BODY_STALL_SECS").ok().and_then(|v| v.parse().ok()).map(Duration::from_secs);
         Self::with_stall(total, stall.unwrap_or(BODY_STALL))
     }
