@@ -94,6 +94,26 @@ fn a_store_is_verified_from_its_own_bytes_and_damage_is_named() {
     // ...and --job A does.
     let (code, _) = verify(&store, &["--job", &a]);
     assert_eq!(code, 1);
+    bytes[12345] ^= 1;
+    std::fs::write(&damaged, &bytes).unwrap();
+    assert_eq!(verify(&store, &[]).0, 0, "the byte put back");
+
+    // B's manifest swapped for A's, which the store holds whole: only the job database knows.
+    let b_path = store.join("manifests").join(&b).join("0.json");
+    let b_text = std::fs::read(&b_path).unwrap();
+    std::fs::copy(store.join("manifests").join(&a).join("0.json"), &b_path).unwrap();
+    let (code, report) = verify(&store, &["--job", &b]);
+    assert_eq!(code, 1);
+    let job_b = r.job(&b);
+    assert_eq!(
+        problems(&report),
+        vec![format!(
+            "manifest {b}/0: whole-disk hash {} but the job says {}",
+            manifest["blake3"].as_str().unwrap(),
+            job_b["disks"][0]["blake3"].as_str().unwrap()
+        )]
+    );
+    std::fs::write(&b_path, &b_text).unwrap();
 
     // A chunk file of B gone: B's manifest names it missing.
     let b_manifest: serde_json::Value =
@@ -111,7 +131,14 @@ fn a_store_is_verified_from_its_own_bytes_and_damage_is_named() {
     let (_, report) = verify(&store, &["--job", &b]);
     assert_eq!(
         problems(&report),
-        vec![format!("manifest {b}/0: the chunk ids do not merge to the whole-disk hash the manifest states")]
+        vec![
+            format!("manifest {b}/0: the chunk ids do not merge to the whole-disk hash the manifest states"),
+            format!(
+                "manifest {b}/0: whole-disk hash {} but the job says {}",
+                "00".repeat(32),
+                b_manifest["blake3"].as_str().unwrap()
+            ),
+        ]
     );
 
     // Usage: a job the store has no manifests for is an error, not a clean report.

@@ -7,7 +7,13 @@ use crate::cmdline::StoreVerifyArgs;
 use crate::util::human_bytes;
 
 pub fn verify(a: StoreVerifyArgs) -> Result<i32> {
-    let report = crate::store::verify::verify(&a.store, a.job.as_deref())?;
+    let mut report = crate::store::verify::verify(&a.store, a.job.as_deref())?;
+    let db = a.store.join("jobs.sqlite");
+    if db.exists() {
+        let mut verified = crate::server::db::verified_disks(&db)?;
+        verified.retain(|(job, _, _)| a.job.as_deref().is_none_or(|j| j == job));
+        crate::store::verify::check_against_jobs(&a.store, &verified, &mut report);
+    }
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

@@ -59,6 +59,26 @@ impl ChunkFile {
     }
 }
 
+/// Checks that each disk the job database calls verified, `(job, disk, blake3)`, has a kept
+/// manifest with that whole-disk hash (a manifest swapped for another consistent one would
+/// pass every other check).
+pub fn check_against_jobs(dir: &Path, verified: &[(String, u32, String)], report: &mut Report) {
+    for (job, disk, blake3) in verified {
+        let path = dir.join("manifests").join(job).join(format!("{disk}.json"));
+        let kept = fs::read(&path).ok().and_then(|t| serde_json::from_slice::<Manifest>(&t).ok());
+        match kept {
+            Some(m) if hex::encode(m.blake3) == *blake3 => {}
+            Some(m) => report.problems.push(format!(
+                "manifest {job}/{disk}: whole-disk hash {} but the job says {blake3}",
+                hex::encode(m.blake3)
+            )),
+            None => report
+                .problems
+                .push(format!("manifest {job}/{disk}: the job says verified, but no manifest can be read")),
+        }
+    }
+}
+
 /// Checks the store in `dir`: every chunk file and every manifest, or with `job` only that
 /// job's manifests and the chunks they name.
 pub fn verify(dir: &Path, job: Option<&str>) -> Result<Report> {

@@ -25,6 +25,18 @@ pub struct Db {
     conn: Mutex<Connection>,
 }
 
+/// The whole-disk hash of every verified disk in the database at `path`, as (job, disk, hex),
+/// read without changing the file (no migration, no checkpoint): for `ferry store verify`
+/// beside a running receiver.
+pub fn verified_disks(path: &Path) -> Result<Vec<(String, u32, String)>> {
+    let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .with_context(|| format!("opening job database {}", path.display()))?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    let mut q = conn.prepare("SELECT job_id, idx, blake3 FROM disks WHERE verified = 1 ORDER BY job_id, idx")?;
+    let rows = q.query_map([], |r| Ok((r.get("job_id")?, r.get("idx")?, r.get("blake3")?)))?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
 pub fn now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
