@@ -125,6 +125,23 @@ fn a_body_sent_without_an_accepted_token_is_not_read() {
 }
 
 /// Registers `id` with one disk of `size` bytes in `chunk_size` chunks, over the raw API.
+/// A plain-HTTP receiver with `env` set.
+fn plain_receiver_with(dir: &Path, env: &[(&str, &str)]) -> Receiver {
+    Receiver::start_custom(&dir.join("store"), true, free_port(), &[], &[], env)
+}
+
+/// A raw HTTP/1.1 chunk upload of `len` bytes whose headers are sent and body never is.
+fn chunk_upload_without_body(r: &Receiver, job: &str, token: &str, index: u64, len: u64) -> TcpStream {
+    let mut c = TcpStream::connect(("127.0.0.1", r.port)).unwrap();
+    write!(
+        c,
+        "PUT /api/v1/jobs/{job}/disks/0/chunks/{index} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nx-ferry-chunk-id: {}\r\nContent-Length: {len}\r\n\r\n",
+        "ab".repeat(32),
+    )
+    .unwrap();
+    c
+}
+
 fn register_and_begin(api: &str, id: &str, token: &str, size: u64, chunk_size: u64) {
     let disk = serde_json::json!({"path": "/dev/vda", "kind": "block", "size": size,
         "logical_sector_size": 512, "physical_sector_size": 512});
@@ -147,14 +164,7 @@ fn register_and_begin(api: &str, id: &str, token: &str, size: u64, chunk_size: u
 fn large_bodies_in_flight_are_bounded_as_a_whole() {
     let t = tempfile::tempdir().unwrap();
     // A budget of one largest chunk at a time.
-    let r = Receiver::start_custom(
-        &t.path().join("store"),
-        true,
-        free_port(),
-        &[],
-        &[],
-        &[("FERRY_BODY_BUDGET_MIB", "65")],
-    );
+    let r = plain_receiver_with(t.path(), &[("FERRY_BODY_BUDGET_MIB", "65")]);
     let (id, token) = r.create_job("big-chunks");
     let (chunk, n) = (64 * MIB, 8u64);
     let api = format!("{}/api/v1", r.url);
@@ -428,15 +438,7 @@ fn one_token_holding_uploads_open_does_not_stall_another_job() {
     register_and_begin(&api, &a, &a_token, 16 * 64 * MIB, 64 * MIB);
     let mut held = vec![];
     for i in 0..12 {
-        let mut c = TcpStream::connect(("127.0.0.1", r.port)).unwrap();
-        write!(
-            c,
-            "PUT /api/v1/jobs/{a}/disks/0/chunks/{i} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {a_token}\r\nx-ferry-chunk-id: {}\r\nContent-Length: {}\r\n\r\n",
-            "ab".repeat(32),
-            64 * MIB
-        )
-        .unwrap();
-        held.push(c);
+        held.push(chunk_upload_without_body(&r, &a, &a_token, i, 64 * MIB));
     }
     // And a body with no length at all is refused at once.
     let out = Command::new("curl")
@@ -468,30 +470,14 @@ fn one_token_holding_uploads_open_does_not_stall_another_job() {
 fn a_body_that_goes_silent_is_ended_and_its_share_given_back() {
     let t = tempfile::tempdir().unwrap();
     // 64 MiB in all, so a job may hold 16 MiB: four 4 MiB uploads. A body may be silent 2 s.
-    let r = Receiver::start_custom(
-        &t.path().join("store"),
-        true,
-        free_port(),
-        &[],
-        &[],
-        &[("FERRY_BODY_BUDGET_MIB", "64"), ("FERRY_BODY_STALL_SECS", "2")],
-    );
+    let r = plain_receiver_with(t.path(), &[("FERRY_BODY_BUDGET_MIB", "64"), ("FERRY_BODY_STALL_SECS", "2")]);
     let (id, token) = r.create_job("silent");
     let api = format!("{}/api/v1", r.url);
     register_and_begin(&api, &id, &token, 8 * MIB, 4 * MIB);
     // Four uploads take the job's whole share and then send nothing.
     let mut silent = vec![];
     for i in 0..4 {
-        let mut c = TcpStream::connect(("127.0.0.1", r.port)).unwrap();
-        write!(
-            c,
-            "PUT /api/v1/jobs/{id}/disks/0/chunks/{} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nx-ferry-chunk-id: {}\r\nContent-Length: {}\r\n\r\n",
-            i % 2,
-            "ab".repeat(32),
-            4 * MIB
-        )
-        .unwrap();
-        silent.push(c);
+        silent.push(chunk_upload_without_body(&r, &id, &token, i % 2, 4 * MIB));
     }
     std::thread::sleep(Duration::from_millis(300));
     // The same job's real agent waits for its share only until the silent bodies are ended.
