@@ -147,6 +147,7 @@ pub fn target_plan(data: &[u8]) {
                 partition_table: table,
                 chunk_size: 1 << 22,
                 blake3: String::new(),
+                bad_ranges: vec![],
             }
         })
         .collect();
