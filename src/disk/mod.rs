@@ -4,6 +4,7 @@
 pub mod gpt_grow;
 pub mod ioctl;
 pub mod lock;
+mod mbr_guard;
 pub mod partitions;
 pub mod report;
 pub mod rescue;

@@ -369,11 +369,10 @@ fn read_mbr(disk: &DiskReader, sector0: &Sector0) -> io::Result<PartitionTable> 
         return Ok(t);
     }
     t.mbr_signature = Some(format!("0x{:08x}", u32::from_le_bytes(sector0.disk_signature)));
-    if let Some(e) = sector0.used().find(|e| e.2 == 0) {
-        // A partition over the MBR itself: damage, and mbrman panics on a table whose every
-        // partition starts at LBA 0 (found by fuzzing).
+    let entries: Vec<(u8, u32)> = sector0.used().map(|e| (e.1, e.2)).collect();
+    if let Some(problem) = super::mbr_guard::damage(disk, &entries)? {
         t.kind = TableKind::Damaged;
-        t.problems.push(format!("an MBR partition of type 0x{:02x} starts at LBA 0, over the MBR itself", e.1));
+        t.problems.push(problem);
         return Ok(t);
     }
     let mut cursor = disk.cursor();
