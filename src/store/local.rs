@@ -43,15 +43,11 @@ impl LocalStore {
     /// The file a chunk lives in at a place. The id is 32 bytes rendered as hex and the offset
     /// a number, so no client input ever becomes a path component.
     fn path_of(&self, id: &Digest, at: Place) -> PathBuf {
-        let hex = hex::encode(id);
-        let place = if at.whole_disk { "whole".to_string() } else { at.offset.to_string() };
-        self.chunks.join(&hex[..2]).join(format!("{hex}.{place}"))
+        placed_path(&self.chunks, id, at)
     }
 
-    /// Where a store from before places kept the chunk.
     fn unplaced_path(&self, id: &Digest) -> PathBuf {
-        let hex = hex::encode(id);
-        self.chunks.join(&hex[..2]).join(hex)
+        unplaced_path(&self.chunks, id)
     }
 
     /// Gives an unplaced chunk its place if its bytes have `id` there. True: it is held at `at`.
@@ -75,6 +71,19 @@ impl LocalStore {
             _ => Ok(true),
         }
     }
+}
+
+/// `CHUNKS/ab/abcdef….OFFSET` (`….whole` for a disk of one chunk): where a chunk lives at a place.
+pub(super) fn placed_path(chunks: &Path, id: &Digest, at: Place) -> PathBuf {
+    let hex = hex::encode(id);
+    let place = if at.whole_disk { "whole".to_string() } else { at.offset.to_string() };
+    chunks.join(&hex[..2]).join(format!("{hex}.{place}"))
+}
+
+/// `CHUNKS/ab/abcdef…`: where a store from before places kept the chunk.
+pub(super) fn unplaced_path(chunks: &Path, id: &Digest) -> PathBuf {
+    let hex = hex::encode(id);
+    chunks.join(&hex[..2]).join(hex)
 }
 
 impl ChunkStore for LocalStore {

@@ -210,9 +210,8 @@ fn check_manifest(dir: &Path, name: &str, path: &Path, named: &mut HashSet<PathB
             continue;
         }
         let hex = hex::encode(c.id);
-        let place = if at.whole_disk { "whole".to_string() } else { at.offset.to_string() };
-        let placed = chunks.join(&hex[..2]).join(format!("{hex}.{place}"));
-        let unplaced = chunks.join(&hex[..2]).join(&hex);
+        let placed = super::local::placed_path(&chunks, &c.id, at);
+        let unplaced = super::local::unplaced_path(&chunks, &c.id);
         match fs::metadata(&placed) {
             Ok(meta) if meta.len() == at.len => {
                 named.insert(placed);
