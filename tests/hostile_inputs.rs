@@ -214,6 +214,10 @@ fn racing_uploads_of_one_chunk_store_it_once_and_count_its_bytes_once() {
     statuses.sort_unstable();
     assert_eq!(statuses, [200, 200, 200, 200, 200, 200, 200, 201], "one upload stores the chunk, the others find it");
 
+    // The received counters are written in batches, at least once a second.
+    let counted = || r.job(&id)["disks"][0]["chunks_received"] != 0;
+    assert!(wait_until(std::time::Duration::from_secs(5), counted), "the chunk was never counted");
+    std::thread::sleep(std::time::Duration::from_millis(1500));
     let job = r.job(&id);
     let disk = &job["disks"][0];
     // 8b9e99a: 524288 (eight times the disk).

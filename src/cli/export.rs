@@ -11,7 +11,8 @@ pub fn run(a: ExportArgs) -> Result<i32> {
         FormatArg::Raw => Format::Raw,
         FormatArg::Qcow2 => Format::Qcow2,
     };
-    let out = export(&a.store, &a.job, a.disk, &a.to, format)?;
+    let store = crate::store::StoreConfig::new(&a.store, a.s3_config.as_deref())?;
+    let out = export(&store, &a.job, a.disk, &a.to, format)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {

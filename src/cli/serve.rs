@@ -20,6 +20,8 @@ pub fn run(a: ServeArgs) -> Result<i32> {
     tls::install_crypto_provider();
     let cfg = ServeConfig {
         store: a.store,
+        s3_config: a.shared.s3_config,
+        db: a.shared.db,
         listen: a.listen,
         plain_http: a.plain_http,
         advertise: a.advertise,

@@ -91,6 +91,8 @@ pub struct ServeArgs {
     /// Store directory: jobs database, chunks, manifests, admin token, TLS identity.
     #[arg(long, env = "FERRY_STORE")]
     pub store: PathBuf,
+    #[command(flatten)]
+    pub shared: SharedStoreArgs,
     /// Address and port to listen on.
     #[arg(long, env = "FERRY_LISTEN", default_value = "127.0.0.1:8443")]
     pub listen: std::net::SocketAddr,
@@ -116,6 +118,22 @@ pub struct ServeArgs {
     /// carry one per request): every such source enrolls into that wave.
     #[arg(long, env = "FERRY_BOOT_ENROLL", hide_env_values = true, requires = "boot_dir")]
     pub boot_enroll: Option<String>,
+}
+
+/// Where a scaled-out wave keeps what every receiver shares: chunks and manifests in a bucket,
+/// jobs in PostgreSQL. Without them, both stay in the store directory.
+#[derive(Debug, Args, Clone, Default)]
+pub struct SharedStoreArgs {
+    /// Keep chunks and manifests in an S3 bucket described by this TOML file (endpoint, region,
+    /// bucket, prefix, credentials). Default: STORE/s3.toml when it exists, else the
+    /// FERRY_S3_BUCKET, FERRY_S3_ENDPOINT, FERRY_S3_REGION, FERRY_S3_PREFIX, AWS_ACCESS_KEY_ID and
+    /// AWS_SECRET_ACCESS_KEY environment variables when FERRY_S3_BUCKET is set.
+    #[arg(long, env = "FERRY_S3_CONFIG")]
+    pub s3_config: Option<PathBuf>,
+    /// Keep jobs in PostgreSQL: postgres://USER@HOST:PORT/DB (the password from PGPASSWORD or
+    /// the file FERRY_DB_PASSWORD_FILE names, never in this URL). Default: STORE/jobs.sqlite.
+    #[arg(long, env = "FERRY_DB")]
+    pub db: Option<String>,
 }
 
 /// How an admin command reaches the receiver.

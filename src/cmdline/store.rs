@@ -17,6 +17,8 @@ pub struct StoreVerifyArgs {
     /// The receiver's store directory.
     #[arg(long, env = "FERRY_STORE")]
     pub store: PathBuf,
+    #[command(flatten)]
+    pub shared: super::SharedStoreArgs,
     /// Only this job's manifests and the chunks they name.
     #[arg(long)]
     pub job: Option<String>,
@@ -30,6 +32,9 @@ pub struct ExportArgs {
     /// The receiver's store directory.
     #[arg(long)]
     pub store: PathBuf,
+    /// The bucket's configuration when chunks are kept in S3 (see `ferry serve --s3-config`).
+    #[arg(long, env = "FERRY_S3_CONFIG")]
+    pub s3_config: Option<PathBuf>,
     /// Job id.
     #[arg(long)]
     pub job: String,

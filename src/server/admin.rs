@@ -81,7 +81,10 @@ pub async fn restart_job(State(st): State<Arc<AppState>>, Path(job): Path<String
     if current.state == JobState::Running {
         return Err(ApiErr::new(Code::JobRunning, format!("job {job} is Running; cancel it first")));
     }
-    st.db.set_state(&job, JobState::Waiting, None, None)?;
+    let stopped = [JobState::Waiting, JobState::Finished, JobState::InError, JobState::Cancelled];
+    if !st.db.transition(&job, &stopped, JobState::Waiting, None, None)? {
+        return Err(ApiErr::new(Code::JobRunning, format!("job {job} is Running; cancel it first")));
+    }
     // The source will send again, possibly other bytes: a target written from the old copy is
     // no longer a copy of this job, so the target side starts over too.
     if current.delivery.is_some() {
@@ -125,7 +128,15 @@ pub async fn cancel_job(State(st): State<Arc<AppState>>, Path(job): Path<String>
             return Err(ApiErr::new(Code::JobFinished, format!("job {job} is Finished; nothing to cancel")))
         }
         JobState::Cancelled => {}
-        _ => st.db.set_state(&job, JobState::Cancelled, None, None)?,
+        _ => {
+            let live = [JobState::Waiting, JobState::Running, JobState::InError];
+            // Finished meanwhile (on this receiver or another): the job keeps its verdict.
+            if !st.db.transition(&job, &live, JobState::Cancelled, None, None)?
+                && st.job(&job)?.state == JobState::Finished
+            {
+                return Err(ApiErr::new(Code::JobFinished, format!("job {job} is Finished; nothing to cancel")));
+            }
+        }
     }
     Ok(Json(st.job(&job)?))
 }

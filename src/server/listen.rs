@@ -16,6 +16,10 @@ use crate::tls;
 /// What `ferry serve` needs.
 pub struct ServeConfig {
     pub store: PathBuf,
+    /// The bucket's configuration file, when chunks are kept in S3.
+    pub s3_config: Option<PathBuf>,
+    /// A PostgreSQL URL, when jobs are kept there.
+    pub db: Option<String>,
     pub listen: SocketAddr,
     pub plain_http: bool,
     /// Address sources should use in the printed kernel command line (the listen address when
@@ -43,10 +47,11 @@ pub struct Started {
 /// Runs the receiver until the process is stopped; `announce` is told where it listens once it
 /// does.
 pub async fn serve(cfg: ServeConfig, announce: impl FnOnce(&Started)) -> Result<()> {
-    let mut state = open_state(&cfg.store)?;
+    let mut state = open_state(&cfg.store, cfg.s3_config.as_deref(), cfg.db.as_deref()).await?;
     state.boot_dir = cfg.boot_dir.clone();
     state.boot_enroll = cfg.boot_enroll.clone();
     let state = Arc::new(state);
+    tokio::spawn(write_counters_every_second(state.clone()));
     let listener = TcpListener::bind(cfg.listen).await.with_context(|| format!("listening on {}", cfg.listen))?;
     let boot_http = match cfg.boot_listen {
         Some(addr) => Some(start_boot_http(addr, &state).await?),
@@ -105,4 +110,14 @@ async fn start_tftp(addr: SocketAddr, state: &Arc<AppState>) -> Result<SocketAdd
     let local = socket.local_addr()?;
     tokio::spawn(boot::tftp::serve(socket, state.clone()));
     Ok(local)
+}
+
+/// Writes the batched received counters at least once a second, so that a wave's dashboard
+/// moves while its chunks arrive.
+async fn write_counters_every_second(state: Arc<AppState>) {
+    let mut tick = tokio::time::interval(super::counters::BATCH_AGE);
+    loop {
+        tick.tick().await;
+        state.write_counters();
+    }
 }

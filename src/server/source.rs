@@ -51,8 +51,13 @@ pub async fn register(
         return Err(ApiErr::new(Code::NoDisks, "a source must send at least one disk"));
     }
     st.db.set_machine(&job, &req.machine, req.inventory.as_ref(), req.disks.len())?;
-    if auth.state() != JobState::Running {
-        st.db.set_state(&job, JobState::Running, None, None)?;
+    if auth.state() != JobState::Running
+        && !st.db.transition(&job, &[JobState::Waiting], JobState::Running, None, None)?
+    {
+        // Moved since this request was let in (cancelled, or failed, here or on another
+        // receiver): it stays as it is, and the source is told why.
+        let now = st.job(&job)?.state;
+        not_stopped(&job, now)?;
     }
     log::info!("job {job}: source registered with {} disks", req.disks.len());
     let j = st.job(&job)?;
@@ -73,7 +78,8 @@ pub async fn fail(
 ) -> ApiResult<StatusCode> {
     if matches!(auth.state(), JobState::Waiting | JobState::Running) {
         let reason: String = f.reason.chars().take(2000).collect();
-        st.db.set_state(&job, JobState::InError, Some(&reported_code(&f)), Some(&reason))?;
+        let from = [JobState::Waiting, JobState::Running];
+        st.db.transition(&job, &from, JobState::InError, Some(&reported_code(&f)), Some(&reason))?;
         log::warn!("job {job}: the source failed: {reason}");
     }
     Ok(StatusCode::NO_CONTENT)
@@ -94,7 +100,11 @@ pub async fn finish(
         );
         return Err(ApiErr::new(Code::DisksIncomplete, reason));
     }
-    st.db.set_state(&job, JobState::Finished, None, None)?;
+    if !st.db.transition(&job, &[JobState::Running], JobState::Finished, None, None)? {
+        let now = st.job(&job)?.state;
+        not_stopped(&job, now)?;
+        return Err(ApiErr::new(Code::NotRunning, format!("job {job} is {}; register first", now.as_str())));
+    }
     log::info!("job {job} Finished: {expected} disks verified");
     Ok(Json(st.job(&job)?))
 }
@@ -138,19 +148,17 @@ pub async fn missing(
     running(&job, &auth)?;
     let (size, chunk_size) = geometry(&st, &job, disk)?;
     let count = treehash::chunk_count(size, chunk_size);
-    let mut out = vec![];
-    for c in &q.chunks {
-        if c.index >= count {
-            return Err(ApiErr::new(
-                Code::BadIndex,
-                format!("chunk {} is past the last chunk ({})", c.index, count.saturating_sub(1)),
-            ));
-        }
-        // Held only where it was verified: an id stored for another index does not count.
-        if !st.store.contains(&c.id, Place::of(size, chunk_size, c.index)).map_err(anyhow::Error::from)? {
-            out.push(c.index);
-        }
+    if let Some(c) = q.chunks.iter().find(|c| c.index >= count) {
+        return Err(ApiErr::new(
+            Code::BadIndex,
+            format!("chunk {} is past the last chunk ({})", c.index, count.saturating_sub(1)),
+        ));
     }
+    // Held only where it was verified: an id stored for another index does not count. One
+    // question for the lot: the store asks a bucket about many chunks at once.
+    let asked: Vec<_> = q.chunks.iter().map(|c| (c.id, Place::of(size, chunk_size, c.index))).collect();
+    let absent = st.store.missing(&asked).await.map_err(anyhow::Error::from)?;
+    let out = absent.into_iter().map(|i| q.chunks[i].index).collect();
     Ok(Json(MissingAnswer { missing: out }))
 }
 
@@ -213,46 +221,48 @@ async fn put_chunk_checked(
         ));
     }
     let wire_len = body.len() as u64;
-    let st2 = st.clone();
     // Decompressing and hashing take milliseconds of CPU: keep them off the async workers.
-    let stored = tokio::task::spawn_blocking(move || -> ApiResult<bool> {
-        let data: Vec<u8>;
-        let bytes: &[u8] = if compressed {
-            data = zstd::bulk::decompress(&body, expected_len)
-                .map_err(|e| ApiErr::new(Code::BadCompression, format!("chunk {index} does not decompress: {e}")))?;
-            &data
-        } else {
-            &body
-        };
+    let checked = tokio::task::spawn_blocking(move || -> ApiResult<Bytes> {
+        let bytes =
+            if compressed {
+                Bytes::from(zstd::bulk::decompress(&body, expected_len).map_err(|e| {
+                    ApiErr::new(Code::BadCompression, format!("chunk {index} does not decompress: {e}"))
+                })?)
+            } else {
+                body
+            };
         if bytes.len() != expected_len {
             return Err(ApiErr::new(
                 Code::BadLength,
                 format!("chunk {index} must be {expected_len} bytes, got {}", bytes.len()),
             ));
         }
-        let at = Place::of(size, chunk_size, index);
-        let actual = at.id_of(bytes);
+        let actual = Place::of(size, chunk_size, index).id_of(&bytes);
         if actual != id {
             return Err(ApiErr::new(
                 Code::HashMismatch,
                 format!("chunk {index}: its bytes hash to {}, not to the id sent", hex::encode(actual)),
             ));
         }
-        match st2.store.put(&id, at, bytes) {
+        Ok(bytes)
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("chunk task failed: {e}"))?;
+    let stored = match checked {
+        Ok(bytes) => match st.store.put(&id, Place::of(size, chunk_size, index), bytes).await {
             Ok(new) => Ok(new),
             Err(e) if e.kind() == std::io::ErrorKind::StorageFull || e.raw_os_error() == Some(libc::EDQUOT) => {
                 Err(ApiErr::new(Code::StoreFull, format!("the receiver's store is full: {e}")))
             }
             Err(e) => Err(anyhow::Error::from(e).context(format!("storing chunk {index}")).into()),
-        }
-    })
-    .await
-    .map_err(|e| anyhow::anyhow!("chunk task failed: {e}"))?;
+        },
+        Err(e) => Err(e),
+    };
     match stored {
         Ok(new) => {
             // A chunk another upload stored first is not received twice.
-            if new {
-                st.db.add_received(job, disk, expected_len as u64)?;
+            if let Some(batch) = new.then(|| st.received.add(job, disk, expected_len as u64)).flatten() {
+                super::counters::write(&st.db, batch);
             }
             st.metrics.chunk_received(expected_len as u64, new);
             log::debug!("job {job} disk {disk} chunk {index}: {wire_len} bytes on the wire, new={new}");
@@ -260,7 +270,8 @@ async fn put_chunk_checked(
         }
         Err(e) => {
             if e.code == Code::StoreFull {
-                st.db.set_state(job, JobState::InError, Some(Code::StoreFull.as_str()), Some(&e.message))?;
+                let code = Some(Code::StoreFull.as_str());
+                st.db.transition(job, &[JobState::Running], JobState::InError, code, Some(&e.message))?;
             }
             Err(e)
         }
@@ -284,14 +295,11 @@ pub async fn complete_disk(
             ),
         ));
     }
-    let st2 = st.clone();
-    let verdict =
-        tokio::task::spawn_blocking(move || super::verify::verify_manifest(&st2, &manifest).map(|()| manifest))
-            .await
-            .map_err(|e| anyhow::anyhow!("verification task failed: {e}"))?;
+    let verdict = super::verify::verify_manifest(&st, &manifest).await.map(|()| manifest);
     match verdict {
         Ok(manifest) => {
-            super::verify::keep_manifest(&st, &job, disk, &manifest)?;
+            super::verify::keep_manifest(&st, &job, disk, &manifest).await?;
+            st.write_counters();
             let root = hex::encode(manifest.blake3);
             st.db.verify_disk(&job, disk, &root, size, &manifest.bad_ranges)?;
             // A target must never be served a manifest cached from before this one.
@@ -300,7 +308,7 @@ pub async fn complete_disk(
             Ok(Json(DiskVerdict { verified: true, blake3: root }))
         }
         Err((code, reason)) => {
-            st.db.set_state(&job, JobState::InError, Some(code.as_str()), Some(&reason))?;
+            st.db.transition(&job, &[JobState::Running], JobState::InError, Some(code.as_str()), Some(&reason))?;
             Err(ApiErr::new(code, reason))
         }
     }

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::error::{ApiErr, ApiResult};
 use super::{db, metrics};
 use crate::image::Manifest;
-use crate::store::{ChunkStore, LocalStore};
+use crate::store::{ChunkStore, StoreConfig};
 use crate::wire::{Code, Job};
 
 /// Where a receiver can be reached; written to `STORE/receiver.json` so that `ferry job --store`
@@ -49,6 +49,8 @@ pub struct AppState {
     /// Verified manifests targets are reading, by (job, disk): parsed and checked once.
     manifests: Mutex<HashMap<(String, u32), Arc<Manifest>>>,
     pub metrics: metrics::Metrics,
+    /// Received counters waiting for their batch to be written.
+    pub received: super::counters::Received,
     /// The request bodies held in memory at once.
     pub budget: Arc<super::budget::BodyBudget>,
     /// How sources reach this receiver (URL and pin), once it listens: baked into the PXE menu.
@@ -78,6 +80,12 @@ impl AppState {
     /// The job `id`, or the `no_such_job` answer.
     pub fn job(&self, id: &str) -> ApiResult<Job> {
         self.db.job(id)?.ok_or_else(|| ApiErr::new(Code::NoSuchJob, format!("there is no job {id}")))
+    }
+
+    /// Writes the pending received counters (before a disk is reported verified, and every
+    /// second from the receiver's clock).
+    pub fn write_counters(&self) {
+        super::counters::write(&self.db, self.received.take_all());
     }
 
     /// A job restarted: none of its manifests stay.
@@ -142,18 +150,19 @@ fn make_private(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Opens (creating on first start) the store directory: admin token, TLS identity, database.
-pub fn open_state(dir: &Path) -> Result<AppState> {
+/// Opens (creating on first start) the store directory: admin token, TLS identity, and unless
+/// they are shared (`s3_config`, `db_url`), the chunks and the job database.
+pub async fn open_state(dir: &Path, s3_config: Option<&Path>, db_url: Option<&str>) -> Result<AppState> {
     fs::create_dir_all(dir).with_context(|| format!("creating store {}", dir.display()))?;
     make_private(dir)?;
     let admin_token = token_file(&dir.join("admin.token"))?;
     let viewer_token = token_file(&dir.join("viewer.token"))?;
-    let db = db::Db::open(&dir.join("jobs.sqlite"))?;
-    let store = LocalStore::open(dir).with_context(|| format!("opening the chunk store in {}", dir.display()))?;
-    fs::create_dir_all(dir.join("manifests"))?;
+    let db = db::Db::open_for(dir, db_url)?;
+    let store = crate::store::open(&StoreConfig::new(dir, s3_config)?)?;
+    log::info!("chunks and manifests in {}; jobs in {}", store.describe(), db.describe());
     Ok(AppState {
         db,
-        store: Arc::new(store),
+        store,
         dir: dir.to_owned(),
         admin_token,
         viewer_token,
@@ -161,6 +170,7 @@ pub fn open_state(dir: &Path) -> Result<AppState> {
         boot_enroll: None,
         manifests: Default::default(),
         metrics: Default::default(),
+        received: Default::default(),
         budget: super::budget::BodyBudget::from_env(),
         info: Default::default(),
     })

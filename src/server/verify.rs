@@ -10,45 +10,50 @@ use crate::image::{hasher, Manifest};
 use crate::store::Place;
 use crate::wire::Code;
 
-pub fn verify_manifest(st: &AppState, m: &Manifest) -> Result<(), (Code, String)> {
-    st.store.sync().map_err(|e| (Code::StoreError, format!("making the store durable: {e}")))?;
+pub async fn verify_manifest(st: &AppState, m: &Manifest) -> Result<(), (Code, String)> {
+    st.store.sync().await.map_err(|e| (Code::StoreError, format!("making the store durable: {e}")))?;
     m.validate().map_err(|e| (Code::ManifestInvalid, format!("disk manifest rejected: {e}")))?;
-    for (i, c) in m.chunks.iter().enumerate() {
-        if c.zero {
-            continue;
-        }
-        // A stored id counts only at the index it was verified for: ids of this disk's chunks
-        // listed in another order still merge to a root, but are not this disk.
-        match st.store.contains(&c.id, Place::of(m.size, m.chunk_size, i as u64)) {
-            Ok(true) => {}
-            Ok(false) => {
-                return Err((
-                    Code::ChunkMissing,
-                    format!("chunk {i} (id {}) was never received for this place on the disk", hex::encode(c.id)),
-                ))
-            }
-            Err(e) => return Err((Code::StoreError, format!("reading the store: {e}"))),
-        }
+    // A stored id counts only at the index it was verified for: ids of this disk's chunks
+    // listed in another order still merge to a root, but are not this disk.
+    let data: Vec<usize> = (0..m.chunks.len()).filter(|&i| !m.chunks[i].zero).collect();
+    let asked: Vec<_> = data.iter().map(|&i| (m.chunks[i].id, Place::of(m.size, m.chunk_size, i as u64))).collect();
+    let absent = st.store.missing(&asked).await.map_err(|e| (Code::StoreError, format!("reading the store: {e}")))?;
+    if let Some(&first) = absent.first() {
+        let i = data[first];
+        return Err((
+            Code::ChunkMissing,
+            format!("chunk {i} (id {}) was never received for this place on the disk", hex::encode(m.chunks[i].id)),
+        ));
     }
-    use rayon::prelude::*;
-    let zeros = vec![0u8; m.chunk_size as usize];
-    let bad_zero = m.chunks.par_iter().enumerate().filter(|(_, c)| c.zero).find_any(|(i, c)| {
-        let (offset, len) = m.chunk_range(*i as u64);
-        let data = &zeros[..len as usize];
-        debug_assert!(hasher::is_zero(data));
-        chunk_id(data, offset, m.size, m.chunk_size) != c.id
-    });
-    if let Some((i, _)) = bad_zero {
+    let m2 = m.clone();
+    let bad_zero = tokio::task::spawn_blocking(move || first_bad_zero(&m2))
+        .await
+        .map_err(|e| (Code::StoreError, format!("checking zero chunks: {e}")))?;
+    if let Some(i) = bad_zero {
         return Err((Code::ZeroMismatch, format!("chunk {i} is marked all-zero but its id is not the id of zeros")));
     }
     Ok(())
 }
 
-/// `STORE/manifests/JOB/N.json`, written atomically and durably.
-pub fn keep_manifest(st: &AppState, job: &str, disk: u32, m: &Manifest) -> ApiResult<()> {
-    let dir = st.dir.join("manifests").join(job);
-    std::fs::create_dir_all(&dir).map_err(anyhow::Error::from)?;
+/// The first chunk marked zero whose id is not that of zeros at its offset.
+fn first_bad_zero(m: &Manifest) -> Option<usize> {
+    use rayon::prelude::*;
+    let zeros = vec![0u8; m.chunk_size.min(m.size) as usize];
+    let bad = m.chunks.par_iter().enumerate().filter(|(_, c)| c.zero).find_first(|(i, c)| {
+        let (offset, len) = m.chunk_range(*i as u64);
+        let data = &zeros[..len as usize];
+        debug_assert!(hasher::is_zero(data));
+        chunk_id(data, offset, m.size, m.chunk_size) != c.id
+    });
+    bad.map(|(i, _)| i)
+}
+
+/// Keeps the verified manifest in the store, durably, where every receiver and `ferry export`
+/// find it.
+pub async fn keep_manifest(st: &AppState, job: &str, disk: u32, m: &Manifest) -> ApiResult<()> {
     let body = serde_json::to_vec(m).map_err(anyhow::Error::from)?;
-    crate::fsx::write_atomic(&dir.join(format!("{disk}.json")), &body).map_err(anyhow::Error::from)?;
+    st.store.put_manifest(job, disk, body).await.map_err(|e| {
+        anyhow::anyhow!("keeping the manifest of job {job} disk {disk} in {}: {e}", st.store.describe())
+    })?;
     Ok(())
 }

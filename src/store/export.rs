@@ -10,7 +10,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use rayon::prelude::*;
 
-use super::{ChunkStore, LocalStore, Place};
+use super::{ChunkStore, Place, StoreConfig};
 use crate::disk::DiskReader;
 use crate::image::{self, hasher, treehash, Manifest};
 
@@ -30,33 +30,23 @@ pub struct Exported {
     pub verified: bool,
 }
 
-/// The verified manifest of disk `disk` of `job`, as the receiver kept it.
-pub fn load_manifest(store_dir: &Path, job: &str, disk: u32) -> Result<Manifest> {
-    if !crate::wire::valid_job_id(job) {
-        bail!("{job:?} is not a job id");
-    }
-    let path = store_dir.join("manifests").join(job).join(format!("{disk}.json"));
-    let text = fs::read(&path).with_context(|| {
-        format!("reading {} (is disk {disk} of job {job} verified? see ferry job show {job})", path.display())
-    })?;
-    let m: Manifest = serde_json::from_slice(&text).with_context(|| format!("parsing {}", path.display()))?;
-    m.validate().with_context(|| format!("checking {}", path.display()))?;
-    Ok(m)
-}
-
 /// Exports disk `disk` of `job` to `to`.
-pub fn export(store_dir: &Path, job: &str, disk: u32, to: &Path, format: Format) -> Result<Exported> {
-    let manifest = load_manifest(store_dir, job, disk)?;
-    let store = LocalStore::open_for_reading(store_dir)?;
+pub fn export(cfg: &StoreConfig, job: &str, disk: u32, to: &Path, format: Format) -> Result<Exported> {
+    // The store may be a bucket: its reads are async, made from the export's rayon threads
+    // through this runtime's handle.
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let store = super::open_for_reading(cfg)?;
+    let manifest = rt.block_on(super::load_manifest(store.as_ref(), job, disk))?;
     if to.is_dir() {
         bail!("{} is a directory; give a file name", to.display());
     }
+    let source = Source { store: store.as_ref(), rt: rt.handle() };
     let partial = sibling(to, ".partial");
     let result = match format {
-        Format::Raw => write_raw(&store, &manifest, &partial),
+        Format::Raw => write_raw(&source, &manifest, &partial),
         Format::Qcow2 => {
             let raw = sibling(to, ".raw.partial");
-            let r = write_raw(&store, &manifest, &raw).and_then(|()| to_qcow2(&raw, &partial));
+            let r = write_raw(&source, &manifest, &raw).and_then(|()| to_qcow2(&raw, &partial));
             let _ = fs::remove_file(&raw);
             r
         }
@@ -78,6 +68,12 @@ pub fn export(store_dir: &Path, job: &str, disk: u32, to: &Path, format: Format)
     })
 }
 
+/// The store an export reads, and the runtime its reads run on.
+struct Source<'a> {
+    store: &'a dyn ChunkStore,
+    rt: &'a tokio::runtime::Handle,
+}
+
 fn sibling(p: &Path, suffix: &str) -> PathBuf {
     let mut s = p.as_os_str().to_owned();
     s.push(suffix);
@@ -87,7 +83,7 @@ fn sibling(p: &Path, suffix: &str) -> PathBuf {
 /// Writes every data chunk at its offset into a sparse file, re-checking each chunk's id as it
 /// leaves the store (bit rot on the receiver is caught here), then hashes the whole file and
 /// compares it with the manifest.
-fn write_raw(store: &LocalStore, m: &Manifest, path: &Path) -> Result<()> {
+fn write_raw(source: &Source, m: &Manifest, path: &Path) -> Result<()> {
     let f = OpenOptions::new()
         .write(true)
         .create(true)
@@ -101,7 +97,7 @@ fn write_raw(store: &LocalStore, m: &Manifest, path: &Path) -> Result<()> {
             return Ok(());
         }
         let (offset, len) = m.chunk_range(i as u64);
-        let data = match store.get(&c.id, Place::of(m.size, m.chunk_size, i as u64)) {
+        let data = match source.rt.block_on(source.store.get(&c.id, Place::of(m.size, m.chunk_size, i as u64))) {
             Ok(data) => data,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 bail!("chunk {i} ({}) is not in the store at byte {offset}: it was removed", hex::encode(c.id))

@@ -4,6 +4,7 @@ use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use super::{ChunkStore, Place};
 use crate::image::Digest;
@@ -15,7 +16,17 @@ use crate::image::Digest;
 /// A store from before places were kept names its chunks `ab/abcdef…` alone. Such a chunk is
 /// adopted the first time it is asked for at a place: if its bytes have that id there, it is
 /// renamed to the placed name; else it stays unplaced and is absent for that place.
+///
+/// Verified manifests live in `DIR/manifests/JOB/N.json`. File work runs on tokio's blocking
+/// threads; [`LocalStore::blocking`] gives the same operations to callers off the runtime.
+#[derive(Clone)]
 pub struct LocalStore {
+    dir: Arc<LocalDir>,
+}
+
+/// The store's directory, worked on synchronously.
+pub struct LocalDir {
+    root: PathBuf,
     chunks: PathBuf,
     tmp: PathBuf,
     counter: AtomicU64,
@@ -26,9 +37,11 @@ impl LocalStore {
     /// files a crash left.
     pub fn open(dir: &Path) -> io::Result<Self> {
         let store = Self::open_for_reading(dir)?;
-        fs::create_dir_all(&store.chunks)?;
-        fs::create_dir_all(&store.tmp)?;
-        for entry in fs::read_dir(&store.tmp)? {
+        let d = store.blocking();
+        fs::create_dir_all(&d.chunks)?;
+        fs::create_dir_all(&d.tmp)?;
+        fs::create_dir_all(d.root.join("manifests"))?;
+        for entry in fs::read_dir(&d.tmp)? {
             let _ = fs::remove_file(entry?.path());
         }
         Ok(store)
@@ -37,7 +50,36 @@ impl LocalStore {
     /// Opens a store to read it beside a receiver that may be running (`ferry export`): its
     /// uploads in flight are left alone.
     pub fn open_for_reading(dir: &Path) -> io::Result<Self> {
-        Ok(Self { chunks: dir.join("chunks"), tmp: dir.join("tmp"), counter: AtomicU64::new(0) })
+        let dir = LocalDir {
+            root: dir.to_owned(),
+            chunks: dir.join("chunks"),
+            tmp: dir.join("tmp"),
+            counter: AtomicU64::new(0),
+        };
+        Ok(Self { dir: Arc::new(dir) })
+    }
+
+    /// The same store, worked on from the calling thread.
+    pub fn blocking(&self) -> &LocalDir {
+        &self.dir
+    }
+
+    /// Runs `f` on a blocking thread: file system calls never stall the async workers.
+    async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&LocalDir) -> io::Result<T> + Send + 'static,
+    ) -> io::Result<T> {
+        let dir = self.dir.clone();
+        tokio::task::spawn_blocking(move || f(&dir)).await.map_err(io::Error::other)?
+    }
+}
+
+impl LocalDir {
+    /// `DIR/manifests/JOB/N.json`. A job id is checked to be a plain token before it gets here
+    /// (the routes take only valid ids), so it never climbs out of the directory.
+    fn manifest_path(&self, job: &str, disk: u32) -> PathBuf {
+        debug_assert!(crate::wire::valid_job_id(job));
+        self.root.join("manifests").join(job).join(format!("{disk}.json"))
     }
 
     /// The file a chunk lives in at a place. The id is 32 bytes rendered as hex and the offset
@@ -86,8 +128,63 @@ pub(super) fn unplaced_path(chunks: &Path, id: &Digest) -> PathBuf {
     chunks.join(&hex[..2]).join(hex)
 }
 
+#[async_trait::async_trait]
 impl ChunkStore for LocalStore {
-    fn contains(&self, id: &Digest, at: Place) -> io::Result<bool> {
+    async fn contains(&self, id: &Digest, at: Place) -> io::Result<bool> {
+        let id = *id;
+        self.run(move |d| d.contains(&id, at)).await
+    }
+
+    async fn missing(&self, chunks: &[(Digest, Place)]) -> io::Result<Vec<usize>> {
+        // One blocking task for the lot: a stat each is microseconds on a local disk.
+        let chunks = chunks.to_vec();
+        self.run(move |d| {
+            let mut out = vec![];
+            for (i, (id, at)) in chunks.iter().enumerate() {
+                if !d.contains(id, *at)? {
+                    out.push(i);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn put(&self, id: &Digest, at: Place, data: bytes::Bytes) -> io::Result<bool> {
+        let id = *id;
+        self.run(move |d| d.put(&id, at, &data)).await
+    }
+
+    async fn get(&self, id: &Digest, at: Place) -> io::Result<Vec<u8>> {
+        let id = *id;
+        self.run(move |d| d.get(&id, at)).await
+    }
+
+    async fn sync(&self) -> io::Result<()> {
+        self.run(|d| d.sync()).await
+    }
+
+    async fn put_manifest(&self, job: &str, disk: u32, body: Vec<u8>) -> io::Result<()> {
+        let path = self.dir.manifest_path(job, disk);
+        self.run(move |_| {
+            fs::create_dir_all(path.parent().expect("manifest paths have a parent"))?;
+            crate::fsx::write_atomic(&path, &body)
+        })
+        .await
+    }
+
+    async fn get_manifest(&self, job: &str, disk: u32) -> io::Result<Vec<u8>> {
+        let path = self.dir.manifest_path(job, disk);
+        self.run(move |_| fs::read(path)).await
+    }
+
+    fn describe(&self) -> String {
+        format!("the store {}", self.dir.root.display())
+    }
+}
+
+impl LocalDir {
+    pub fn contains(&self, id: &Digest, at: Place) -> io::Result<bool> {
         match fs::metadata(self.path_of(id, at)) {
             Ok(m) => Ok(m.len() == at.len),
             Err(e) if e.kind() == io::ErrorKind::NotFound => self.adopt(id, at),
@@ -95,7 +192,7 @@ impl ChunkStore for LocalStore {
         }
     }
 
-    fn put(&self, id: &Digest, at: Place, data: &[u8]) -> io::Result<bool> {
+    pub fn put(&self, id: &Digest, at: Place, data: &[u8]) -> io::Result<bool> {
         debug_assert!(data.len() as u64 == at.len && at.id_of(data) == *id, "put takes verified chunks");
         let dest = self.path_of(id, at);
         if dest.exists() {
@@ -131,7 +228,7 @@ impl ChunkStore for LocalStore {
         result
     }
 
-    fn get(&self, id: &Digest, at: Place) -> io::Result<Vec<u8>> {
+    pub fn get(&self, id: &Digest, at: Place) -> io::Result<Vec<u8>> {
         let data = match fs::read(self.path_of(id, at)) {
             Err(e) if e.kind() == io::ErrorKind::NotFound && self.adopt(id, at)? => fs::read(self.path_of(id, at))?,
             other => other?,
@@ -146,7 +243,7 @@ impl ChunkStore for LocalStore {
         Ok(data)
     }
 
-    fn sync(&self) -> io::Result<()> {
+    pub fn sync(&self) -> io::Result<()> {
         // syncfs: one call makes every link (and any data) on the store's filesystem durable.
         let dir = File::open(&self.chunks)?;
         nix::unistd::syncfs(&dir).map_err(io::Error::from)
@@ -170,6 +267,7 @@ mod tests {
         fs::create_dir_all(dir.path().join("tmp")).unwrap();
         fs::write(dir.path().join("tmp/leftover"), b"half a chunk").unwrap();
         let store = LocalStore::open(dir.path()).unwrap();
+        let store = store.blocking();
         assert!(!dir.path().join("tmp/leftover").exists());
         let (id, at, data) = chunk(1);
         assert!(!store.contains(&id, at).unwrap());
@@ -187,6 +285,7 @@ mod tests {
         // A reader beside a running receiver leaves its uploads in flight alone.
         fs::write(dir.path().join("tmp/in-flight"), b"upload").unwrap();
         let reader = LocalStore::open_for_reading(dir.path()).unwrap();
+        let reader = reader.blocking();
         assert_eq!(reader.get(&id, at).unwrap(), data);
         assert!(dir.path().join("tmp/in-flight").exists());
     }
@@ -195,6 +294,7 @@ mod tests {
     fn a_chunk_is_held_only_at_the_place_it_was_verified_at() {
         let dir = tempfile::tempdir().unwrap();
         let store = LocalStore::open(dir.path()).unwrap();
+        let store = store.blocking();
         let (id, at, data) = chunk(2);
         store.put(&id, at, &data).unwrap();
         let elsewhere = [
@@ -218,6 +318,7 @@ mod tests {
     fn a_chunk_of_an_older_store_is_adopted_only_where_its_bytes_have_its_id() {
         let dir = tempfile::tempdir().unwrap();
         let store = LocalStore::open(dir.path()).unwrap();
+        let store = store.blocking();
         let as_before = |id: &Digest, data: &[u8]| {
             let path = store.unplaced_path(id);
             fs::create_dir_all(path.parent().unwrap()).unwrap();
@@ -248,20 +349,20 @@ mod tests {
     #[test]
     fn racing_uploads_of_one_chunk_store_it_once() {
         let dir = tempfile::tempdir().unwrap();
-        let store = std::sync::Arc::new(LocalStore::open(dir.path()).unwrap());
+        let store = LocalStore::open(dir.path()).unwrap();
         let (id, at, data) = chunk(7);
         let data = std::sync::Arc::new(data);
         let new: usize = (0..8)
             .map(|_| {
                 let (s, d) = (store.clone(), data.clone());
-                std::thread::spawn(move || s.put(&id, at, &d).unwrap())
+                std::thread::spawn(move || s.blocking().put(&id, at, &d).unwrap())
             })
             .collect::<Vec<_>>()
             .into_iter()
             .map(|h| h.join().unwrap() as usize)
             .sum();
         assert_eq!(new, 1, "eight racing uploads of one chunk were counted {new} times");
-        assert_eq!(store.get(&id, at).unwrap(), *data);
+        assert_eq!(store.blocking().get(&id, at).unwrap(), *data);
         assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
     }
 }

@@ -33,17 +33,17 @@ pub struct Report {
 }
 
 /// A chunk file and the place its name gives.
-struct ChunkFile {
+pub(super) struct ChunkFile {
     path: PathBuf,
-    id: Digest,
+    pub(super) id: Digest,
     /// None for a chunk named by its id alone (a store from before places).
-    offset: Option<u64>,
-    whole_disk: bool,
+    pub(super) offset: Option<u64>,
+    pub(super) whole_disk: bool,
 }
 
 impl ChunkFile {
     /// Parses `HEX.OFFSET`, `HEX.whole` or `HEX`; None for any other name.
-    fn parse(path: PathBuf) -> Option<Self> {
+    pub(super) fn parse(path: PathBuf) -> Option<Self> {
         let name = path.file_name()?.to_str()?;
         let (hex, place) = match name.split_once('.') {
             Some((h, p)) => (h, Some(p)),
@@ -61,12 +61,14 @@ impl ChunkFile {
 
 /// Checks that each disk the job database calls verified, `(job, disk, blake3)`, has a kept
 /// manifest with that whole-disk hash (a manifest swapped for another consistent one would
-/// pass every other check).
-pub fn check_against_jobs(dir: &Path, verified: &[(String, u32, String)], report: &mut Report) {
+/// pass every other check). `kept` reads a manifest from the store.
+pub fn check_against_jobs(
+    verified: &[(String, u32, String)],
+    kept: impl Fn(&str, u32) -> Option<Manifest>,
+    report: &mut Report,
+) {
     for (job, disk, blake3) in verified {
-        let path = dir.join("manifests").join(job).join(format!("{disk}.json"));
-        let kept = fs::read(&path).ok().and_then(|t| serde_json::from_slice::<Manifest>(&t).ok());
-        match kept {
+        match kept(job, *disk) {
             Some(m) if hex::encode(m.blake3) == *blake3 => {}
             Some(m) => report.problems.push(format!(
                 "manifest {job}/{disk}: whole-disk hash {} but the job says {blake3}",
@@ -77,6 +79,12 @@ pub fn check_against_jobs(dir: &Path, verified: &[(String, u32, String)], report
                 .push(format!("manifest {job}/{disk}: the job says verified, but no manifest can be read")),
         }
     }
+}
+
+/// The manifest kept in the store directory `dir`, if it can be read.
+pub fn kept_in_dir(dir: &Path, job: &str, disk: u32) -> Option<Manifest> {
+    let path = dir.join("manifests").join(job).join(format!("{disk}.json"));
+    fs::read(path).ok().and_then(|t| serde_json::from_slice(&t).ok())
 }
 
 /// Checks the store in `dir`: every chunk file and every manifest, or with `job` only that
@@ -171,14 +179,14 @@ fn check_chunk_file(f: &ChunkFile) -> (u64, Option<String>) {
         Ok(d) => d,
         Err(e) => return (0, Some(format!("{}: cannot be read: {e}", f.path.display()))),
     };
-    let at = Place { offset, len: data.len() as u64, whole_disk: f.whole_disk };
-    let problem = (at.id_of(&data) != f.id).then(|| {
-        format!(
-            "{}: its bytes do not hash to its id at offset {offset} (damaged on the store's disk)",
-            f.path.display()
-        )
-    });
-    (data.len() as u64, problem)
+    (data.len() as u64, bytes_problem(&f.path.display().to_string(), &f.id, offset, f.whole_disk, &data))
+}
+
+/// What is wrong with chunk bytes named `id` at `offset`, kept under `name`.
+pub(super) fn bytes_problem(name: &str, id: &Digest, offset: u64, whole_disk: bool, data: &[u8]) -> Option<String> {
+    let at = Place { offset, len: data.len() as u64, whole_disk };
+    (at.id_of(data) != *id)
+        .then(|| format!("{name}: its bytes do not hash to its id at offset {offset} (damaged on the store's disk)"))
 }
 
 /// Checks one manifest against the store; the chunk files it names go into `named`.
@@ -187,23 +195,10 @@ fn check_manifest(dir: &Path, name: &str, path: &Path, named: &mut HashSet<PathB
         Ok(m) => m,
         Err(e) => return report.problems.push(format!("manifest {name}: cannot be read: {e:#}")),
     };
-    if let Err(e) = m.validate() {
-        return report.problems.push(format!("manifest {name}: {e}"));
+    if !manifest_is_sound(name, &m, report) {
+        return;
     }
     let chunks = dir.join("chunks");
-    let zeros = vec![0u8; m.chunk_size.min(m.size) as usize];
-    debug_assert!(hasher::is_zero(&zeros));
-    let bad_zero: Vec<usize> = (0..m.chunks.len())
-        .into_par_iter()
-        .filter(|&i| m.chunks[i].zero)
-        .filter(|&i| {
-            let (offset, len) = m.chunk_range(i as u64);
-            chunk_id(&zeros[..len as usize], offset, m.size, m.chunk_size) != m.chunks[i].id
-        })
-        .collect();
-    for i in bad_zero {
-        report.problems.push(format!("manifest {name}: chunk {i} is marked zero but its id is not that of zeros"));
-    }
     for (i, c) in m.chunks.iter().enumerate() {
         let at = Place::of(m.size, m.chunk_size, i as u64);
         if c.zero {
@@ -227,6 +222,29 @@ fn check_manifest(dir: &Path, name: &str, path: &Path, named: &mut HashSet<PathB
             Err(_) => report.problems.push(format!("manifest {name}: chunk {i} (id {hex}) is missing from the store")),
         }
     }
+}
+
+/// Whether a manifest validates; each chunk it marks zero whose id is not that of zeros is a
+/// problem.
+pub(super) fn manifest_is_sound(name: &str, m: &Manifest, report: &mut Report) -> bool {
+    if let Err(e) = m.validate() {
+        report.problems.push(format!("manifest {name}: {e}"));
+        return false;
+    }
+    let zeros = vec![0u8; m.chunk_size.min(m.size) as usize];
+    debug_assert!(hasher::is_zero(&zeros));
+    let bad_zero: Vec<usize> = (0..m.chunks.len())
+        .into_par_iter()
+        .filter(|&i| m.chunks[i].zero)
+        .filter(|&i| {
+            let (offset, len) = m.chunk_range(i as u64);
+            chunk_id(&zeros[..len as usize], offset, m.size, m.chunk_size) != m.chunks[i].id
+        })
+        .collect();
+    for i in bad_zero {
+        report.problems.push(format!("manifest {name}: chunk {i} is marked zero but its id is not that of zeros"));
+    }
+    true
 }
 
 fn unplaced_has_id(path: &Path, id: &Digest, at: Place) -> bool {

@@ -18,6 +18,7 @@ pub mod data;
 pub mod disks;
 pub mod machine;
 pub mod receiver;
+pub mod scaled;
 pub mod vm;
 
 // Each test file uses some of these, none all.

@@ -1,9 +1,9 @@
 //! Enrollments (a migration wave's standing policy) and the jobs they make for machines.
 
 use anyhow::{Context, Result};
-use rusqlite::{params, OptionalExtension};
 
 use super::jobs::insert_job;
+use super::sql::{params, Row};
 use super::{from_json, job_state, json, kind_str, now, target_kind, Db};
 use crate::wire::{CreateEnrollment, CreateJob, Enrollment, Job, JobState};
 
@@ -25,7 +25,7 @@ pub struct NewJobIds<'a> {
 }
 
 /// An enrollment's row (its token is shown once, when made, and kept only as a hash).
-fn enrollment_row(r: &rusqlite::Row) -> rusqlite::Result<Enrollment> {
+fn enrollment_row(r: &Row) -> Result<Enrollment> {
     Ok(Enrollment {
         id: r.get("id")?,
         name: r.get("name")?,
@@ -39,14 +39,18 @@ fn enrollment_row(r: &rusqlite::Row) -> rusqlite::Result<Enrollment> {
     })
 }
 
+const ENROLLMENT_COLUMNS: &str = "id, name, target, options, token, created_at, revoked_at, max_jobs";
+
 impl Db {
     /// Creates an enrollment with this token hash.
     pub fn create_enrollment(&self, req: &CreateEnrollment, id: &str, token: &str) -> Result<Enrollment> {
-        self.conn().execute(
-            "INSERT INTO enrollments (id, name, target, options, token, created_at, max_jobs)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![id, req.name, kind_str(req.target), json(&req.options), token, now(), req.max_jobs],
-        )?;
+        self.engine.with(|c| {
+            c.execute(
+                "INSERT INTO enrollments (id, name, target, options, token, created_at, max_jobs)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![id, &req.name, kind_str(req.target), json(&req.options), token, now(), req.max_jobs],
+            )
+        })?;
         // A new enrollment has no jobs yet.
         self.enrollment_rows()?.into_iter().find(|e| e.id == id).context("enrollment vanished")
     }
@@ -54,42 +58,41 @@ impl Db {
     /// Every enrollment, oldest first, with the jobs each created.
     pub fn enrollments(&self) -> Result<Vec<Enrollment>> {
         let mut list = self.enrollment_rows()?;
-        let conn = self.conn();
-        let mut jobs = conn.prepare("SELECT id FROM jobs WHERE enrollment = ?1 ORDER BY rowid")?;
-        for e in &mut list {
-            e.jobs = jobs.query_map([&e.id], |r| r.get("id"))?.collect::<rusqlite::Result<_>>()?;
-        }
+        self.engine.with(|c| {
+            for e in &mut list {
+                e.jobs = c
+                    .query("SELECT id FROM jobs WHERE enrollment = ?1 ORDER BY rowid", params![&e.id])?
+                    .iter()
+                    .map(|r| r.get("id"))
+                    .collect::<Result<_>>()?;
+            }
+            Ok(())
+        })?;
         Ok(list)
     }
 
     /// The enrollments without their jobs, each with its token hash: what checking an
     /// enrollment token needs (cheap: every `POST /enroll` compares its token with all of them).
     pub fn enrollment_token_hashes(&self) -> Result<Vec<(Enrollment, String)>> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare(
-            "SELECT id, name, target, options, token, created_at, revoked_at, max_jobs FROM enrollments ORDER BY rowid",
-        )?;
-        let list =
-            stmt.query_map([], |r| Ok((enrollment_row(r)?, r.get("token")?)))?.collect::<rusqlite::Result<Vec<_>>>()?;
-        Ok(list)
+        let rows = self
+            .engine
+            .with(|c| c.query(&format!("SELECT {ENROLLMENT_COLUMNS} FROM enrollments ORDER BY rowid"), &[]))?;
+        rows.iter().map(|r| Ok((enrollment_row(r)?, r.get("token")?))).collect()
     }
 
     /// The enrollments without their jobs.
     pub fn enrollment_rows(&self) -> Result<Vec<Enrollment>> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare(
-            "SELECT id, name, target, options, token, created_at, revoked_at, max_jobs FROM enrollments ORDER BY rowid",
-        )?;
-        let list = stmt.query_map([], enrollment_row)?.collect::<rusqlite::Result<Vec<_>>>()?;
-        Ok(list)
+        let rows = self
+            .engine
+            .with(|c| c.query(&format!("SELECT {ENROLLMENT_COLUMNS} FROM enrollments ORDER BY rowid"), &[]))?;
+        rows.iter().map(enrollment_row).collect()
     }
 
     /// Stops an enrollment from enrolling more machines (its jobs go on). None: no such id.
     pub fn revoke_enrollment(&self, id: &str) -> Result<Option<Enrollment>> {
-        self.conn().execute(
-            "UPDATE enrollments SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
-            params![id, now()],
-        )?;
+        self.engine.with(|c| {
+            c.execute("UPDATE enrollments SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL", params![id, now()])
+        })?;
         Ok(self.enrollments()?.into_iter().find(|e| e.id == id))
     }
 
@@ -114,57 +117,64 @@ impl Db {
         ids: NewJobIds,
         token_for: &dyn Fn(&str) -> String,
     ) -> Result<Enrolled> {
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let row: Option<(Option<u64>, Option<u64>)> = tx
-            .query_row("SELECT revoked_at, max_jobs FROM enrollments WHERE id = ?1", [&e.id], |r| {
-                Ok((r.get("revoked_at")?, r.get("max_jobs")?))
-            })
-            .optional()?;
-        let max_jobs = match row {
-            Some((None, max)) => max,
-            _ => return Ok(Enrolled::Revoked),
-        };
-        // Newest by insertion order, not by clock: a receiver whose clock stepped back still
-        // finds the machine's latest job.
-        let newest: Option<(String, JobState, Option<i64>)> = tx
-            .query_row(
+        // The enrollment's row is locked for the whole check-then-insert (FOR UPDATE; SQLite's
+        // write transaction locks everything): two machines enrolling at once on two receivers
+        // never both squeeze under the cap.
+        let id = self.engine.transaction(|tx| {
+            let Some(row) =
+                tx.query_opt("SELECT revoked_at, max_jobs FROM enrollments WHERE id = ?1 FOR UPDATE", params![&e.id])?
+            else {
+                return Ok(None);
+            };
+            if row.get::<Option<u64>>("revoked_at")?.is_some() {
+                return Ok(None);
+            }
+            let max_jobs: Option<u64> = row.get("max_jobs")?;
+            // Newest by insertion order, not by clock: a receiver whose clock stepped back still
+            // finds the machine's latest job.
+            let newest = tx.query_opt(
                 "SELECT id, state, enrolled_offline FROM jobs WHERE enrollment = ?1 AND machine_key = ?2
                  ORDER BY rowid DESC LIMIT 1",
-                [&e.id, machine_key],
-                |r| Ok((r.get("id")?, job_state(r, "state")?, r.get("enrolled_offline")?)),
-            )
-            .optional()?;
-        let newest_known = newest.is_some();
-        let reuse = newest.filter(|(_, state, was_offline)| {
-            *state != JobState::Finished || (offline && was_offline.unwrap_or(0) != 0)
-        });
-        let (id, created) = match reuse {
-            Some((id, _, _)) => (id, false),
-            None => {
-                // The cap counts machines: one that has a job here (a pre-seed, then its
-                // cutover) is always let through.
-                let machines: u64 = tx.query_row(
-                    "SELECT COUNT(DISTINCT machine_key) AS n FROM jobs WHERE enrollment = ?1",
-                    [&e.id],
-                    |r| r.get("n"),
-                )?;
-                if !newest_known && max_jobs.is_some_and(|max| machines >= max) {
-                    return Ok(Enrolled::Full(machines));
+                params![&e.id, machine_key],
+            )?;
+            let newest: Option<(String, JobState, Option<i64>)> = newest
+                .map(|r| Ok::<_, anyhow::Error>((r.get("id")?, job_state(&r, "state")?, r.get("enrolled_offline")?)))
+                .transpose()?;
+            let newest_known = newest.is_some();
+            let reuse = newest.filter(|(_, state, was_offline)| {
+                *state != JobState::Finished || (offline && was_offline.unwrap_or(0) != 0)
+            });
+            let (id, created) = match reuse {
+                Some((id, _, _)) => (id, false),
+                None => {
+                    // The cap counts machines: one that has a job here (a pre-seed, then its
+                    // cutover) is always let through.
+                    let machines: u64 = tx
+                        .query_one(
+                            "SELECT COUNT(DISTINCT machine_key) AS n FROM jobs WHERE enrollment = ?1",
+                            params![&e.id],
+                        )?
+                        .get("n")?;
+                    if !newest_known && max_jobs.is_some_and(|max| machines >= max) {
+                        return Ok(Some(Err(machines)));
+                    }
+                    insert_job(tx, new, ids.id, &token_for(ids.id), ids.target_token, Some((&e.id, machine_key)))?;
+                    (ids.id.to_string(), true)
                 }
-                insert_job(&tx, new, ids.id, &token_for(ids.id), ids.target_token, Some((&e.id, machine_key)))?;
-                (ids.id.to_string(), true)
-            }
-        };
-        // The machine's token for its job follows from the enrollment token and the job's id:
-        // the same after every reboot, and (for a job from a release that kept another one)
-        // the one this machine now holds.
-        tx.execute(
-            "UPDATE jobs SET enrolled_offline = ?2, token = ?3 WHERE id = ?1",
-            params![id, offline as i64, token_for(&id)],
-        )?;
-        tx.commit()?;
-        drop(conn);
-        Ok(Enrolled::Job(Box::new(self.job(&id)?.context("job vanished")?), created))
+            };
+            // The machine's token for its job follows from the enrollment token and the job's id:
+            // the same after every reboot, and (for a job from a release that kept another one)
+            // the one this machine now holds.
+            tx.execute(
+                "UPDATE jobs SET enrolled_offline = ?2, token = ?3 WHERE id = ?1",
+                params![&id, offline, token_for(&id)],
+            )?;
+            Ok(Some(Ok((id, created))))
+        })?;
+        match id {
+            None => Ok(Enrolled::Revoked),
+            Some(Err(machines)) => Ok(Enrolled::Full(machines)),
+            Some(Ok((id, created))) => Ok(Enrolled::Job(Box::new(self.job(&id)?.context("job vanished")?), created)),
+        }
     }
 }

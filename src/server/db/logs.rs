@@ -2,7 +2,8 @@
 //! boot goes on; the newest 20 kept.
 
 use anyhow::Result;
-use rusqlite::{params, OptionalExtension};
+
+use super::sql::params;
 
 use super::{now, Db};
 use crate::wire::LogEntry;
@@ -13,49 +14,47 @@ impl Db {
     /// `seq` orders a boot's transcripts: one that arrives after a later one (a slow request)
     /// changes nothing.
     pub fn add_log(&self, id: &str, role: &str, text: &str, boot: Option<(&str, i64)>) -> Result<()> {
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        let existing: Option<Option<i64>> = match boot {
-            Some((b, _)) => tx
-                .query_row(
-                    "SELECT boot_seq FROM job_logs WHERE job_id = ?1 AND boot = ?2 AND role = ?3",
-                    params![id, b, role],
-                    |r| r.get("boot_seq"),
-                )
-                .optional()?,
-            None => None,
-        };
-        match (boot, existing) {
-            (Some((b, seq)), Some(stored)) => {
-                if stored.unwrap_or(0) <= seq {
+        self.engine.transaction(|tx| {
+            let existing: Option<Option<i64>> = match boot {
+                Some((b, _)) => tx
+                    .query_opt(
+                        "SELECT boot_seq FROM job_logs WHERE job_id = ?1 AND boot = ?2 AND role = ?3",
+                        params![id, b, role],
+                    )?
+                    .map(|r| r.get("boot_seq"))
+                    .transpose()?,
+                None => None,
+            };
+            match (boot, existing) {
+                (Some((b, seq)), Some(stored)) => {
+                    if stored.unwrap_or(0) <= seq {
+                        tx.execute(
+                            "UPDATE job_logs SET at = ?4, text = ?5, boot_seq = ?6
+                             WHERE job_id = ?1 AND boot = ?2 AND role = ?3",
+                            params![id, b, role, now(), text, seq],
+                        )?;
+                    }
+                }
+                _ => {
                     tx.execute(
-                        "UPDATE job_logs SET at = ?4, text = ?5, boot_seq = ?6
-                         WHERE job_id = ?1 AND boot = ?2 AND role = ?3",
-                        params![id, b, role, now(), text, seq],
+                        "INSERT INTO job_logs (job_id, at, role, text, boot, boot_seq) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                        params![id, now(), role, text, boot.map(|b| b.0), boot.map(|b| b.1)],
                     )?;
                 }
             }
-            _ => {
-                tx.execute(
-                    "INSERT INTO job_logs (job_id, at, role, text, boot, boot_seq) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                    params![id, now(), role, text, boot.map(|b| b.0), boot.map(|b| b.1)],
-                )?;
-            }
-        }
-        tx.execute(
-            "DELETE FROM job_logs WHERE job_id = ?1 AND seq NOT IN
-                 (SELECT seq FROM job_logs WHERE job_id = ?1 ORDER BY seq DESC LIMIT 20)",
-            [id],
-        )?;
-        tx.commit()?;
-        Ok(())
+            tx.execute(
+                "DELETE FROM job_logs WHERE job_id = ?1 AND seq NOT IN
+                     (SELECT seq FROM job_logs WHERE job_id = ?1 ORDER BY seq DESC LIMIT 20)",
+                params![id],
+            )?;
+            Ok(())
+        })
     }
 
     pub fn logs(&self, id: &str) -> Result<Vec<LogEntry>> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare("SELECT at, role, text FROM job_logs WHERE job_id = ?1 ORDER BY seq")?;
-        let rows =
-            stmt.query_map([id], |r| Ok(LogEntry { at: r.get("at")?, role: r.get("role")?, text: r.get("text")? }))?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        let rows = self
+            .engine
+            .with(|c| c.query("SELECT at, role, text FROM job_logs WHERE job_id = ?1 ORDER BY seq", params![id]))?;
+        rows.iter().map(|r| Ok(LogEntry { at: r.get("at")?, role: r.get("role")?, text: r.get("text")? })).collect()
     }
 }

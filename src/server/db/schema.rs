@@ -136,6 +136,108 @@ fn add_columns(tx: &Transaction, table: &str, columns: &[(&str, &str)]) -> Resul
     Ok(())
 }
 
+/// The same tables in PostgreSQL, as this release has them. A PostgreSQL job database starts at
+/// this release's version (no older one exists); a later release's migration adds its change
+/// to both. Integers are BIGINT (ferry's values are 64-bit); `rowid`, implicit in SQLite, is a
+/// column here so that "in insertion order" reads the same in both.
+const POSTGRES_TABLES: &str = "
+CREATE TABLE jobs (
+    rowid BIGSERIAL UNIQUE,
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    target TEXT NOT NULL,
+    state TEXT NOT NULL,
+    error_code TEXT,
+    error_reason TEXT,
+    options TEXT NOT NULL,
+    token TEXT NOT NULL,
+    client_token TEXT UNIQUE,
+    machine TEXT,
+    inventory TEXT,
+    disk_count BIGINT,
+    created_at BIGINT NOT NULL,
+    updated_at BIGINT NOT NULL,
+    target_token TEXT,
+    target_spec TEXT,
+    delivery TEXT,
+    enrollment TEXT,
+    machine_key TEXT,
+    enrolled_offline BIGINT
+);
+CREATE TABLE job_events (
+    job_id TEXT NOT NULL REFERENCES jobs(id),
+    seq BIGSERIAL PRIMARY KEY,
+    at BIGINT NOT NULL,
+    state TEXT NOT NULL,
+    code TEXT,
+    reason TEXT
+);
+CREATE TABLE job_logs (
+    job_id TEXT NOT NULL REFERENCES jobs(id),
+    seq BIGSERIAL PRIMARY KEY,
+    at BIGINT NOT NULL,
+    role TEXT NOT NULL,
+    text TEXT NOT NULL,
+    boot TEXT,
+    boot_seq BIGINT
+);
+CREATE TABLE disks (
+    job_id TEXT NOT NULL REFERENCES jobs(id),
+    idx BIGINT NOT NULL,
+    identity TEXT NOT NULL,
+    partition_table TEXT NOT NULL,
+    size BIGINT NOT NULL,
+    chunk_size BIGINT NOT NULL,
+    bytes_done BIGINT NOT NULL DEFAULT 0,
+    bytes_received BIGINT NOT NULL DEFAULT 0,
+    chunks_received BIGINT NOT NULL DEFAULT 0,
+    rate BIGINT NOT NULL DEFAULT 0,
+    blake3 TEXT,
+    verified BIGINT NOT NULL DEFAULT 0,
+    bad_ranges TEXT,
+    PRIMARY KEY (job_id, idx)
+);
+CREATE TABLE enrollments (
+    rowid BIGSERIAL UNIQUE,
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    target TEXT NOT NULL,
+    options TEXT NOT NULL,
+    token TEXT NOT NULL UNIQUE,
+    created_at BIGINT NOT NULL,
+    revoked_at BIGINT,
+    max_jobs BIGINT
+);
+CREATE INDEX jobs_by_machine ON jobs (enrollment, machine_key);
+CREATE INDEX logs_by_boot ON job_logs (job_id, boot, role);
+";
+
+/// Makes or checks PostgreSQL's tables, inside the caller's transaction. The version lives in
+/// `ferry_schema`, locked for the check: receivers starting together make the tables once.
+pub fn migrate_postgres(tx: &mut dyn super::sql::Exec) -> Result<()> {
+    tx.execute("CREATE TABLE IF NOT EXISTS ferry_schema (version BIGINT NOT NULL)", &[])?;
+    tx.execute("LOCK TABLE ferry_schema IN EXCLUSIVE MODE", &[])?;
+    let version: Option<u64> =
+        tx.query_opt("SELECT version FROM ferry_schema", &[])?.map(|r| r.get("version")).transpose()?;
+    match version {
+        None => {
+            for statement in POSTGRES_TABLES.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+                tx.execute(statement, &[])?;
+            }
+            tx.execute("INSERT INTO ferry_schema (version) VALUES (?1)", super::sql::params![VERSION])?;
+            log::info!("job database made in PostgreSQL at version {VERSION}");
+        }
+        Some(v) if v as usize > VERSION => {
+            bail!("the database is of version {v}, newer than this ferry's {VERSION}: use a newer ferry")
+        }
+        Some(v) if (v as usize) < VERSION => {
+            bail!("the PostgreSQL database is of version {v}; this ferry has no migration for it to {VERSION}")
+        }
+        Some(_) => {}
+    }
+    Ok(())
+}
+
 /// Applies the migrations the database lacks, each in its own transaction with the version it
 /// reaches.
 pub fn migrate(conn: &mut Connection) -> Result<()> {

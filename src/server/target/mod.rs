@@ -262,21 +262,30 @@ pub async fn finish(
     Ok(Json(j))
 }
 
-/// The verified manifest of a disk, read and checked once per receiver run.
-fn cached_manifest(st: &AppState, job: &str, disk: u32) -> ApiResult<Arc<Manifest>> {
-    if let Some(m) = st.cached_manifest(job, disk) {
+/// The verified manifest of a disk, read and checked once per receiver run. `blake3` is the
+/// whole-disk hash the job database holds for it now: a manifest cached before the disk was
+/// verified again (on any receiver of a wave) has another, and is read anew.
+async fn cached_manifest(st: &AppState, job: &str, disk: u32, blake3: &str) -> ApiResult<Arc<Manifest>> {
+    if let Some(m) = st.cached_manifest(job, disk).filter(|m| hex::encode(m.blake3) == blake3) {
         return Ok(m);
     }
-    let m = crate::store::export::load_manifest(&st.dir, job, disk)
+    let m = crate::store::load_manifest(st.store.as_ref(), job, disk)
+        .await
         .map_err(|e| ApiErr::new(Code::NoManifest, format!("{e:#}")))?;
+    if hex::encode(m.blake3) != blake3 {
+        return Err(ApiErr::new(
+            Code::NoManifest,
+            format!("the kept manifest of job {job} disk {disk} is not the one verified (blake3 {blake3}): the disk is being sent again"),
+        ));
+    }
     Ok(st.cache_manifest(job, disk, m))
 }
 
-fn verified_disk(j: &Job, job: &str, disk: u32) -> ApiResult<()> {
-    if j.disks.iter().any(|d| d.index == disk && d.verified) {
-        Ok(())
-    } else {
-        Err(ApiErr::new(Code::BadDisk, format!("job {job} has no verified disk {disk}")))
+/// The whole-disk hash of verified disk `disk` of the job.
+fn verified_disk(j: &Job, job: &str, disk: u32) -> ApiResult<String> {
+    match j.disks.iter().find(|d| d.index == disk && d.verified).and_then(|d| d.blake3.clone()) {
+        Some(b) => Ok(b),
+        None => Err(ApiErr::new(Code::BadDisk, format!("job {job} has no verified disk {disk}"))),
     }
 }
 
@@ -286,11 +295,8 @@ pub async fn manifest(
     auth: Authorized,
     Path((job, disk)): Path<(String, u32)>,
 ) -> ApiResult<Json<Manifest>> {
-    verified_disk(&reading_target(&st, &auth, &job)?, &job, disk)?;
-    let st2 = st.clone();
-    let m = tokio::task::spawn_blocking(move || cached_manifest(&st2, &job, disk))
-        .await
-        .map_err(|e| anyhow::anyhow!("manifest task failed: {e}"))??;
+    let blake3 = verified_disk(&reading_target(&st, &auth, &job)?, &job, disk)?;
+    let m = cached_manifest(&st, &job, disk, &blake3).await?;
     Ok(Json((*m).clone()))
 }
 
@@ -301,28 +307,24 @@ pub async fn chunk(
     auth: Authorized,
     Path((job, disk, index)): Path<(String, u32, u64)>,
 ) -> ApiResult<([(&'static str, String); 1], Vec<u8>)> {
-    verified_disk(&reading_target(&st, &auth, &job)?, &job, disk)?;
-    let st2 = st.clone();
-    let (id, bytes) = tokio::task::spawn_blocking(move || -> ApiResult<_> {
-        let m = cached_manifest(&st2, &job, disk)?;
-        let entry = m.chunks.get(index as usize).ok_or_else(|| {
-            ApiErr::new(
-                Code::BadIndex,
-                format!("chunk {index} is past the last chunk ({})", m.chunks.len().saturating_sub(1)),
-            )
-        })?;
-        if entry.zero {
-            return Err(ApiErr::new(Code::ZeroChunk, format!("chunk {index} is all zeros")));
-        }
-        let bytes = st2
-            .store
-            .get(&entry.id, Place::of(m.size, m.chunk_size, index))
-            .map_err(|e| anyhow::anyhow!("reading chunk {index} from the store: {e}"))?;
-        debug_assert_eq!(bytes.len() as u64, treehash::chunk_len(m.size, m.chunk_size, index));
-        Ok((entry.id, bytes))
-    })
-    .await
-    .map_err(|e| anyhow::anyhow!("chunk task failed: {e}"))??;
+    let blake3 = verified_disk(&reading_target(&st, &auth, &job)?, &job, disk)?;
+    let m = cached_manifest(&st, &job, disk, &blake3).await?;
+    let entry = m.chunks.get(index as usize).ok_or_else(|| {
+        ApiErr::new(
+            Code::BadIndex,
+            format!("chunk {index} is past the last chunk ({})", m.chunks.len().saturating_sub(1)),
+        )
+    })?;
+    if entry.zero {
+        return Err(ApiErr::new(Code::ZeroChunk, format!("chunk {index} is all zeros")));
+    }
+    let id = entry.id;
+    let bytes = st
+        .store
+        .get(&id, Place::of(m.size, m.chunk_size, index))
+        .await
+        .map_err(|e| anyhow::anyhow!("reading chunk {index} from the store: {e}"))?;
+    debug_assert_eq!(bytes.len() as u64, treehash::chunk_len(m.size, m.chunk_size, index));
     st.metrics.chunk_served(bytes.len() as u64);
     Ok(([(CHUNK_ID_HEADER, hex::encode(id))], bytes))
 }
