@@ -59,6 +59,7 @@ fn dashboard_follows_a_real_send_to_finished() {
         "06-cancel-restart",
         "07-enrollment",
         "08-viewer",
+        "09-wave",
     ] {
         let p = artifacts.join(format!("{shot}.png"));
         assert!(std::fs::metadata(&p).map(|m| m.len() > 1000).unwrap_or(false), "no screenshot {}", p.display());

@@ -1,4 +1,4 @@
-//! `ferry job create|list|show|log|restart|token|cancel|target`: jobs on a receiver, with the admin
+//! `ferry job create|list|show|receipt|log|restart|token|cancel|target`: jobs on a receiver, with the admin
 //! token (`enroll` is `cli::enroll`'s).
 
 use anyhow::Result;
@@ -27,7 +27,27 @@ async fn run_async(cmd: JobCommand) -> Result<i32> {
             let job = admin_client(&admin)?.call::<call::CreateJob>(&[], &req).await?;
             print_created(&admin, &job)?;
         }
-        JobCommand::List { admin } => {
+        JobCommand::List { admin, wave: Some(wave) } => {
+            let waves = admin_client(&admin)?.call::<call::ListWaves>(&[], &()).await?;
+            let Some(w) = waves.into_iter().find(|w| w.wave == wave) else {
+                eprintln!("error: no job is in wave {wave:?} (ferry job create --wave, or an enrollment of that name)");
+                return Ok(1);
+            };
+            if admin.json {
+                println!("{}", serde_json::to_string_pretty(&w)?);
+            } else {
+                super::wave_view::print_wave(&w);
+            }
+        }
+        JobCommand::Receipt { admin, id } => {
+            let r = admin_client(&admin)?.call::<call::Receipt>(&[&id], &()).await?;
+            if admin.json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                super::wave_view::print_receipt(&r);
+            }
+        }
+        JobCommand::List { admin, wave: None } => {
             let jobs = admin_client(&admin)?.call::<call::ListJobs>(&[], &()).await?;
             if admin.json {
                 println!("{}", serde_json::to_string_pretty(&jobs)?);

@@ -15,6 +15,7 @@ mod pull;
 mod send;
 mod serve;
 mod store;
+mod wave_view;
 
 use clap::Parser;
 

@@ -187,13 +187,24 @@ pub enum JobCommand {
         #[command(flatten)]
         target_spec: TargetSpecArgs,
     },
-    /// List jobs.
+    /// List jobs; with --wave, that wave's summary: machines by state, bytes to go, rate and
+    /// ETA, failures first.
     List {
         #[command(flatten)]
         admin: AdminArgs,
+        /// Only this wave, summed up.
+        #[arg(long)]
+        wave: Option<String>,
     },
     /// Show one job with its disks and history.
     Show {
+        #[command(flatten)]
+        admin: AdminArgs,
+        id: String,
+    },
+    /// Print a job's receipt: machine, disks, whole-disk hashes, times, target read-back, and
+    /// for each disk the b3sum command that gives its hash from the migrated disk.
+    Receipt {
         #[command(flatten)]
         admin: AdminArgs,
         id: String,
@@ -301,6 +312,10 @@ pub struct JobArgs {
     /// Sectors a source cannot read: fail the job, or record them and send zeros in their place.
     #[arg(long, value_enum, default_value_t)]
     pub bad_sectors: crate::disk::BadSectors,
+    /// The migration wave the job belongs to (letters, digits, '.', '_', '-'); an enrollment's
+    /// jobs are in the wave of its name unless this names another.
+    #[arg(long)]
+    pub wave: Option<String>,
 }
 
 impl JobArgs {
@@ -317,6 +332,7 @@ impl JobArgs {
             bandwidth_limit: self.bandwidth_limit,
             chunk_size: self.chunk_size,
             bad_sectors: self.bad_sectors,
+            wave: self.wave.clone(),
         }
     }
 }

@@ -27,6 +27,7 @@ pub async fn create_job(
     if let Some(cs) = req.options.chunk_size {
         treehash::validate_chunk_size(cs).map_err(|e| ApiErr::new(Code::BadChunkSize, e))?;
     }
+    check_wave(&req.options)?;
     if req.client_token.as_ref().is_some_and(|t| t.len() > 200) {
         return Err(ApiErr::new(Code::BadClientToken, "a client token is at most 200 characters"));
     }
@@ -61,6 +62,27 @@ pub async fn create_job(
 
 pub async fn list_jobs(State(st): State<Arc<AppState>>) -> ApiResult<Json<Vec<Job>>> {
     Ok(Json(st.db.jobs()?))
+}
+
+/// `GET /waves`: every wave's summary, from the jobs as the database holds them (the same on
+/// every receiver of a scaled-out wave).
+pub async fn list_waves(State(st): State<Arc<AppState>>) -> ApiResult<Json<Vec<WaveSummary>>> {
+    Ok(Json(summarize(&st.db.jobs()?)))
+}
+
+/// `GET /jobs/{job}/receipt`.
+pub async fn receipt(State(st): State<Arc<AppState>>, Path(job): Path<String>) -> ApiResult<Json<Receipt>> {
+    Ok(Json(crate::wire::receipt(&st.job(&job)?)))
+}
+
+/// A job's or an enrollment's wave name, when it has one, must be a valid one.
+pub fn check_wave(options: &JobOptions) -> ApiResult<()> {
+    match options.wave.as_deref() {
+        Some(w) if !valid_wave(w) => {
+            Err(ApiErr::new(Code::BadName, "a wave name is 1-64 letters, digits, '.', '_' or '-'"))
+        }
+        _ => Ok(()),
+    }
 }
 
 pub async fn show_job(

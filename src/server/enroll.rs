@@ -75,7 +75,12 @@ pub async fn create(
     if req.max_jobs.is_some_and(|m| m == 0 || m > i64::MAX as u64) {
         return Err(ApiErr::new(Code::BadMaxJobs, "max_jobs must be at least 1 (leave it out for no limit)"));
     }
-    let req = CreateEnrollment { name: name.to_string(), ..req };
+    super::admin::check_wave(&req.options)?;
+    let mut req = CreateEnrollment { name: name.to_string(), ..req };
+    // An enrollment is a wave: its jobs are in the wave of its name unless it names another.
+    if req.options.wave.is_none() && valid_wave(&req.name) {
+        req.options.wave = Some(req.name.clone());
+    }
     let token = random_hex(32);
     let mut e = st.db.create_enrollment(&req, &random_hex(6), &tokens::hash(&token))?;
     log::info!("enrollment {} ({}) created", e.id, e.name);

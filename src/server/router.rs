@@ -77,6 +77,8 @@ pub fn router(st: Arc<AppState>) -> Router {
     let r = api::<ListJobs, _, _>(r, &st, admin::list_jobs);
     let r = api::<ShowJob, _, _>(r, &st, admin::show_job);
     let r = api::<GetLog, _, _>(r, &st, logs::get_log);
+    let r = api::<Receipt, _, _>(r, &st, admin::receipt);
+    let r = api::<ListWaves, _, _>(r, &st, admin::list_waves);
     let r = api::<PostLog, _, _>(r, &st, logs::post_log);
     let r = api::<WhoAmI, _, _>(r, &st, admin::whoami);
     let r = api::<RestartJob, _, _>(r, &st, admin::restart_job);

@@ -30,6 +30,7 @@
 mod code;
 pub mod routes;
 mod target;
+mod wave;
 
 use serde::{Deserialize, Serialize};
 
@@ -39,6 +40,7 @@ use crate::image::Digest;
 pub use crate::image::{ChunkEntry, Manifest, MANIFEST_VERSION};
 pub use code::{Advice, Code};
 pub use target::*;
+pub use wave::{receipt, summarize, valid_wave, Receipt, ReceiptDisk, WaveJob, WaveSummary};
 
 /// Every API path lives under this prefix.
 pub const API_PREFIX: &str = "/api/v1";
@@ -98,6 +100,10 @@ pub struct JobOptions {
     /// What the source does with sectors it cannot read: `fail` (the default) or `record`.
     #[serde(default, skip_serializing_if = "is_default")]
     pub bad_sectors: BadSectors,
+    /// The migration wave the job belongs to (`GET /waves`, `ferry job list --wave`); an
+    /// enrollment's jobs are in the wave of the enrollment's name unless it names another.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wave: Option<String>,
 }
 
 fn is_default<T: Default + PartialEq>(v: &T) -> bool {

@@ -125,6 +125,10 @@ pub mod call {
         ListJobs: Get "/jobs" [Admin, Viewer] () => Vec<Job>;
         ShowJob: Get "/jobs/{job}" [Admin, Viewer, Agent, Target] () => Job;
         GetLog: Get "/jobs/{job}/log" [Admin, Viewer] () => Vec<wire::LogEntry>;
+        /// What an auditor checks the migrated disks against.
+        Receipt: Get "/jobs/{job}/receipt" [Admin, Viewer] () => wire::Receipt;
+        /// Every wave's summary: machines by state, bytes to go, rate and ETA, failures first.
+        ListWaves: Get "/waves" [Admin, Viewer] () => Vec<wire::WaveSummary>;
         /// The live image's console transcript (text); `?boot=ID&seq=N` says which boot.
         PostLog: Post "/jobs/{job}/log" [Agent, Target] Raw => ();
         WhoAmI: Get "/whoami" [Admin, Viewer] () => serde_json::Value;

@@ -130,6 +130,19 @@ await enrolledRow.locator(".job-state").filter({ hasText: "Finished" }).waitFor(
 assert.equal((await enrolledRow.locator("td").nth(1).textContent()).trim(), "browser-wave-BROWSER-SRV");
 await erow.locator(".enrollment-jobs").filter({ hasText: "1" }).waitFor();
 await shot(page, "07-enrollment");
+// The enrollment is a wave: its summary says one machine, Finished, nothing to go, no failure,
+// and its throughput plot gains a sample at every refresh.
+const wave = page.locator('.wave[data-wave="browser-wave"]');
+await wave.locator('.wave-state[data-state="Finished"]').filter({ hasText: "1" }).waitFor();
+assert.equal((await wave.locator("h3").textContent()).trim(), "browser-wave: 1 machine");
+await wave.locator(".pct").filter({ hasText: "100%" }).waitFor();
+assert.match(await wave.locator(".wave-togo").textContent(), /0 B to go/);
+await wave.locator(".wave-no-failures").waitFor();
+const samples = async () => Number(await wave.locator("canvas.wave-plot").getAttribute("data-samples"));
+const before = await samples();
+await page.waitForTimeout(3500);
+assert.ok(await samples() > before, "the wave's throughput plot takes a sample at every refresh");
+await shot(page, "09-wave");
 await erow.locator("button.revoke").click();
 await erow.locator(".enrollment-state").filter({ hasText: "revoked" }).waitFor();
 assert.equal(await erow.locator("button.revoke").count(), 0, "a revoked enrollment has no revoke button");
