@@ -70,12 +70,23 @@ fn metrics_parse_and_move_with_a_transfer() {
     assert_eq!(get(&after, &format!("ferry_http_request_duration_seconds_count{{{chunk_route}}}")), 2.0);
     assert!(get(&after, &format!("ferry_http_request_duration_seconds_sum{{{chunk_route}}}")) > 0.0);
 
-    // A second send of the same disk to a new job: nothing new is stored.
-    let (id2, token2) = r.create_job("again");
+    // Which receiver this is, and what keeps its chunks and jobs.
+    let info = format!("ferry_receiver_info{{chunks=\"local\",jobs=\"sqlite\",receiver=\"{}\"}}", r.url);
+    assert_eq!(get(&after, &info), 1.0, "{info}");
+
+    // A second send of the same disk to a new job in a wave: nothing new is stored, and the
+    // wave's gauges count it.
+    let out =
+        ferry(&["job", "create", "--store", r.store.to_str().unwrap(), "--name", "again", "--wave", "w1", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (id2, token2) = (v["id"].as_str().unwrap().to_string(), v["token"].as_str().unwrap().to_string());
     sent(&r.send(&id2, &token2, &[&img], &[]));
     let again = scrape(&r);
     assert_eq!(get(&again, "ferry_chunks_stored_total{}"), 2.0);
     assert_eq!(get(&again, "ferry_jobs{state=\"Finished\"}"), 2.0);
+    assert_eq!(get(&again, "ferry_wave_machines{state=\"Finished\",wave=\"w1\"}"), 1.0);
+    assert_eq!(get(&again, "ferry_wave_bytes_to_go{wave=\"w1\"}"), 0.0);
+    assert!(again.contains_key("ferry_wave_rate_bytes{wave=\"w1\"}"));
 
     // A refused upload is counted by its reason (the job is Finished: nothing more is taken).
     let put = Command::new("curl")

@@ -189,6 +189,16 @@ fn a_target_pulls_from_the_scaled_receivers() {
     // The first 6 MiB of the target are the source's bytes.
     let written = read_at(&target, 0, 6 * MIB);
     assert!(written == std::fs::read(&src).unwrap(), "the target does not hold the source's bytes");
+    // The receipt, from the other receiver: the target's read-back hash is the source's, and
+    // its check command gives that hash from the target disk with b3sum.
+    let receipt = ferry(&["job", "receipt", "--store", w.b.store.to_str().unwrap(), &id, "--json"]);
+    let receipt: serde_json::Value = serde_json::from_slice(&receipt.stdout).unwrap();
+    let disk = &receipt["disks"][0];
+    assert_eq!(disk["blake3"].as_str().unwrap(), b3sum(&src));
+    assert_eq!(disk["target_blake3"], disk["blake3"]);
+    assert_eq!(receipt["target_machine"]["serial"], "TGT-1");
+    let check = run("sh", &["-c", disk["check"].as_str().unwrap()]);
+    assert_eq!(check.split_whitespace().next(), disk["blake3"].as_str(), "{check}");
 }
 
 /// Two receivers racing one job's transitions, as their database connections do: a source

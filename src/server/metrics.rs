@@ -149,11 +149,49 @@ pub async fn track(State(st): State<Arc<AppState>>, req: Request, next: Next) ->
     response
 }
 
+/// Which receiver answers (its URL) and what keeps its chunks (`local`, `s3`) and jobs
+/// (`sqlite`, `postgres`): the counters above are
+/// this receiver's own, so a wave of several receivers is scraped receiver by receiver and
+/// summed. The wave gauges come from the shared job database: every receiver gives the same.
+fn render_shared(receiver: &str, chunks: &str, jobs: &str, waves: &[crate::wire::WaveSummary]) -> String {
+    let label = |v: &str| v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n");
+    let mut out = String::new();
+    let _ = writeln!(out, "# HELP ferry_receiver_info This receiver, and where it keeps chunks and jobs.");
+    let _ = writeln!(out, "# TYPE ferry_receiver_info gauge");
+    let _ = writeln!(
+        out,
+        "ferry_receiver_info{{receiver=\"{}\",chunks=\"{}\",jobs=\"{}\"}} 1",
+        label(receiver),
+        label(chunks),
+        label(jobs)
+    );
+    let _ = writeln!(
+        out,
+        "# HELP ferry_wave_machines Machines of each wave by job state.\n# TYPE ferry_wave_machines gauge"
+    );
+    for w in waves {
+        for (state, n) in &w.by_state {
+            let _ = writeln!(out, "ferry_wave_machines{{wave=\"{}\",state=\"{state}\"}} {n}", label(&w.wave));
+        }
+    }
+    let _ = writeln!(out, "# HELP ferry_wave_bytes_to_go Bytes of registered disks not yet read, per wave.\n# TYPE ferry_wave_bytes_to_go gauge");
+    for w in waves {
+        let _ = writeln!(out, "ferry_wave_bytes_to_go{{wave=\"{}\"}} {}", label(&w.wave), w.bytes_to_go);
+    }
+    let _ = writeln!(out, "# HELP ferry_wave_rate_bytes The Running sources' rates added up, per wave.\n# TYPE ferry_wave_rate_bytes gauge");
+    for w in waves {
+        let _ = writeln!(out, "ferry_wave_rate_bytes{{wave=\"{}\"}} {}", label(&w.wave), w.rate);
+    }
+    out
+}
+
 /// `GET /metrics`.
 pub async fn metrics(State(st): State<Arc<AppState>>) -> Response {
     let jobs = st.db.jobs_by_state().unwrap_or_default();
-    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], st.metrics.render(&jobs))
-        .into_response()
+    let waves = st.db.jobs().map(|j| crate::wire::summarize(&j)).unwrap_or_default();
+    let receiver = st.info.get().map(|i| i.url.clone()).unwrap_or_default();
+    let text = st.metrics.render(&jobs) + &render_shared(&receiver, st.store.kind(), st.db.kind(), &waves);
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
 }
 
 #[cfg(test)]

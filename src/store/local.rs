@@ -181,6 +181,10 @@ impl ChunkStore for LocalStore {
     fn describe(&self) -> String {
         format!("the store {}", self.dir.root.display())
     }
+
+    fn kind(&self) -> &'static str {
+        "local"
+    }
 }
 
 impl LocalDir {

@@ -82,6 +82,8 @@ pub trait ChunkStore: Send + Sync + 'static {
     async fn get_manifest(&self, job: &str, disk: u32) -> io::Result<Vec<u8>>;
     /// Where the store is, in words, for messages.
     fn describe(&self) -> String;
+    /// What kind of store it is (`local` or `s3`), for metrics.
+    fn kind(&self) -> &'static str;
 }
 
 /// How many chunk questions [`ChunkStore::missing`] has in flight at once: 25,600 HEADs for a

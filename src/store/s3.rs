@@ -242,4 +242,8 @@ impl ChunkStore for S3Store {
     fn describe(&self) -> String {
         self.name.clone()
     }
+
+    fn kind(&self) -> &'static str {
+        "s3"
+    }
 }

@@ -90,6 +90,14 @@ impl Db {
         }
     }
 
+    /// The engine (`sqlite` or `postgres`), for metrics.
+    pub fn kind(&self) -> &'static str {
+        match &self.engine {
+            Engine::Sqlite(_) => "sqlite",
+            Engine::Postgres(_) => "postgres",
+        }
+    }
+
     /// The whole-disk hash of every verified disk, as (job, disk, hex).
     pub fn verified_disks(&self) -> Result<Vec<(String, u32, String)>> {
         let rows = self
