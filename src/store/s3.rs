@@ -54,6 +54,9 @@ impl S3Config {
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         let cfg: Self = toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        if cfg.secret_access_key.is_some() {
+            let _ = warn_if_open(path);
+        }
         Ok(cfg.with_env())
     }
 
@@ -78,7 +81,8 @@ impl S3Config {
     fn secret(&self) -> Result<String> {
         match (&self.secret_access_key, &self.secret_access_key_file) {
             (Some(s), _) => Ok(s.clone()),
-            (None, Some(f)) => Ok(std::fs::read_to_string(f)
+            (None, Some(f)) => Ok(warn_if_open(f)
+                .and_then(|()| std::fs::read_to_string(f))
                 .with_context(|| format!("reading the S3 secret key from {}", f.display()))?
                 .trim()
                 .to_string()),
@@ -87,6 +91,16 @@ impl S3Config {
             }
         }
     }
+}
+
+/// Says so when a file holding a secret can be read by other users.
+fn warn_if_open(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path)?.permissions().mode();
+    if mode & 0o077 != 0 {
+        log::warn!("{} holds the S3 secret key but is mode {:o}: make it 0600", path.display(), mode & 0o777);
+    }
+    Ok(())
 }
 
 /// A bucket as a chunk store.
@@ -245,5 +259,37 @@ impl ChunkStore for S3Store {
 
     fn kind(&self) -> &'static str {
         "s3"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(text: &str) -> Result<S3Config> {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("s3.toml");
+        std::fs::write(&p, text).unwrap();
+        S3Config::from_file(&p)
+    }
+
+    #[test]
+    fn a_config_names_everything_or_says_what_is_missing() {
+        let base = "endpoint = \"http://127.0.0.1:3900\"\nregion = \"garage\"\naccess_key_id = \"GK1\"\n\
+                    secret_access_key = \"s\"\n";
+        // The environment of the test run names no bucket.
+        if std::env::var_os(ENV_BUCKET).is_none() {
+            let e = S3Store::open(&cfg(base).unwrap()).err().expect("no bucket");
+            assert!(format!("{e:#}").contains("needs a bucket"), "{e:#}");
+        }
+        let ok = S3Store::open(&cfg(&format!("{base}bucket = \"b\"\nprefix = \"/dc1/\"\n")).unwrap()).unwrap();
+        assert_eq!(ok.describe(), "s3://b/dc1 at http://127.0.0.1:3900");
+        let at = Place { offset: 4 << 20, len: 1 << 20, whole_disk: false };
+        let key = ok.chunk_key(&[0xab; 32], at);
+        assert_eq!(key.as_ref(), format!("dc1/chunks/ab/{}.{}", "ab".repeat(32), 4 << 20));
+        assert_eq!(ok.manifest_key("3fa9c01b7d2e", 1).as_ref(), "dc1/manifests/3fa9c01b7d2e/1.json");
+        let e = S3Store::open(&cfg(&format!("{base}bucket = \"b\"\nprefix = \"a/../b\"\n")).unwrap()).err().unwrap();
+        assert!(format!("{e:#}").contains(".. component"), "{e:#}");
+        assert!(cfg("bucket = \"b\"\nsecret = \"typo\"\n").is_err(), "an unknown field is an error, not ignored");
     }
 }

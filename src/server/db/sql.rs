@@ -373,3 +373,39 @@ pub fn connect_postgres(url: &str) -> Result<Engine> {
     let client = off_worker(|| config.connect(postgres::NoTls)).with_context(|| format!("connecting to {name}"))?;
     Ok(Engine::Postgres(Box::new(Postgres { client: Mutex::new(client), config, name })))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_statement_text_for_both_engines() {
+        let sql = "SELECT delivery FROM jobs WHERE id = ?1 AND idx = ?12 FOR UPDATE";
+        assert_eq!(postgres_sql(sql), "SELECT delivery FROM jobs WHERE id = $1 AND idx = $12 FOR UPDATE");
+        assert_eq!(sqlite_sql(sql), "SELECT delivery FROM jobs WHERE id = ?1 AND idx = ?12");
+    }
+
+    #[test]
+    fn values_round_trip_through_sqlite_and_refuse_the_wrong_kind() {
+        let mut c = rusqlite::Connection::open_in_memory().unwrap();
+        Exec::execute(&mut c, "CREATE TABLE t (n INTEGER, s TEXT, z TEXT)", &[]).unwrap();
+        let huge = u64::MAX;
+        Exec::execute(&mut c, "INSERT INTO t VALUES (?1, ?2, ?3)", params![huge, "text", None::<String>]).unwrap();
+        let row = Exec::query_one(&mut c, "SELECT n, s, z FROM t", &[]).unwrap();
+        // Past i64::MAX is kept as i64::MAX, never wrapped to a negative.
+        assert_eq!(row.get::<u64>("n").unwrap(), i64::MAX as u64);
+        assert_eq!(row.get::<String>("s").unwrap(), "text");
+        assert_eq!(row.get::<Option<String>>("z").unwrap(), None);
+        assert!(format!("{:#}", row.get::<u64>("s").unwrap_err()).contains("column s"));
+        assert!(format!("{:#}", row.get::<String>("nope").unwrap_err()).contains("not in the row"));
+        Exec::execute(&mut c, "UPDATE t SET n = -1", &[]).unwrap();
+        let row = Exec::query_one(&mut c, "SELECT n FROM t", &[]).unwrap();
+        assert!(row.get::<u64>("n").is_err(), "a negative is no u64");
+    }
+
+    #[test]
+    fn a_password_in_the_url_is_refused_before_connecting() {
+        let e = connect_postgres("postgres://ferry:secret@127.0.0.1:1/ferry").err().expect("refused");
+        assert!(format!("{e:#}").contains("holds a password"), "{e:#}");
+    }
+}
