@@ -271,3 +271,35 @@ fn racing_transitions_on_two_receivers_never_leave_a_job_in_two_states() {
     assert_eq!(got.iter().filter(|g| **g).count(), 1, "a cap of one machine let in {got:?}");
     assert_eq!(pg.psql("SELECT COUNT(*) FROM jobs WHERE enrollment = 'enr1'").trim(), "1");
 }
+
+/// One set of migrations makes the same tables and columns on both engines, as each engine's
+/// own client lists them (sqlite3, psql).
+#[test]
+#[ignore = "starts PostgreSQL; run by scripts/test"]
+fn both_engines_get_the_same_tables_from_one_set_of_migrations() {
+    let t = tempfile::tempdir().unwrap();
+    let pg = Postgres::start(t.path());
+    drop(ferry::server::db::Db::open_postgres(&pg.url()).unwrap());
+    let sqlite = t.path().join("jobs.sqlite");
+    drop(ferry::server::db::Db::open(&sqlite).unwrap());
+    let tables = ["disks", "enrollments", "job_events", "job_logs", "jobs"];
+    for table in tables {
+        let lite =
+            run("sqlite3", &[sqlite.to_str().unwrap(), &format!("SELECT name FROM pragma_table_info('{table}')")]);
+        let mut lite: Vec<&str> = lite.lines().collect();
+        // PostgreSQL has no implicit rowid: the insertion order is a column of that name.
+        if matches!(table, "jobs" | "enrollments") {
+            lite.push("rowid");
+        }
+        lite.sort_unstable();
+        let post = pg.psql(&format!(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = '{table}' ORDER BY column_name"
+        ));
+        let post: Vec<&str> = post.lines().collect();
+        assert_eq!(lite, post, "table {table}");
+    }
+    assert_eq!(
+        pg.psql("SELECT version FROM ferry_schema").trim(),
+        run("sqlite3", &[sqlite.to_str().unwrap(), "PRAGMA user_version"]).trim()
+    );
+}

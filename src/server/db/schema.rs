@@ -1,14 +1,46 @@
-//! The tables, and the migrations that bring any database this receiver's releases made up to
-//! date. The database's `user_version` counts the migrations applied. Releases before the
-//! count existed added columns on open without recording it, so every migration checks what is
-//! there first: a database at version 0 may already hold some of their changes.
+//! The tables, and the migrations that bring any job database this receiver's releases made up
+//! to date, written once for both engines. A migration's DDL names its integers `{INT}`, an
+//! auto-numbered key `{SERIAL}`, and where a table needs its insertion order `{ROWID}`
+//! (SQLite has `rowid` of itself; PostgreSQL gets a column of that name), rendered per engine.
+//!
+//! SQLite's `user_version` counts the migrations applied; PostgreSQL's count is the row of
+//! `ferry_schema`. Releases before the count existed added columns on open without recording
+//! it, so every migration checks what is there first: a database at version 0 may already hold
+//! some of their changes.
 
 use anyhow::{bail, Context, Result};
-use rusqlite::{Connection, Transaction};
+use rusqlite::Connection;
+
+use super::sql::{params, Exec};
+
+/// The engine a migration runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+/// `text` with `{INT}`, `{SERIAL}` and `{ROWID}` in `d`'s words.
+fn ddl(d: Dialect, text: &str) -> String {
+    let (int, serial, rowid) = match d {
+        Dialect::Sqlite => ("INTEGER", "INTEGER PRIMARY KEY AUTOINCREMENT", ""),
+        Dialect::Postgres => ("BIGINT", "BIGSERIAL PRIMARY KEY", "rowid BIGSERIAL UNIQUE,"),
+    };
+    text.replace("{SERIAL}", serial).replace("{INT}", int).replace("{ROWID}", rowid)
+}
+
+/// Runs each `;`-separated statement of `text` (rendered for `d`).
+fn batch(tx: &mut dyn Exec, d: Dialect, text: &str) -> Result<()> {
+    for statement in ddl(d, text).split(';').map(str::trim).filter(|s| !s.is_empty()) {
+        tx.execute(statement, &[])?;
+    }
+    Ok(())
+}
 
 /// The first release's tables.
 const FIRST_TABLES: &str = "
 CREATE TABLE IF NOT EXISTS jobs (
+    {ROWID}
     id TEXT PRIMARY KEY,
     name TEXT NOT NULL,
     target TEXT NOT NULL,
@@ -20,96 +52,95 @@ CREATE TABLE IF NOT EXISTS jobs (
     client_token TEXT UNIQUE,
     machine TEXT,
     inventory TEXT,
-    disk_count INTEGER,
-    created_at INTEGER NOT NULL,
-    updated_at INTEGER NOT NULL
+    disk_count {INT},
+    created_at {INT} NOT NULL,
+    updated_at {INT} NOT NULL
 );
 CREATE TABLE IF NOT EXISTS job_events (
     job_id TEXT NOT NULL REFERENCES jobs(id),
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    at INTEGER NOT NULL,
+    seq {SERIAL},
+    at {INT} NOT NULL,
     state TEXT NOT NULL,
     code TEXT,
     reason TEXT
 );
 CREATE TABLE IF NOT EXISTS job_logs (
     job_id TEXT NOT NULL REFERENCES jobs(id),
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    at INTEGER NOT NULL,
+    seq {SERIAL},
+    at {INT} NOT NULL,
     role TEXT NOT NULL,
     text TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS disks (
     job_id TEXT NOT NULL REFERENCES jobs(id),
-    idx INTEGER NOT NULL,
+    idx {INT} NOT NULL,
     identity TEXT NOT NULL,
     partition_table TEXT NOT NULL,
-    size INTEGER NOT NULL,
-    chunk_size INTEGER NOT NULL,
-    bytes_done INTEGER NOT NULL DEFAULT 0,
-    bytes_received INTEGER NOT NULL DEFAULT 0,
-    chunks_received INTEGER NOT NULL DEFAULT 0,
-    rate INTEGER NOT NULL DEFAULT 0,
+    size {INT} NOT NULL,
+    chunk_size {INT} NOT NULL,
+    bytes_done {INT} NOT NULL DEFAULT 0,
+    bytes_received {INT} NOT NULL DEFAULT 0,
+    chunks_received {INT} NOT NULL DEFAULT 0,
+    rate {INT} NOT NULL DEFAULT 0,
     blake3 TEXT,
-    verified INTEGER NOT NULL DEFAULT 0,
+    verified {INT} NOT NULL DEFAULT 0,
     PRIMARY KEY (job_id, idx)
 );
 ";
 
 const ENROLLMENTS: &str = "
 CREATE TABLE IF NOT EXISTS enrollments (
+    {ROWID}
     id TEXT PRIMARY KEY,
     name TEXT NOT NULL,
     target TEXT NOT NULL,
     options TEXT NOT NULL,
     token TEXT NOT NULL UNIQUE,
-    created_at INTEGER NOT NULL,
-    revoked_at INTEGER
+    created_at {INT} NOT NULL,
+    revoked_at {INT}
 );
 ";
 
-type Step = fn(&Transaction) -> Result<()>;
+type Step = fn(&mut dyn Exec, Dialect) -> Result<()>;
 
 /// The migrations, in order: what each brings, and how.
 const MIGRATIONS: &[(&str, Step)] = &[
-    ("the first release's tables", |tx| Ok(tx.execute_batch(FIRST_TABLES)?)),
-    ("the target side of instance jobs", |tx| {
-        add_columns(tx, "jobs", &[("target_token", "TEXT"), ("target_spec", "TEXT"), ("delivery", "TEXT")])
+    ("the first release's tables", |tx, d| batch(tx, d, FIRST_TABLES)),
+    ("the target side of instance jobs", |tx, d| {
+        add_columns(tx, d, "jobs", &[("target_token", "TEXT"), ("target_spec", "TEXT"), ("delivery", "TEXT")])
     }),
-    ("enrollments: jobs a source made for itself, and the machine they are for", |tx| {
-        tx.execute_batch(ENROLLMENTS)?;
+    ("enrollments: jobs a source made for itself, and the machine they are for", |tx, d| {
+        batch(tx, d, ENROLLMENTS)?;
         // enrolled_offline: 1 when the live image (disks at rest) enrolled into the job last.
-        add_columns(tx, "jobs", &[("enrollment", "TEXT"), ("machine_key", "TEXT"), ("enrolled_offline", "INTEGER")])?;
-        add_columns(tx, "enrollments", &[("max_jobs", "INTEGER")])
+        add_columns(tx, d, "jobs", &[("enrollment", "TEXT"), ("machine_key", "TEXT"), ("enrolled_offline", "{INT}")])?;
+        add_columns(tx, d, "enrollments", &[("max_jobs", "{INT}")])
     }),
-    ("one boot log entry per boot of the live image, replaced in order as the boot goes on", |tx| {
-        add_columns(tx, "job_logs", &[("boot", "TEXT"), ("boot_seq", "INTEGER")])
+    ("one boot log entry per boot of the live image, replaced in order as the boot goes on", |tx, d| {
+        add_columns(tx, d, "job_logs", &[("boot", "TEXT"), ("boot_seq", "{INT}")])
     }),
-    ("indexes: a machine's jobs of an enrollment, a boot's log entry", |tx| {
-        Ok(tx.execute_batch(
+    ("indexes: a machine's jobs of an enrollment, a boot's log entry", |tx, d| {
+        batch(
+            tx,
+            d,
             "CREATE INDEX IF NOT EXISTS jobs_by_machine ON jobs (enrollment, machine_key);
              CREATE INDEX IF NOT EXISTS logs_by_boot ON job_logs (job_id, boot, role);",
-        )?)
+        )
     }),
-    ("tokens kept as their SHA-256, not in plaintext", hash_tokens),
-    ("the sectors a source could not read, per disk", |tx| add_columns(tx, "disks", &[("bad_ranges", "TEXT")])),
+    ("tokens kept as their SHA-256, not in plaintext", |tx, _| hash_tokens(tx)),
+    ("the sectors a source could not read, per disk", |tx, d| add_columns(tx, d, "disks", &[("bad_ranges", "TEXT")])),
 ];
 
 /// Replaces every plaintext token (agent, target, enrollment) with its hash.
-fn hash_tokens(tx: &Transaction) -> Result<()> {
+fn hash_tokens(tx: &mut dyn Exec) -> Result<()> {
     use crate::server::tokens::{hash, HASHED};
-    let plain = |table: &str, column: &str| -> Result<Vec<(String, String)>> {
-        let sql =
-            format!("SELECT id, {column} FROM {table} WHERE {column} IS NOT NULL AND {column} NOT LIKE '{HASHED}%'");
-        Ok(tx.prepare(&sql)?.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<rusqlite::Result<_>>()?)
-    };
     let mut n = 0;
     for (table, column) in [("jobs", "token"), ("jobs", "target_token"), ("enrollments", "token")] {
-        for (id, token) in plain(table, column)? {
-            tx.execute(
-                &format!("UPDATE {table} SET {column} = ?2 WHERE id = ?1"),
-                rusqlite::params![id, hash(&token)],
-            )?;
+        let sql = format!(
+            "SELECT id, {column} AS token FROM {table} WHERE {column} IS NOT NULL AND {column} NOT LIKE '{HASHED}%'"
+        );
+        for row in tx.query(&sql, &[])? {
+            let (id, token): (String, String) = (row.get("id")?, row.get("token")?);
+            tx.execute(&format!("UPDATE {table} SET {column} = ?2 WHERE id = ?1"), params![id, hash(&token)])?;
             n += 1;
         }
     }
@@ -122,138 +153,69 @@ fn hash_tokens(tx: &Transaction) -> Result<()> {
 /// The version a database of this release has.
 pub const VERSION: usize = MIGRATIONS.len();
 
-fn add_columns(tx: &Transaction, table: &str, columns: &[(&str, &str)]) -> Result<()> {
-    let existing: Vec<String> = tx
-        .prepare("SELECT name FROM pragma_table_info(?1)")?
-        .query_map([table], |r| r.get(0))?
-        .collect::<rusqlite::Result<_>>()?;
+fn add_columns(tx: &mut dyn Exec, d: Dialect, table: &str, columns: &[(&str, &str)]) -> Result<()> {
+    let existing_sql = match d {
+        Dialect::Sqlite => "SELECT name FROM pragma_table_info(?1)",
+        Dialect::Postgres => {
+            "SELECT column_name::text AS name FROM information_schema.columns
+             WHERE table_schema = current_schema() AND table_name::text = ?1"
+        }
+    };
+    let existing: Vec<String> =
+        tx.query(existing_sql, params![table])?.iter().map(|r| r.get("name")).collect::<Result<_>>()?;
     for (column, ty) in columns {
         if !existing.iter().any(|c| c == column) {
-            tx.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {ty}"))
+            tx.execute(&format!("ALTER TABLE {table} ADD COLUMN {column} {}", ddl(d, ty)), &[])
                 .with_context(|| format!("adding column {column} to table {table}"))?;
         }
     }
     Ok(())
 }
 
-/// The same tables in PostgreSQL, as this release has them. A PostgreSQL job database starts at
-/// this release's version (no older one exists); a later release's migration adds its change
-/// to both. Integers are BIGINT (ferry's values are 64-bit); `rowid`, implicit in SQLite, is a
-/// column here so that "in insertion order" reads the same in both.
-const POSTGRES_TABLES: &str = "
-CREATE TABLE jobs (
-    rowid BIGSERIAL UNIQUE,
-    id TEXT PRIMARY KEY,
-    name TEXT NOT NULL,
-    target TEXT NOT NULL,
-    state TEXT NOT NULL,
-    error_code TEXT,
-    error_reason TEXT,
-    options TEXT NOT NULL,
-    token TEXT NOT NULL,
-    client_token TEXT UNIQUE,
-    machine TEXT,
-    inventory TEXT,
-    disk_count BIGINT,
-    created_at BIGINT NOT NULL,
-    updated_at BIGINT NOT NULL,
-    target_token TEXT,
-    target_spec TEXT,
-    delivery TEXT,
-    enrollment TEXT,
-    machine_key TEXT,
-    enrolled_offline BIGINT
-);
-CREATE TABLE job_events (
-    job_id TEXT NOT NULL REFERENCES jobs(id),
-    seq BIGSERIAL PRIMARY KEY,
-    at BIGINT NOT NULL,
-    state TEXT NOT NULL,
-    code TEXT,
-    reason TEXT
-);
-CREATE TABLE job_logs (
-    job_id TEXT NOT NULL REFERENCES jobs(id),
-    seq BIGSERIAL PRIMARY KEY,
-    at BIGINT NOT NULL,
-    role TEXT NOT NULL,
-    text TEXT NOT NULL,
-    boot TEXT,
-    boot_seq BIGINT
-);
-CREATE TABLE disks (
-    job_id TEXT NOT NULL REFERENCES jobs(id),
-    idx BIGINT NOT NULL,
-    identity TEXT NOT NULL,
-    partition_table TEXT NOT NULL,
-    size BIGINT NOT NULL,
-    chunk_size BIGINT NOT NULL,
-    bytes_done BIGINT NOT NULL DEFAULT 0,
-    bytes_received BIGINT NOT NULL DEFAULT 0,
-    chunks_received BIGINT NOT NULL DEFAULT 0,
-    rate BIGINT NOT NULL DEFAULT 0,
-    blake3 TEXT,
-    verified BIGINT NOT NULL DEFAULT 0,
-    bad_ranges TEXT,
-    PRIMARY KEY (job_id, idx)
-);
-CREATE TABLE enrollments (
-    rowid BIGSERIAL UNIQUE,
-    id TEXT PRIMARY KEY,
-    name TEXT NOT NULL,
-    target TEXT NOT NULL,
-    options TEXT NOT NULL,
-    token TEXT NOT NULL UNIQUE,
-    created_at BIGINT NOT NULL,
-    revoked_at BIGINT,
-    max_jobs BIGINT
-);
-CREATE INDEX jobs_by_machine ON jobs (enrollment, machine_key);
-CREATE INDEX logs_by_boot ON job_logs (job_id, boot, role);
-";
-
-/// Makes or checks PostgreSQL's tables, inside the caller's transaction. The version lives in
-/// `ferry_schema`, locked for the check: receivers starting together make the tables once.
-pub fn migrate_postgres(tx: &mut dyn super::sql::Exec) -> Result<()> {
-    tx.execute("CREATE TABLE IF NOT EXISTS ferry_schema (version BIGINT NOT NULL)", &[])?;
-    tx.execute("LOCK TABLE ferry_schema IN EXCLUSIVE MODE", &[])?;
-    let version: Option<u64> =
-        tx.query_opt("SELECT version FROM ferry_schema", &[])?.map(|r| r.get("version")).transpose()?;
-    match version {
-        None => {
-            for statement in POSTGRES_TABLES.split(';').map(str::trim).filter(|s| !s.is_empty()) {
-                tx.execute(statement, &[])?;
-            }
-            tx.execute("INSERT INTO ferry_schema (version) VALUES (?1)", super::sql::params![VERSION])?;
-            log::info!("job database made in PostgreSQL at version {VERSION}");
-        }
-        Some(v) if v as usize > VERSION => {
-            bail!("the database is of version {v}, newer than this ferry's {VERSION}: use a newer ferry")
-        }
-        Some(v) if (v as usize) < VERSION => {
-            bail!("the PostgreSQL database is of version {v}; this ferry has no migration for it to {VERSION}")
-        }
-        Some(_) => {}
+fn too_new(version: usize) -> Result<()> {
+    if version > VERSION {
+        bail!("the database is of version {version}, newer than this ferry's {VERSION}: use a newer ferry");
     }
     Ok(())
 }
 
-/// Applies the migrations the database lacks, each in its own transaction with the version it
-/// reaches.
+/// Applies the migrations an SQLite database lacks, each in its own transaction with the
+/// version it reaches.
 pub fn migrate(conn: &mut Connection) -> Result<()> {
     let version: usize = conn.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))?.try_into().unwrap_or(0);
-    if version > VERSION {
-        bail!("the database is of version {version}, newer than this ferry's {VERSION}: use a newer ferry");
-    }
+    too_new(version)?;
     for (i, (what, step)) in MIGRATIONS.iter().enumerate().skip(version) {
-        let tx = conn.transaction()?;
-        step(&tx).with_context(|| format!("migration {}: {what}", i + 1))?;
+        let mut tx = conn.transaction()?;
+        step(&mut tx, Dialect::Sqlite).with_context(|| format!("migration {}: {what}", i + 1))?;
         tx.pragma_update(None, "user_version", (i + 1) as i64)?;
         tx.commit()?;
         if version > 0 || i + 1 == VERSION {
             log::info!("job database at version {}: {what}", i + 1);
         }
     }
+    Ok(())
+}
+
+/// Applies the migrations a PostgreSQL database lacks, inside the caller's transaction (its DDL
+/// is transactional: all or nothing). `ferry_schema` is locked for the check, so receivers
+/// starting together migrate once.
+pub fn migrate_postgres(tx: &mut dyn Exec) -> Result<()> {
+    tx.execute("CREATE TABLE IF NOT EXISTS ferry_schema (version BIGINT NOT NULL)", &[])?;
+    tx.execute("LOCK TABLE ferry_schema IN EXCLUSIVE MODE", &[])?;
+    let row = tx.query_opt("SELECT version FROM ferry_schema", &[])?;
+    let version: usize = match &row {
+        Some(r) => r.get::<u64>("version")? as usize,
+        None => 0,
+    };
+    too_new(version)?;
+    for (i, (what, step)) in MIGRATIONS.iter().enumerate().skip(version) {
+        step(&mut *tx, Dialect::Postgres).with_context(|| format!("migration {}: {what}", i + 1))?;
+        log::info!("job database at version {}: {what}", i + 1);
+    }
+    match row {
+        None => tx.execute("INSERT INTO ferry_schema (version) VALUES (?1)", params![VERSION])?,
+        Some(_) => tx.execute("UPDATE ferry_schema SET version = ?1", params![VERSION])?,
+    };
     Ok(())
 }
 
