@@ -249,6 +249,21 @@ fn racing_transitions_on_two_receivers_never_leave_a_job_in_two_states() {
     }
     eprintln!("finish against cancel, 60 races: {wins:?}");
 
+    // A statement failing inside a transaction, on a receiver's async worker: the transaction
+    // rolls back and the call is an error, never a panic of the runtime.
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let c = std::sync::Arc::new(Db::open_postgres(&pg.url()).unwrap());
+    let on_worker = {
+        let (c, job) = (c.clone(), new_job("race000"));
+        rt.spawn(async move { c.create_job(&job, "race000", "hash", None).map(|_| ()).map_err(|e| format!("{e:#}")) })
+    };
+    let e = rt.block_on(on_worker).expect("no panic on the worker").expect_err("a second job with one id");
+    assert!(e.contains("PostgreSQL"), "{e}");
+    // ...and the connection goes on working.
+    let history =
+        rt.block_on(rt.spawn(async move { c.job("race000").map(|j| j.unwrap().history.len()).unwrap() })).unwrap();
+    assert_eq!(history, 3);
+
     let req = CreateEnrollment {
         name: "cap".into(),
         target: TargetKind::Image,
@@ -302,4 +317,100 @@ fn both_engines_get_the_same_tables_from_one_set_of_migrations() {
         pg.psql("SELECT version FROM ferry_schema").trim(),
         run("sqlite3", &[sqlite.to_str().unwrap(), "PRAGMA user_version"]).trim()
     );
+}
+
+/// `curl -sk` to a receiver: (HTTP status, body).
+fn curl(url: &str, token: &str, args: &[&str]) -> (String, String) {
+    let out = Command::new("curl")
+        .args(["-sk", "-w", "\n%{http_code}", "-H", &format!("Authorization: Bearer {token}")])
+        .args(args)
+        .arg(url)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, status) = text.rsplit_once('\n').unwrap();
+    (status.to_string(), body.to_string())
+}
+
+/// The same race through the receivers' HTTP API: a source's `finish` sent to receiver A while
+/// the operator's `ferry job cancel` goes to receiver B, with every disk verified. Whichever
+/// wins, the other is refused, and the job's history holds the winner alone.
+#[test]
+#[ignore = "starts Garage, PostgreSQL and haproxy; run by scripts/test"]
+fn finish_on_one_receiver_racing_cancel_on_the_other() {
+    let t = tempfile::tempdir().unwrap();
+    let w = Wave::start(t.path());
+    const SIZE: usize = 65536;
+    let disk = t.path().join("disk.img");
+    std::fs::write(&disk, pseudo_random(SIZE, 3)).unwrap();
+    let manifest = ferry(&["hash", "--chunk-size", "64K", "--json", disk.to_str().unwrap()]);
+    assert!(manifest.status.success());
+    let manifest_file = t.path().join("manifest.json");
+    std::fs::write(&manifest_file, &manifest.stdout).unwrap();
+    let id_hex = b3sum(&disk);
+    let a = format!("https://127.0.0.1:{}/api/v1/jobs", w.a.port);
+    let identity = format!(
+        r#"{{"path": "/dev/vda", "kind": "block", "size": {SIZE}, "logical_sector_size": 512, "physical_sector_size": 512}}"#
+    );
+    let mut wins = std::collections::BTreeMap::<String, u32>::new();
+    for round in 0..10 {
+        let (id, token) = w.a.create_job(&format!("http-race-{round}"));
+        let post = |path: &str, body: &str| {
+            curl(
+                &format!("{a}/{id}/{path}"),
+                &token,
+                &["-X", "POST", "-H", "Content-Type: application/json", "--data-binary", body],
+            )
+        };
+        let (s, b) =
+            post("register", &format!(r#"{{"machine": {{"serial": "RACE-{round}"}}, "disks": [{identity}]}}"#));
+        assert_eq!(s, "200", "register: {b}");
+        let begin = format!(
+            r#"{{"identity": {identity}, "partition_table": {{"kind": "none", "sector_size": 512, "problems": [], "partitions": []}}, "size": {SIZE}, "chunk_size": {SIZE}}}"#
+        );
+        assert_eq!(post("disks/0/begin", &begin).0, "204");
+        let put = curl(
+            &format!("{a}/{id}/disks/0/chunks/0"),
+            &token,
+            &[
+                "-X",
+                "PUT",
+                "-H",
+                &format!("x-ferry-chunk-id: {id_hex}"),
+                "--data-binary",
+                &format!("@{}", disk.display()),
+            ],
+        );
+        // New the first time; the same bytes at the same place are held from then on.
+        let want = if round == 0 { "201" } else { "200" };
+        assert_eq!(put.0, want, "round {round}: chunk: {}", put.1);
+        let (s, b) = post("disks/0/complete", &format!("@{}", manifest_file.display()));
+        assert_eq!(s, "200", "complete: {b}");
+        let finish = {
+            let (url, token) = (format!("{a}/{id}/finish"), token.clone());
+            std::thread::spawn(move || curl(&url, &token, &["-X", "POST"]).0)
+        };
+        let cancel = {
+            let (b, id) = (w.b.store.to_str().unwrap().to_string(), id.clone());
+            std::thread::spawn(move || ferry(&["job", "cancel", "--store", &b, &id]).status.code())
+        };
+        let (finished, cancelled) = (finish.join().unwrap(), cancel.join().unwrap());
+        let state = w.state(&id);
+        let history =
+            w.pg.psql(&format!("SELECT string_agg(state, ',' ORDER BY seq) FROM job_events WHERE job_id = '{id}'"));
+        match state.as_str() {
+            "Finished" => {
+                assert_eq!(finished, "200", "round {round}");
+                assert_ne!(cancelled, Some(0), "round {round}: a Finished job is not cancelled");
+            }
+            "Cancelled" => {
+                assert_eq!(finished, "409", "round {round}: a cancelled job does not finish");
+                assert_eq!(cancelled, Some(0), "round {round}");
+            }
+            other => panic!("round {round}: the job is {other}"),
+        }
+        assert_eq!(history.trim(), format!("Waiting,Running,{state}"), "round {round}");
+        *wins.entry(state).or_default() += 1;
+    }
+    eprintln!("finish on A against cancel on B, 10 races: {wins:?}");
 }

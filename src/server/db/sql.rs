@@ -252,11 +252,34 @@ fn pg_params(params: &[Value]) -> Vec<&(dyn ToSql + Sync)> {
     params.iter().map(|v| v as &(dyn ToSql + Sync)).collect()
 }
 
-/// Runs a blocking PostgreSQL call, off the async worker when on one.
+thread_local! {
+    /// Set while this thread runs a blocking PostgreSQL call off the async workers.
+    static OFF_WORKER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs a blocking PostgreSQL call, off the async worker when on one. The `postgres` crate
+/// drives its connection with a runtime of its own, which must never start on an async worker
+/// (tokio panics): every call, a rollback on drop and a dropped connection included, runs in
+/// here. Nested calls (statements inside a transaction) run directly.
 pub fn off_worker<T>(f: impl FnOnce() -> T) -> T {
+    if OFF_WORKER.get() {
+        return f();
+    }
+    /// Clears the flag however `f` ends, a panic included.
+    struct Off;
+    impl Drop for Off {
+        fn drop(&mut self) {
+            OFF_WORKER.set(false);
+        }
+    }
+    let run = || {
+        OFF_WORKER.set(true);
+        let _off = Off;
+        f()
+    };
     match tokio::runtime::Handle::try_current() {
-        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
-        _ => f(),
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(run),
+        _ => run(),
     }
 }
 
@@ -292,9 +315,19 @@ pub enum Engine {
 
 /// A PostgreSQL connection, and how to open it again.
 pub struct Postgres {
-    client: Mutex<postgres::Client>,
+    client: Mutex<Option<postgres::Client>>,
     config: postgres::Config,
     pub name: String,
+}
+
+impl Drop for Postgres {
+    /// Closing the connection runs its runtime, which must not start on an async worker (a
+    /// receiver's state may be dropped on one): it closes on a thread of its own.
+    fn drop(&mut self) {
+        if let Some(client) = self.client.get_mut().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = std::thread::spawn(move || drop(client)).join();
+        }
+    }
 }
 
 impl Engine {
@@ -304,8 +337,7 @@ impl Engine {
             Engine::Sqlite(c) => f(&mut *c.lock().unwrap_or_else(|p| p.into_inner())),
             Engine::Postgres(pg) => {
                 let mut c = pg.client.lock().unwrap_or_else(|p| p.into_inner());
-                reconnect_if_closed(&mut c, &pg.config)?;
-                f(&mut *c)
+                f(reconnect_if_closed(&mut c, &pg.config)?)
             }
         }
     }
@@ -323,23 +355,35 @@ impl Engine {
             }
             Engine::Postgres(pg) => {
                 let mut c = pg.client.lock().unwrap_or_else(|p| p.into_inner());
-                reconnect_if_closed(&mut c, &pg.config)?;
-                let mut tx = off_worker(|| c.transaction())?;
-                let out = f(&mut tx)?;
-                off_worker(|| tx.commit())?;
-                Ok(out)
+                let c = reconnect_if_closed(&mut c, &pg.config)?;
+                // All of it off the worker: a transaction dropped on an error rolls back
+                // through the connection's own runtime.
+                off_worker(|| {
+                    let mut tx = c.transaction()?;
+                    let out = f(&mut tx)?;
+                    tx.commit()?;
+                    Ok(out)
+                })
             }
         }
     }
 }
 
-/// A connection PostgreSQL closed (a restart, a failover) is opened again before use.
-fn reconnect_if_closed(c: &mut postgres::Client, config: &postgres::Config) -> Result<()> {
-    if c.is_closed() {
+/// The connection, opened again first when PostgreSQL closed it (a restart, a failover).
+fn reconnect_if_closed<'a>(
+    c: &'a mut Option<postgres::Client>,
+    config: &postgres::Config,
+) -> Result<&'a mut postgres::Client> {
+    if c.as_ref().is_none_or(|c| c.is_closed()) {
         log::warn!("the PostgreSQL connection was closed; connecting again");
-        *c = off_worker(|| config.connect(postgres::NoTls)).context("connecting to PostgreSQL again")?;
+        // The old connection is dropped off the worker too (closing it runs its runtime).
+        off_worker(|| -> Result<()> {
+            *c = None;
+            *c = Some(config.connect(postgres::NoTls).context("connecting to PostgreSQL again")?);
+            Ok(())
+        })?;
     }
-    Ok(())
+    Ok(c.as_mut().expect("connected just now"))
 }
 
 /// The environment variable naming a file that holds the PostgreSQL password.
@@ -371,7 +415,7 @@ pub fn connect_postgres(url: &str) -> Result<Engine> {
         format!("PostgreSQL {}@{host}:{port}/{}", config.get_user().unwrap_or("?"), config.get_dbname().unwrap_or("?"))
     };
     let client = off_worker(|| config.connect(postgres::NoTls)).with_context(|| format!("connecting to {name}"))?;
-    Ok(Engine::Postgres(Box::new(Postgres { client: Mutex::new(client), config, name })))
+    Ok(Engine::Postgres(Box::new(Postgres { client: Mutex::new(Some(client)), config, name })))
 }
 
 #[cfg(test)]
