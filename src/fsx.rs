@@ -38,6 +38,76 @@ pub fn write_atomic(dest: &Path, bytes: &[u8]) -> std::io::Result<()> {
     write_atomic_mode(dest, bytes, 0o644)
 }
 
+/// Page-aligned buffers for direct writes, a few kept for the next write: a fresh 4 MiB buffer
+/// is 1024 page faults (and as many pages cleared and unmapped again), which cost a receiver
+/// more CPU than the copy itself.
+mod aligned_buffers {
+    use std::sync::Mutex;
+
+    use crate::disk::rescue::AlignedBuf;
+
+    /// At most this many kept (16 MiB at 4 MiB chunks): as many as a receiver writes at once
+    /// on two cores, not as many as its body budget could hold.
+    const KEEP: usize = 4;
+    static FREE: Mutex<Vec<AlignedBuf>> = Mutex::new(Vec::new());
+
+    /// A buffer of `len` bytes: a kept one of that size, or a new one.
+    pub fn take(len: usize) -> AlignedBuf {
+        let mut free = FREE.lock().unwrap_or_else(|p| p.into_inner());
+        match free.iter().position(|b| b.len() == len) {
+            Some(i) => free.swap_remove(i),
+            None => AlignedBuf::new(len),
+        }
+    }
+
+    /// Keeps `buf` for the next write, unless enough are kept.
+    pub fn give_back(buf: AlignedBuf) {
+        let mut free = FREE.lock().unwrap_or_else(|p| p.into_inner());
+        if free.len() < KEEP {
+            free.push(buf);
+        }
+    }
+}
+
+/// Writes `data` to `path` (created, or emptied first) and makes its bytes durable
+/// (`fdatasync`). A file of whole 4 KiB blocks is written around the page cache (`O_DIRECT`,
+/// through a page-aligned copy): a chunk store writes each file once and seldom reads it back,
+/// and copying into the page cache is what a receiver spent most of its CPU on (measured with dd
+/// on these machines: 3.1 CPU-seconds per GiB buffered, 0.2 direct). A filesystem without
+/// `O_DIRECT` (tmpfs) gets a buffered write.
+pub fn write_durably(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    const BLOCK: usize = 4096;
+    let open = |direct: bool| {
+        let mut o = fs::OpenOptions::new();
+        o.write(true).create(true).truncate(true);
+        if direct {
+            o.custom_flags(libc::O_DIRECT);
+        }
+        o.open(path)
+    };
+    let unsupported = |e: &std::io::Error| e.raw_os_error() == Some(libc::EINVAL);
+    if !data.is_empty() && data.len() % BLOCK == 0 {
+        match open(true) {
+            Ok(mut f) => {
+                let mut aligned = aligned_buffers::take(data.len());
+                aligned.as_mut_slice().copy_from_slice(data);
+                let written = f.write_all(aligned.as_mut_slice());
+                aligned_buffers::give_back(aligned);
+                match written {
+                    Ok(()) => return f.sync_data(),
+                    Err(e) if unsupported(&e) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            Err(e) if unsupported(&e) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let mut f = open(false)?;
+    f.write_all(data)?;
+    f.sync_data()
+}
+
 /// Copies `src` to `dest` atomically and durably; returns the bytes copied.
 pub fn copy_atomic(src: &Path, dest: &Path) -> std::io::Result<u64> {
     let tmp = temp_for(dest);
@@ -63,6 +133,25 @@ pub fn read_trimmed(path: &Path) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn durable_writes_read_back_direct_buffered_and_on_tmpfs() {
+        let t = tempfile::tempdir().unwrap();
+        let shm = std::path::Path::new("/dev/shm");
+        let on_tmpfs = shm.is_dir().then(|| tempfile::tempdir_in(shm).unwrap());
+        let dirs = [Some(t.path()), on_tmpfs.as_ref().map(|d| d.path())];
+        for dir in dirs.into_iter().flatten() {
+            // Whole 4 KiB blocks go around the page cache; 4 KiB + 1 cannot.
+            for len in [4 << 20, 4096 + 1, 1] {
+                let data: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
+                let p = dir.join(format!("f{len}"));
+                fs::write(&p, b"old and longer than some of the new contents").unwrap();
+                write_durably(&p, &data).unwrap();
+                assert!(fs::read(&p).unwrap() == data, "{} bytes in {}", len, dir.display());
+            }
+        }
+    }
+
     use super::*;
 
     #[test]

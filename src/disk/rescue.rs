@@ -125,6 +125,14 @@ impl AlignedBuf {
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
         &mut self.buf[self.start..self.start + self.len]
     }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
 }
 
 /// The most bytes of a disk of `size` bytes that may be given up before the copy fails: 0.1%

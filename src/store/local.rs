@@ -1,7 +1,7 @@
 //! The default store: one file per chunk in a local directory.
 
 use std::fs::{self, File};
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -207,14 +207,11 @@ impl LocalDir {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         let tmp = self.tmp.join(format!("{}-{}-{n}", hex::encode(&id[..8]), std::process::id()));
         let result = (|| {
-            let mut f = File::create(&tmp)?;
-            f.write_all(data)?;
             // The bytes are on disk before the chunk gets its name, so a crash can never leave
             // a chunk file holding other bytes than its id says. The link itself becomes
             // durable at the next `sync` (a lost link only means the chunk is sent again);
             // syncing the directory for every chunk would stall every upload on the disk.
-            f.sync_data()?;
-            drop(f);
+            crate::fsx::write_durably(&tmp, data)?;
             let parent = dest.parent().expect("chunk paths have a parent");
             fs::create_dir_all(parent)?;
             // A hard link creates the name only if it is free (rename would replace it).
