@@ -235,17 +235,11 @@ impl Db {
         })
     }
 
-    /// Moves a job to `state` from any state, recording the event; clears the error unless it
-    /// is InError.
-    pub fn set_state(&self, id: &str, state: JobState, code: Option<&str>, reason: Option<&str>) -> Result<()> {
-        let all = [JobState::Waiting, JobState::Running, JobState::Finished, JobState::InError, JobState::Cancelled];
-        self.transition(id, &all, state, code, reason).map(|_| ())
-    }
-
     /// Moves a job to `to` only if it is in one of `from`, recording the event in the same
     /// transaction; false when it was not (another request, here or on another receiver,
     /// moved it first). The condition is in the UPDATE itself, so of two racing transitions
-    /// exactly one applies, and the history never shows one that did not.
+    /// exactly one applies, and the history never shows one that did not. The error is cleared
+    /// unless the job goes InError.
     pub fn transition(
         &self,
         id: &str,
