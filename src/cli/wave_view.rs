@@ -47,13 +47,15 @@ pub fn print_receipt(r: &Receipt) {
     if let Some(w) = &r.wave {
         show!("wave:      {w}");
     }
+    // A machine by what identifies it: serial, DMI UUID, host name.
+    let who = |m: &crate::wire::MachineIdentity| {
+        [&m.serial, &m.product_uuid, &m.hostname].into_iter().flatten().cloned().collect::<Vec<_>>().join(", ")
+    };
     if let Some(m) = &r.machine {
-        let id = [&m.serial, &m.product_uuid, &m.hostname].into_iter().flatten().cloned().collect::<Vec<_>>();
-        show!("source:    {}", id.join(", "));
+        show!("source:    {}", who(m));
     }
     if let Some(m) = &r.target_machine {
-        let id = [&m.serial, &m.product_uuid, &m.hostname].into_iter().flatten().cloned().collect::<Vec<_>>();
-        show!("target:    {}", id.join(", "));
+        show!("target:    {}", who(m));
     }
     show!("created:   {}", utc_time(r.created_at));
     if let Some(t) = r.started_at {

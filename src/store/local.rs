@@ -75,11 +75,9 @@ impl LocalStore {
 }
 
 impl LocalDir {
-    /// `DIR/manifests/JOB/N.json`. A job id is checked to be a plain token before it gets here
-    /// (the routes take only valid ids), so it never climbs out of the directory.
+    /// `DIR/manifests/JOB/N.json`.
     fn manifest_path(&self, job: &str, disk: u32) -> PathBuf {
-        debug_assert!(crate::wire::valid_job_id(job));
-        self.root.join("manifests").join(job).join(format!("{disk}.json"))
+        manifest_path(&self.root, job, disk)
     }
 
     /// The file a chunk lives in at a place. The id is 32 bytes rendered as hex and the offset
@@ -117,9 +115,12 @@ impl LocalDir {
 
 /// `CHUNKS/ab/abcdef….OFFSET` (`….whole` for a disk of one chunk): where a chunk lives at a place.
 pub(super) fn placed_path(chunks: &Path, id: &Digest, at: Place) -> PathBuf {
-    let hex = hex::encode(id);
-    let place = if at.whole_disk { "whole".to_string() } else { at.offset.to_string() };
-    chunks.join(&hex[..2]).join(format!("{hex}.{place}"))
+    chunks.join(super::chunk_name(id, at))
+}
+
+/// `DIR/manifests/JOB/N.json`: where the store in `dir` keeps a verified manifest.
+pub(super) fn manifest_path(dir: &Path, job: &str, disk: u32) -> PathBuf {
+    dir.join("manifests").join(super::manifest_name(job, disk))
 }
 
 /// `CHUNKS/ab/abcdef…`: where a store from before places kept the chunk.

@@ -50,6 +50,22 @@ impl Place {
     }
 }
 
+/// `ab/abcdef….OFFSET` (`….whole` for a disk of one chunk): the name a chunk has at a place,
+/// under `chunks/` in every store (a directory's files, a bucket's keys). The id is rendered as
+/// hex and the offset as a number, so no client input ever becomes part of a name.
+pub fn chunk_name(id: &Digest, at: Place) -> String {
+    let hex = hex::encode(id);
+    let place = if at.whole_disk { "whole".to_string() } else { at.offset.to_string() };
+    format!("{}/{hex}.{place}", &hex[..2])
+}
+
+/// `JOB/N.json`: the name of disk `disk`'s verified manifest under `manifests/`. Job ids are
+/// checked to be plain tokens before they get here.
+pub fn manifest_name(job: &str, disk: u32) -> String {
+    debug_assert!(crate::wire::valid_job_id(job));
+    format!("{job}/{disk}.json")
+}
+
 /// A place to keep chunks and the manifests of verified disks: a local directory (the default)
 /// or an S3 bucket shared by several receivers. Async, because a bucket is a network away: a
 /// receiver asks about many chunks at once rather than one round trip after another.

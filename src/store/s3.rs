@@ -163,14 +163,11 @@ impl S3Store {
     }
 
     fn chunk_key(&self, id: &Digest, at: Place) -> Key {
-        let hex = hex::encode(id);
-        let place = if at.whole_disk { "whole".to_string() } else { at.offset.to_string() };
-        self.key(&format!("chunks/{}/{hex}.{place}", &hex[..2]))
+        self.key(&format!("chunks/{}", super::chunk_name(id, at)))
     }
 
     fn manifest_key(&self, job: &str, disk: u32) -> Key {
-        debug_assert!(crate::wire::valid_job_id(job));
-        self.key(&format!("manifests/{job}/{disk}.json"))
+        self.key(&format!("manifests/{}", super::manifest_name(job, disk)))
     }
 
     /// Every key under `rel` (`chunks` or `manifests`), relative to it, with its size.

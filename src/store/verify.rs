@@ -83,8 +83,7 @@ pub fn check_against_jobs(
 
 /// The manifest kept in the store directory `dir`, if it can be read.
 pub fn kept_in_dir(dir: &Path, job: &str, disk: u32) -> Option<Manifest> {
-    let path = dir.join("manifests").join(job).join(format!("{disk}.json"));
-    fs::read(path).ok().and_then(|t| serde_json::from_slice(&t).ok())
+    fs::read(super::local::manifest_path(dir, job, disk)).ok().and_then(|t| serde_json::from_slice(&t).ok())
 }
 
 /// Checks the store in `dir`: every chunk file and every manifest, or with `job` only that

@@ -113,9 +113,5 @@ async fn check_manifest(
             .problems
             .push(format!("manifest {name}: chunk {i} (id {}) is missing from the store", hex::encode(m.chunks[i].id)));
     }
-    for (id, at) in asked {
-        let hex = hex::encode(id);
-        let place = if at.whole_disk { "whole".to_string() } else { at.offset.to_string() };
-        named.insert(format!("{}/{hex}.{place}", &hex[..2]));
-    }
+    named.extend(asked.iter().map(|(id, at)| super::chunk_name(id, *at)));
 }
