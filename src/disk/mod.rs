@@ -11,6 +11,7 @@ pub mod rescue;
 pub mod source;
 pub mod sysfs;
 pub mod types;
+pub mod used;
 pub mod writer;
 
 use std::path::{Path, PathBuf};

@@ -2,6 +2,7 @@
 
 use std::fs::File;
 use std::io;
+use std::ops::Range;
 use std::os::unix::fs::{FileExt, FileTypeExt};
 use std::path::{Path, PathBuf};
 
@@ -29,6 +30,8 @@ pub struct DiskReader {
     /// A second handle that bypasses the page cache, opened at the first failed read: through
     /// the cache a failing sector fails the whole page around it.
     direct: OnceLock<Option<File>>,
+    /// Used-blocks mode: ranges never read, zeros in every chunk (sorted, disjoint).
+    skip: OnceLock<Vec<Range<u64>>>,
 }
 
 impl DiskReader {
@@ -66,6 +69,7 @@ impl DiskReader {
                 record_bad_sectors: AtomicBool::new(false),
                 given_up: Mutex::default(),
                 direct: OnceLock::new(),
+                skip: OnceLock::new(),
             });
         }
         if !ft.is_file() {
@@ -92,6 +96,7 @@ impl DiskReader {
             record_bad_sectors: AtomicBool::new(false),
             given_up: Mutex::default(),
             direct: OnceLock::new(),
+            skip: OnceLock::new(),
         })
     }
 
@@ -101,10 +106,42 @@ impl DiskReader {
         self.record_bad_sectors.store(policy == BadSectors::Record, Ordering::Relaxed);
     }
 
+    /// Used-blocks mode: `ranges` (sorted, disjoint) are never read again by
+    /// [`DiskReader::read_chunk_at`], which gives zeros for them. Set once, before the hashing
+    /// pass; a second call changes nothing and says so.
+    pub fn set_skip(&self, ranges: Vec<Range<u64>>) -> Result<()> {
+        debug_assert!(ranges.windows(2).all(|w| w[0].end <= w[1].start));
+        self.skip
+            .set(ranges)
+            .map_err(|_| anyhow::anyhow!("{}: the ranges to skip were already set", self.path.display()))
+    }
+
+    /// Fills `buf` with the disk's bytes from `offset`, zeros where the ranges to skip are
+    /// (used-blocks mode), sectors that fail handled as [`DiskReader::read_span_at`] does.
+    pub fn read_chunk_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        let skip = self.skip.get().map(Vec::as_slice).unwrap_or_default();
+        let end = offset + buf.len() as u64;
+        // The first range that ends after `offset`: the only ones that can meet this chunk.
+        let first = skip.partition_point(|r| r.end <= offset);
+        let mut at = offset;
+        for r in skip[first..].iter().take_while(|r| r.start < end) {
+            let (gap_start, gap_end) = (r.start.max(offset), r.end.min(end));
+            if gap_start > at {
+                self.read_span_at(&mut buf[(at - offset) as usize..(gap_start - offset) as usize], at)?;
+            }
+            buf[(gap_start - offset) as usize..(gap_end - offset) as usize].fill(0);
+            at = gap_end;
+        }
+        if at < end {
+            self.read_span_at(&mut buf[(at - offset) as usize..], at)?;
+        }
+        Ok(())
+    }
+
     /// Fills `buf` from `offset` like [`DiskReader::read_exact_at`]; but with
     /// [`BadSectors::Record`], an I/O error is read around (`rescue`): the sectors that still
     /// fail are left zero and recorded, and the read succeeds.
-    pub fn read_chunk_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+    fn read_span_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
         let err = match self.read_exact_at(buf, offset) {
             Ok(()) => return Ok(()),
             Err(e) => e,
