@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, Mutex, Semaphore};
 use tokio::task::JoinSet;
 
 use super::client::{refused_with, Client, Refused};
+use crate::disk::used::UsedOnly;
 use crate::disk::{self, BadRange, BadSectors, DiskReader};
 use crate::image::hasher::{self, HashedChunk};
 use crate::image::{treehash, ChunkEntry, Manifest, DEFAULT_CHUNK_SIZE, MANIFEST_VERSION};
@@ -35,6 +36,8 @@ pub struct SendOptions {
     pub chunk_size: Option<u64>,
     /// What to do with sectors that cannot be read (the job's option when `None`).
     pub bad_sectors: Option<BadSectors>,
+    /// Used-blocks mode (the job's option when `None`).
+    pub used_only: Option<bool>,
     /// Hardware inventory to register with (the live image's driver coverage).
     pub inventory: Option<serde_json::Value>,
 }
@@ -48,6 +51,7 @@ impl Default for SendOptions {
             bandwidth_limit: None,
             chunk_size: None,
             bad_sectors: None,
+            used_only: None,
             inventory: None,
         }
     }
@@ -66,6 +70,9 @@ pub struct DiskSummary {
     /// Sectors that could not be read (sent as zeros), with `bad_sectors = record`.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub bad_ranges: Vec<BadRange>,
+    /// Copied in used-blocks mode: what was read and why any partition was read whole.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub used_only: Option<UsedOnly>,
     /// Chunks the receiver lacked, which were uploaded.
     pub sent_chunks: u64,
     /// Bytes on the wire for those chunks (after compression).
@@ -145,6 +152,7 @@ async fn send_opened(
         bandwidth_limit: opts.bandwidth_limit.or(job_opts.bandwidth_limit),
         chunk_size: Some(chunk_size),
         bad_sectors: Some(opts.bad_sectors.unwrap_or(job_opts.bad_sectors)),
+        used_only: Some(opts.used_only.unwrap_or(job_opts.used_only)),
         ..opts.clone()
     };
     let mut summaries = vec![];
@@ -247,6 +255,7 @@ async fn send_disk(
         }
         Err(e) => return Err(e).with_context(|| format!("reading the partition table of {path}")),
     };
+    let used_only = opts.used_only.unwrap_or(false).then(|| plan_used_blocks(&reader, &partition_table)).transpose()?;
     let identity = disk::identify(&reader);
     let disk = index.to_string();
     let begin = BeginDisk { identity: identity.clone(), partition_table: partition_table.clone(), size, chunk_size };
@@ -281,6 +290,7 @@ async fn send_disk(
         blake3: root,
         chunks,
         bad_ranges: bad_ranges.clone(),
+        used_only: used_only.clone(),
     };
     let verdict = client
         .call::<call::CompleteDisk>(&[job, &disk], &manifest)
@@ -299,10 +309,32 @@ async fn send_disk(
         chunks: count as u64,
         zero_chunks: pass.zero_chunks,
         bad_ranges,
+        used_only,
         sent_chunks: pass.sent_chunks,
         sent_bytes: pass.sent_bytes,
         verified: true,
     })
+}
+
+/// Used-blocks mode: reads each partition's allocation, tells the reader what to skip, and
+/// returns what the manifest says of it.
+fn plan_used_blocks(reader: &DiskReader, table: &disk::PartitionTable) -> Result<UsedOnly> {
+    let plan = disk::used::plan(reader, table);
+    for p in &plan.report.partitions {
+        match &p.reason {
+            Some(why) => log::info!("{}: partition {} ({}) read whole: {why}", reader.path().display(), p.number, p.fs),
+            None => log::info!(
+                "{}: partition {} ({}): {} of {} bytes used",
+                reader.path().display(),
+                p.number,
+                p.fs,
+                p.read_bytes,
+                p.size
+            ),
+        }
+    }
+    reader.set_skip(plan.skip)?;
+    Ok(plan.report)
 }
 
 /// The one pass over the disk: chunks hashed in parallel, asked about in batches, the missing

@@ -14,6 +14,7 @@ pub const COUNTDOWN: &str = "ferry.countdown";
 pub const RETRY: &str = "ferry.retry";
 pub const PLAIN_HTTP: &str = "ferry.plain_http";
 pub const BAD_SECTORS: &str = "ferry.bad_sectors";
+pub const USED_ONLY: &str = "ferry.used_only";
 /// Debug logs on the console: read by the logger from the command line alone, before the rest.
 pub const DEBUG: &str = "ferry.debug";
 /// The kernel's own network key, in dracut's form.
@@ -98,6 +99,12 @@ pub const TOML_KEYS: &[TomlKey] = &[
         help: "A source disk with sectors that cannot be read: \"fail\" (stop and say where) or\n\
                # \"record\" (send them as zeros, list them in the job and the verdict). Default: the job's.",
     },
+    TomlKey {
+        key: "used_only",
+        example: "0",
+        help: "1: read only the blocks the filesystems use (the rest are zeros in the copy, which is\n\
+               # then not bit-for-bit). Default: the job's.",
+    },
 ];
 
 #[cfg(test)]
@@ -106,8 +113,21 @@ mod tests {
 
     #[test]
     fn the_toml_keys_are_the_command_line_keys_without_the_prefix() {
-        let cmdline =
-            [SERVER, PIN, JOB, TOKEN, ENROLL, ROLE, ON_FINISH, DISKS, COUNTDOWN, RETRY, PLAIN_HTTP, BAD_SECTORS];
+        let cmdline = [
+            SERVER,
+            PIN,
+            JOB,
+            TOKEN,
+            ENROLL,
+            ROLE,
+            ON_FINISH,
+            DISKS,
+            COUNTDOWN,
+            RETRY,
+            PLAIN_HTTP,
+            BAD_SECTORS,
+            USED_ONLY,
+        ];
         for k in TOML_KEYS {
             assert!(cmdline.contains(&k.cmdline_key().as_str()), "{} is not a key", k.key);
         }

@@ -62,6 +62,12 @@ fn print_disks(disks: &[crate::wire::DiskStatus]) {
                 _ => String::new(),
             }
         );
+        if let Some(u) = &d.used_only {
+            show!("  {}", u.summary(d.size));
+            for line in u.details() {
+                show!("    {line}");
+            }
+        }
         if !d.bad_ranges.is_empty() {
             let ss = d.identity.logical_sector_size;
             show!(

@@ -44,6 +44,7 @@ pub fn run(a: SendArgs) -> Result<i32> {
         bandwidth_limit: a.bandwidth_limit,
         chunk_size: a.chunk_size,
         bad_sectors: a.bad_sectors,
+        used_only: a.used_only.then_some(true),
         inventory: None,
     };
     let mut bars: HashMap<u32, Progress> = HashMap::new();
@@ -74,11 +75,21 @@ pub fn run(a: SendArgs) -> Result<i32> {
                 s.zero_chunks
             );
             print_bad_ranges(s);
+            if let Some(u) = &s.used_only {
+                println!("  {}", u.summary(s.size));
+                for line in u.details() {
+                    println!("    {line}");
+                }
+            }
         }
         let bad: u64 = summaries.iter().map(|s| sector_count(&s.bad_ranges, s.sector_size)).sum();
         if bad > 0 {
             println!(
                 "MIGRATED WITH {bad} UNREADABLE SECTORS: job {job} is Finished; those sectors are zeros in the copy"
+            );
+        } else if summaries.iter().any(|s| s.used_only.is_some()) {
+            println!(
+                "MIGRATED (USED BLOCKS ONLY): job {job} is Finished; every disk's whole-disk BLAKE3 of the zero-filled copy matches on both ends"
             );
         } else {
             println!("MIGRATED: job {} is Finished; every disk's whole-disk BLAKE3 matches on both ends", job);

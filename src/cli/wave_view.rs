@@ -73,6 +73,9 @@ pub fn print_receipt(r: &Receipt) {
             d.blake3.as_deref().unwrap_or("(not verified)"),
             if d.unreadable.is_empty() { "" } else { " WITH UNREADABLE SECTORS (sent as zeros)" }
         );
+        if let Some(u) = &d.used_only {
+            show!("  {} (BLAKE3 of the zero-filled copy)", u.summary(d.size));
+        }
         if let (Some(t), Some(h)) = (&d.target_disk, &d.target_blake3) {
             let same = if d.blake3.as_deref() == Some(h.as_str()) { "the same" } else { "DIFFERENT" };
             show!("  written to {t}, read back: {h} ({same})");

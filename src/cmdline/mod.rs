@@ -316,6 +316,10 @@ pub struct JobArgs {
     /// jobs are in the wave of its name unless this names another.
     #[arg(long)]
     pub wave: Option<String>,
+    /// Used-blocks mode: read only the blocks the filesystems use (ext2/3/4, XFS, NTFS, FAT,
+    /// exFAT, swap, LVM2); the rest are zeros in the copy, which is then not bit-for-bit.
+    #[arg(long)]
+    pub used_only: bool,
 }
 
 impl JobArgs {
@@ -333,6 +337,7 @@ impl JobArgs {
             chunk_size: self.chunk_size,
             bad_sectors: self.bad_sectors,
             wave: self.wave.clone(),
+            used_only: self.used_only,
         }
     }
 }
@@ -390,6 +395,10 @@ pub struct SendArgs {
     /// Sectors that cannot be read: fail, or record them and send zeros (default: the job's).
     #[arg(long, value_enum)]
     pub bad_sectors: Option<crate::disk::BadSectors>,
+    /// Used-blocks mode: read only the blocks the filesystems use; the rest are zeros in the
+    /// copy (default: the job's setting).
+    #[arg(long)]
+    pub used_only: bool,
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,

@@ -7,6 +7,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::treehash::{self, Digest};
+use crate::disk::used::UsedOnly;
 use crate::disk::{BadRange, DiskIdentity, PartitionTable};
 
 /// The manifest format this build writes and reads.
@@ -45,6 +46,10 @@ pub struct Manifest {
     /// The whole-disk hash is that of the disk with them zeroed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub bad_ranges: Vec<BadRange>,
+    /// Present when the disk was copied in used-blocks mode: the ranges no filesystem uses are
+    /// zeros in this copy, and the whole-disk hash is that of the zero-filled disk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub used_only: Option<UsedOnly>,
 }
 
 /// What is wrong with a manifest received from elsewhere.
@@ -60,6 +65,8 @@ pub enum ManifestError {
     RootMismatch,
     #[error("the unreadable ranges are out of order, overlap, or reach past the disk's end")]
     BadRanges,
+    #[error("the used-blocks summary says more bytes were read than the disk holds")]
+    UsedOnly,
 }
 
 impl Manifest {
@@ -79,6 +86,9 @@ impl Manifest {
                 return Err(ManifestError::BadRanges);
             }
             end = r.end();
+        }
+        if self.used_only.as_ref().is_some_and(|u| u.read_bytes > self.size) {
+            return Err(ManifestError::UsedOnly);
         }
         Ok(())
     }

@@ -58,5 +58,15 @@ pub fn build_manifest(
     let ids: Vec<Digest> = chunks.iter().map(|c| c.id).collect();
     let blake3 = treehash::root_from_ids(&ids, size, chunk_size)?;
     let bad_ranges = disk::rescue::in_partitions(disk.bad_ranges(), &partition_table);
-    Ok(Manifest { version: MANIFEST_VERSION, identity, partition_table, size, chunk_size, blake3, chunks, bad_ranges })
+    Ok(Manifest {
+        version: MANIFEST_VERSION,
+        identity,
+        partition_table,
+        size,
+        chunk_size,
+        blake3,
+        chunks,
+        bad_ranges,
+        used_only: None,
+    })
 }

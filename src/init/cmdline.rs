@@ -61,6 +61,8 @@ pub struct LiveConfig {
     pub plain_http: bool,
     /// Unreadable sectors on a source disk: fail or record (the job's option when absent).
     pub bad_sectors: Option<BadSectors>,
+    /// Used-blocks mode (the job's option when absent).
+    pub used_only: Option<bool>,
     pub ip: IpConfig,
     /// MAC of the PXE boot NIC (from `BOOTIF=01-aa-bb-cc-dd-ee-ff`).
     pub bootif: Option<String>,
@@ -147,6 +149,10 @@ impl LiveConfig {
             keys::BAD_SECTORS => match value.and_then(BadSectors::parse) {
                 Some(b) => self.bad_sectors = Some(b),
                 None => self.errors.push(format!("ferry.bad_sectors={} must be fail or record", value.unwrap_or(""))),
+            },
+            keys::USED_ONLY => match parse_bool(value) {
+                Ok(b) => self.used_only = Some(b),
+                Err(e) => self.errors.push(format!("ferry.used_only: {e}")),
             },
             keys::IP => match parse_ip(value.unwrap_or("")) {
                 Ok(ip) => self.ip = ip,

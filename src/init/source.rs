@@ -58,6 +58,7 @@ pub async fn run(
         threads: hasher::default_threads(),
         inventory: Some(inventory),
         bad_sectors: cfg.bad_sectors,
+        used_only: cfg.used_only,
         ..Default::default()
     };
     let mut on_progress = progress_lines();
@@ -70,13 +71,24 @@ pub async fn run(
             )];
             for s in &summaries {
                 lines.push(format!("disk {} {} {}: blake3 {}", s.index, s.path, human_bytes(s.size), s.blake3));
+                if let Some(u) = &s.used_only {
+                    lines.push(format!("  {}", u.summary(s.size)));
+                    lines.extend(u.details().into_iter().map(|l| format!("    {l}")));
+                }
             }
+            let used_only = summaries.iter().any(|s| s.used_only.is_some());
             let unreadable: u64 = summaries.iter().map(|s| sector_count(&s.bad_ranges, s.sector_size)).sum();
-            if unreadable == 0 {
-                return Ok(Verdict::migrated(lines, vec![]));
+            let mut verdict = if unreadable == 0 {
+                Verdict::migrated(lines, vec![])
+            } else {
+                lines.extend(unreadable_lines(&summaries, job));
+                Verdict::migrated_with_unreadable(unreadable, lines)
+            };
+            if used_only {
+                // Never mistaken for a bit-for-bit copy: free space is zeros in this one.
+                verdict.headline += " (USED BLOCKS ONLY)";
             }
-            lines.extend(unreadable_lines(&summaries, job));
-            Ok(Verdict::migrated_with_unreadable(unreadable, lines))
+            Ok(verdict)
         }
         Err(e) if refused_with(&e, Code::JobFinished) => finished_before(client, job, machine).await,
         Err(e) => Err(Failed { lines: vec![format!("{e:#}")], advice: vec![advice_for(&e, cfg)] }),

@@ -301,7 +301,7 @@ pub async fn complete_disk(
             super::verify::keep_manifest(&st, &job, disk, &manifest).await?;
             st.write_counters();
             let root = hex::encode(manifest.blake3);
-            st.db.verify_disk(&job, disk, &root, size, &manifest.bad_ranges)?;
+            st.db.verify_disk(&job, disk, &manifest)?;
             // A target must never be served a manifest cached from before this one.
             st.forget_manifest(&job, disk);
             log::info!("job {job} disk {disk} verified: blake3 {root}");

@@ -104,6 +104,11 @@ pub struct JobOptions {
     /// enrollment's jobs are in the wave of the enrollment's name unless it names another.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wave: Option<String>,
+    /// Used-blocks mode: read only the blocks each partition's filesystem uses (where ferry can
+    /// read its allocation safely); the rest are zeros in the copy, which is then not
+    /// bit-for-bit.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub used_only: bool,
 }
 
 fn is_default<T: Default + PartialEq>(v: &T) -> bool {
@@ -243,6 +248,9 @@ pub struct DiskStatus {
     /// Sectors the source could not read, sent as zeros (`bad_sectors = record`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub bad_ranges: Vec<BadRange>,
+    /// Copied in used-blocks mode: what was read, and why any partition was read whole.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub used_only: Option<crate::disk::used::UsedOnly>,
 }
 
 /// A job as the API shows it. The agent token is shown to admins only.

@@ -154,6 +154,9 @@ pub struct ReceiptDisk {
     pub verified: bool,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unreadable: Vec<BadRange>,
+    /// Copied in used-blocks mode: not bit-for-bit; `blake3` is that of the zero-filled copy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub used_only: Option<crate::disk::used::UsedOnly>,
     /// The target disk it was written to, and the BLAKE3 of its first `size` bytes read back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_disk: Option<String>,
@@ -188,6 +191,7 @@ pub fn receipt(j: &Job) -> Receipt {
                 blake3: d.blake3.clone(),
                 verified: d.verified,
                 unreadable: d.bad_ranges.clone(),
+                used_only: d.used_only.clone(),
                 target_disk: target.map(|t| t.target.path.clone()),
                 target_blake3: target.and_then(|t| t.blake3.clone()),
                 check,

@@ -9,6 +9,7 @@ use std::io;
 use std::ops::Range;
 
 mod ext;
+mod ntfs;
 pub mod plan;
 mod swap;
 
@@ -60,7 +61,7 @@ impl Verdict {
 type Probe = fn(&dyn Volume) -> io::Result<Verdict>;
 
 /// Every filesystem this build reads the allocation of, by name.
-const PROBES: &[(&str, Probe)] = &[("ext", ext::probe), ("swap", swap::probe)];
+const PROBES: &[(&str, Probe)] = &[("ext", ext::probe), ("ntfs", ntfs::probe), ("swap", swap::probe)];
 
 /// Signatures of things that are recognised but never skipped into.
 const OPAQUE: &[(&str, u64, &[u8], &str)] =

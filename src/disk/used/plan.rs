@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{probe, ByteRange, Verdict, Volume};
 use crate::disk::{DiskReader, PartitionTable, TableKind};
+use crate::util::human_bytes;
 
 /// How a partition was read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,6 +51,32 @@ pub struct UsedOnly {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub whole_disk_reason: Option<String>,
     pub partitions: Vec<PartitionUse>,
+}
+
+impl UsedOnly {
+    /// One line for a verdict or a job listing: that this is not a bit-for-bit copy.
+    pub fn summary(&self, disk_size: u64) -> String {
+        let pct = self.read_bytes as f64 * 100.0 / disk_size.max(1) as f64;
+        format!(
+            "used blocks only: {} read of {} ({pct:.0}%), the rest zeros in the copy",
+            human_bytes(self.read_bytes),
+            human_bytes(disk_size)
+        )
+    }
+
+    /// A line per partition: what was found, how it was read, and why when whole.
+    pub fn details(&self) -> Vec<String> {
+        let mut lines: Vec<String> = self.whole_disk_reason.iter().map(|r| format!("whole disk read: {r}")).collect();
+        for p in &self.partitions {
+            let name = if p.number == 0 { "whole disk".to_string() } else { format!("partition {}", p.number) };
+            lines.push(match &p.reason {
+                Some(why) => format!("{name} ({}): read whole, {}: {why}", p.fs, human_bytes(p.size)),
+                None => format!("{name} ({}): {} used of {}", p.fs, human_bytes(p.read_bytes), human_bytes(p.size)),
+            });
+            lines.extend(p.notes.iter().map(|n| format!("  {n}")));
+        }
+        lines
+    }
 }
 
 /// The ranges to skip, and the report of how they were chosen.

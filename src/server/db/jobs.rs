@@ -6,14 +6,12 @@ use anyhow::{Context, Result};
 
 use super::sql::{params, Exec, Row};
 use super::{from_json, from_json_opt, job_state, json, kind_str, now, target_kind, Db};
-use crate::wire::{
-    BadRange, BeginDisk, CreateJob, Delivery, DiskStatus, Job, JobEvent, JobState, MachineIdentity, TargetSpec,
-};
+use crate::wire::{BeginDisk, CreateJob, Delivery, DiskStatus, Job, JobEvent, JobState, MachineIdentity, TargetSpec};
 
 const JOB_COLUMNS: &str = "id, name, target, state, error_code, error_reason, options, token, machine, created_at,
      updated_at, inventory, target_token, target_spec, delivery, enrollment";
 const DISK_COLUMNS: &str = "job_id, idx, identity, partition_table, size, chunk_size, bytes_done, bytes_received,
-     chunks_received, rate, blake3, verified, bad_ranges";
+     chunks_received, rate, blake3, verified, bad_ranges, used_only";
 const EVENT_COLUMNS: &str = "job_id, at, state, code, reason";
 
 /// A job's row, without its disks and history. Tokens are kept only as hashes and never read
@@ -59,6 +57,7 @@ fn disk_row(r: &Row) -> Result<(String, DiskStatus)> {
         blake3: r.get("blake3")?,
         verified: r.get::<i64>("verified")? != 0,
         bad_ranges: from_json_opt(r, "bad_ranges")?.unwrap_or_default(),
+        used_only: from_json_opt(r, "used_only")?,
     };
     Ok((r.get("job_id")?, disk))
 }
@@ -295,7 +294,7 @@ impl Db {
             if same == Some((b.size, b.chunk_size)) {
                 c.execute(
                     "UPDATE disks SET identity = ?3, partition_table = ?4, verified = 0, blake3 = NULL, bytes_done = 0,
-                     bad_ranges = NULL WHERE job_id = ?1 AND idx = ?2",
+                     bad_ranges = NULL, used_only = NULL WHERE job_id = ?1 AND idx = ?2",
                     params![id, idx, json(&b.identity), json(&b.partition_table)],
                 )
             } else {
@@ -305,7 +304,8 @@ impl Db {
                      ON CONFLICT (job_id, idx) DO UPDATE SET identity = excluded.identity,
                          partition_table = excluded.partition_table, size = excluded.size,
                          chunk_size = excluded.chunk_size, bytes_done = 0, bytes_received = 0,
-                         chunks_received = 0, rate = 0, blake3 = NULL, verified = 0, bad_ranges = NULL",
+                         chunks_received = 0, rate = 0, blake3 = NULL, verified = 0, bad_ranges = NULL,
+                         used_only = NULL",
                     params![id, idx, json(&b.identity), json(&b.partition_table), b.size, b.chunk_size],
                 )
             }
@@ -344,13 +344,17 @@ impl Db {
         Ok(())
     }
 
-    /// The disk is verified with `blake3`, with the sectors the source could not read.
-    pub fn verify_disk(&self, id: &str, idx: u32, blake3: &str, size: u64, bad_ranges: &[BadRange]) -> Result<()> {
-        let bad = (!bad_ranges.is_empty()).then(|| json(&bad_ranges));
+    /// The disk is verified as `manifest` describes it: its whole-disk hash, the sectors the
+    /// source could not read, and what a used-blocks copy read.
+    pub fn verify_disk(&self, id: &str, idx: u32, manifest: &crate::image::Manifest) -> Result<()> {
+        let bad = (!manifest.bad_ranges.is_empty()).then(|| json(&manifest.bad_ranges));
+        let used = manifest.used_only.as_ref().map(json);
+        let blake3 = hex::encode(manifest.blake3);
         self.engine.with(|c| {
             c.execute(
-                "UPDATE disks SET verified = 1, blake3 = ?3, bytes_done = ?4, bad_ranges = ?5 WHERE job_id = ?1 AND idx = ?2",
-                params![id, idx, blake3, size, bad],
+                "UPDATE disks SET verified = 1, blake3 = ?3, bytes_done = ?4, bad_ranges = ?5, used_only = ?6
+                 WHERE job_id = ?1 AND idx = ?2",
+                params![id, idx, blake3, manifest.size, bad, used],
             )
         })?;
         Ok(())

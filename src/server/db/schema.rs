@@ -128,6 +128,7 @@ const MIGRATIONS: &[(&str, Step)] = &[
     }),
     ("tokens kept as their SHA-256, not in plaintext", |tx, _| hash_tokens(tx)),
     ("the sectors a source could not read, per disk", |tx, d| add_columns(tx, d, "disks", &[("bad_ranges", "TEXT")])),
+    ("what a used-blocks copy read, per disk", |tx, d| add_columns(tx, d, "disks", &[("used_only", "TEXT")])),
 ];
 
 /// Replaces every plaintext token (agent, target, enrollment) with its hash.
