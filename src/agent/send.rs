@@ -245,16 +245,7 @@ async fn send_disk(
     let size = reader.size();
     let path = reader.path().display().to_string();
     reader.set_bad_sectors(opts.bad_sectors.unwrap_or_default());
-    let partition_table = match disk::read_partition_table(&reader) {
-        Ok(t) => t,
-        // Recording bad sectors: a table that cannot be read is damage to report, not the end.
-        Err(e) if opts.bad_sectors == Some(BadSectors::Record) => {
-            let mut t = disk::PartitionTable::empty(disk::TableKind::Damaged, reader.logical_sector_size());
-            t.problems.push(format!("the partition table could not be read: {e}"));
-            t
-        }
-        Err(e) => return Err(e).with_context(|| format!("reading the partition table of {path}")),
-    };
+    let partition_table = partition_table(&reader, opts.bad_sectors)?;
     let used_only = opts.used_only.unwrap_or(false).then(|| plan_used_blocks(&reader, &partition_table)).transpose()?;
     let identity = disk::identify(&reader);
     let disk = index.to_string();
@@ -314,6 +305,20 @@ async fn send_disk(
         sent_bytes: pass.sent_bytes,
         verified: true,
     })
+}
+
+/// The disk's partition table; with bad sectors recorded, one that cannot be read is damage to
+/// report (a `Damaged` table), not the end.
+fn partition_table(reader: &DiskReader, bad_sectors: Option<BadSectors>) -> Result<disk::PartitionTable> {
+    match disk::read_partition_table(reader) {
+        Ok(t) => Ok(t),
+        Err(e) if bad_sectors == Some(BadSectors::Record) => {
+            let mut t = disk::PartitionTable::empty(disk::TableKind::Damaged, reader.logical_sector_size());
+            t.problems.push(format!("the partition table could not be read: {e}"));
+            Ok(t)
+        }
+        Err(e) => Err(e).with_context(|| format!("reading the partition table of {}", reader.path().display())),
+    }
 }
 
 /// Used-blocks mode: reads each partition's allocation, tells the reader what to skip, and

@@ -62,40 +62,43 @@ pub fn run(a: SendArgs) -> Result<i32> {
             serde_json::to_string_pretty(&serde_json::json!({ "job": job, "state": "Finished", "disks": summaries }))?
         );
     } else {
-        for s in &summaries {
-            println!(
-                "disk {} {}: {} verified, blake3 {} ({} of {} chunks sent, {} on the wire, {} zero)",
-                s.index,
-                s.path,
-                human_bytes(s.size),
-                s.blake3,
-                s.sent_chunks,
-                s.chunks,
-                human_bytes(s.sent_bytes),
-                s.zero_chunks
-            );
-            print_bad_ranges(s);
-            if let Some(u) = &s.used_only {
-                println!("  {}", u.summary(s.size));
-                for line in u.details() {
-                    println!("    {line}");
-                }
-            }
-        }
-        let bad: u64 = summaries.iter().map(|s| sector_count(&s.bad_ranges, s.sector_size)).sum();
-        if bad > 0 {
-            println!(
-                "MIGRATED WITH {bad} UNREADABLE SECTORS: job {job} is Finished; those sectors are zeros in the copy"
-            );
-        } else if summaries.iter().any(|s| s.used_only.is_some()) {
-            println!(
-                "MIGRATED (USED BLOCKS ONLY): job {job} is Finished; every disk's whole-disk BLAKE3 of the zero-filled copy matches on both ends"
-            );
-        } else {
-            println!("MIGRATED: job {} is Finished; every disk's whole-disk BLAKE3 matches on both ends", job);
-        }
+        print_summaries(&job, &summaries);
     }
     Ok(0)
+}
+
+/// What each disk came to, and the verdict in words.
+fn print_summaries(job: &str, summaries: &[crate::agent::send::DiskSummary]) {
+    for s in summaries {
+        println!(
+            "disk {} {}: {} verified, blake3 {} ({} of {} chunks sent, {} on the wire, {} zero)",
+            s.index,
+            s.path,
+            human_bytes(s.size),
+            s.blake3,
+            s.sent_chunks,
+            s.chunks,
+            human_bytes(s.sent_bytes),
+            s.zero_chunks
+        );
+        print_bad_ranges(s);
+        if let Some(u) = &s.used_only {
+            println!("  {}", u.summary(s.size));
+            for line in u.details() {
+                println!("    {line}");
+            }
+        }
+    }
+    let bad: u64 = summaries.iter().map(|s| sector_count(&s.bad_ranges, s.sector_size)).sum();
+    if bad > 0 {
+        println!("MIGRATED WITH {bad} UNREADABLE SECTORS: job {job} is Finished; those sectors are zeros in the copy");
+    } else if summaries.iter().any(|s| s.used_only.is_some()) {
+        println!(
+            "MIGRATED (USED BLOCKS ONLY): job {job} is Finished; every disk's whole-disk BLAKE3 of the zero-filled copy matches on both ends"
+        );
+    } else {
+        println!("MIGRATED: job {} is Finished; every disk's whole-disk BLAKE3 matches on both ends", job);
+    }
 }
 
 /// Each unreadable range of a disk, a line each (the first 20, then how many more).

@@ -8,7 +8,9 @@
 use std::io;
 use std::ops::Range;
 
+mod exfat;
 mod ext;
+mod fat;
 mod ntfs;
 pub mod plan;
 mod swap;
@@ -61,7 +63,8 @@ impl Verdict {
 type Probe = fn(&dyn Volume) -> io::Result<Verdict>;
 
 /// Every filesystem this build reads the allocation of, by name.
-const PROBES: &[(&str, Probe)] = &[("ext", ext::probe), ("ntfs", ntfs::probe), ("swap", swap::probe)];
+const PROBES: &[(&str, Probe)] =
+    &[("ext", ext::probe), ("ntfs", ntfs::probe), ("vfat", fat::probe), ("exfat", exfat::probe), ("swap", swap::probe)];
 
 /// Signatures of things that are recognised but never skipped into.
 const OPAQUE: &[(&str, u64, &[u8], &str)] =
