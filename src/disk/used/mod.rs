@@ -14,6 +14,7 @@ mod fat;
 mod ntfs;
 pub mod plan;
 mod swap;
+mod xfs;
 
 pub use plan::{plan, PartitionUse, ReadAs, UsedOnly, UsedPlan};
 
