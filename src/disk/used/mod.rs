@@ -64,8 +64,14 @@ impl Verdict {
 type Probe = fn(&dyn Volume) -> io::Result<Verdict>;
 
 /// Every filesystem this build reads the allocation of, by name.
-const PROBES: &[(&str, Probe)] =
-    &[("ext", ext::probe), ("ntfs", ntfs::probe), ("vfat", fat::probe), ("exfat", exfat::probe), ("swap", swap::probe)];
+const PROBES: &[(&str, Probe)] = &[
+    ("ext", ext::probe),
+    ("xfs", xfs::probe),
+    ("ntfs", ntfs::probe),
+    ("vfat", fat::probe),
+    ("exfat", exfat::probe),
+    ("swap", swap::probe),
+];
 
 /// Signatures of things that are recognised but never skipped into.
 const OPAQUE: &[(&str, u64, &[u8], &str)] =
