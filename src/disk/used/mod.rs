@@ -11,6 +11,7 @@ use std::ops::Range;
 mod exfat;
 mod ext;
 mod fat;
+mod lvm;
 mod ntfs;
 pub mod plan;
 mod swap;
@@ -71,7 +72,13 @@ const PROBES: &[(&str, Probe)] = &[
     ("vfat", fat::probe),
     ("exfat", exfat::probe),
     ("swap", swap::probe),
+    ("LVM2", lvm_probe),
 ];
+
+/// An LVM2 physical volume: each logical volume's contents are probed like a partition.
+fn lvm_probe(vol: &dyn Volume) -> io::Result<Verdict> {
+    lvm::probe(vol, &probe)
+}
 
 /// Signatures of things that are recognised but never skipped into.
 const OPAQUE: &[(&str, u64, &[u8], &str)] =
