@@ -414,3 +414,73 @@ fn target_role_refusals_on_screen_write_nothing() {
     assert_eq!(r.job(&job)["delivery"]["error_code"], "sector_size_mismatch");
     assert_eq!([b3sum(&plain), b3sum(&four_k)], before, "a refusing target wrote to a disk");
 }
+
+#[test]
+#[ignore = "boots QEMU (minutes under TCG); scripts/test runs these with --ignored"]
+fn used_blocks_source_with_ext4_root_and_ntfs_data_boots_on_its_target() {
+    vm_ready();
+    let t = tempfile::tempdir().unwrap();
+    let marker = format!("ferry-used-blocks-{}", std::process::id());
+    // The bootable disk (ESP + ext4 root), grown by an NTFS data partition made by mkfs.ntfs
+    // over random bytes (free space that is not zeros) and holding one file.
+    let boot = t.path().join("boot.img");
+    bootable_disk(&boot, &marker, 64);
+    std::fs::OpenOptions::new().write(true).open(&boot).unwrap().set_len(128 << 20).unwrap();
+    sgdisk(&boot, &["-e", "-n3:0:0", "-t3:0700", "-c3:data"]);
+    let p3 = &inspect(&boot, &[])["partition_table"]["partitions"][2];
+    let (p3_start, p3_size) = (p3["start"].as_u64().unwrap(), p3["size"].as_u64().unwrap());
+    let ntfs = t.path().join("ntfs.img");
+    std::fs::write(&ntfs, pseudo_random(p3_size as usize, 33)).unwrap();
+    run("mkfs.ntfs", &["-q", "-F", "-Q", s(&ntfs)]);
+    let payload = t.path().join("payload.bin");
+    std::fs::write(&payload, pseudo_random(3 << 20, 34)).unwrap();
+    run("ntfscp", &["-q", s(&ntfs), s(&payload), "payload.bin"]);
+    write_at(&boot, p3_start, &std::fs::read(&ntfs).unwrap());
+    let source_sum = b3sum(&boot);
+
+    let r = Receiver::start(&t.path().join("store"), false);
+    let pin = r.pin().unwrap();
+    let url = guest_url(r.port, true);
+    let (job, token, target_token) =
+        r.create_instance_job("vm-used-blocks", &["--target-machine", "TGT-VM-2", "--allow-wipe"]);
+    let cmdline = format!("{} ferry.used_only=1", source_cmdline(&url, &job, &token, Some(&pin)));
+    let mut vm = Vm::direct(&t.path().join("source.log"), &cmdline);
+    vm.serial_number("SRC-VM-2").disk(Disk::Virtio { file: &boot, serial: "SRC-BOOT", sector: 512 }, 0);
+    let (serial, took) = vm.run(BOOT_TIMEOUT);
+    eprintln!("source boot (used blocks only): {took:?}");
+    // The headline itself says this is no bit-for-bit copy.
+    assert!(serial.contains("MIGRATED (USED BLOCKS ONLY)"), "source: no MIGRATED verdict:\n{serial}");
+    assert!(serial.contains("used blocks only:"), "{serial}");
+    let j = r.job(&job);
+    let used = &j["disks"][0]["used_only"];
+    let found: Vec<(&str, &str)> = used["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["fs"].as_str().unwrap(), p["read"].as_str().unwrap()))
+        .collect();
+    assert_eq!(found, [("vfat", "used_blocks"), ("ext4", "used_blocks"), ("ntfs", "used_blocks")], "{used:#}");
+    assert!(used["read_bytes"].as_u64().unwrap() < 64 << 20, "{used:#}");
+    assert_eq!(b3sum(&boot), source_sum, "the source disk changed");
+
+    // The target receives the zero-filled copy, checks it by reading it back, and boots it.
+    let target = t.path().join("target.img");
+    std::fs::write(&target, vec![0x5au8; 128 << 20]).unwrap();
+    let mut vm = Vm::direct(&t.path().join("target.log"), &target_cmdline(&url, &job, &target_token, &pin));
+    vm.serial_number("TGT-VM-2").disk(Disk::Virtio { file: &target, serial: "TGT-DISK", sector: 512 }, 0);
+    let (serial, took) = vm.run(BOOT_TIMEOUT);
+    eprintln!("target boot: {took:?}");
+    assert!(serial.contains("M I G R A T E D"), "target: no MIGRATED verdict:\n{serial}");
+    assert_eq!(r.job(&job)["delivery"]["state"], "Finished");
+    assert_eq!(b3sum(&target), j["disks"][0]["blake3"].as_str().unwrap(), "the target is not the zero-filled copy");
+    let data = t.path().join("target-p3.img");
+    std::fs::write(&data, read_at(&target, p3_start, p3_size as usize)).unwrap();
+    run("ntfsfix", &["-n", s(&data)]);
+    let cat = std::process::Command::new("ntfscat").arg(&data).arg("payload.bin").output().unwrap();
+    assert!(cat.status.success() && cat.stdout == std::fs::read(&payload).unwrap(), "the NTFS file differs");
+
+    let mut vm = Vm::uefi(&t.path().join("migrated.log"), &t.path().join("migrated.vars"));
+    vm.disk(Disk::Virtio { file: &target, serial: "TGT-DISK", sector: 512 }, 0);
+    let serial = vm.run_until(Duration::from_secs(240), |log| log.contains("FERRY-BOOT-") || log.contains("Shell>"));
+    assert!(serial.contains(&format!("FERRY-BOOT-MARKER: {marker}")), "the migrated disk did not boot:\n{serial}");
+}
