@@ -20,7 +20,7 @@ use super::client::{refused_with, Client, Refused};
 use crate::disk::used::UsedOnly;
 use crate::disk::{self, BadRange, BadSectors, DiskReader};
 use crate::image::hasher::{self, HashedChunk};
-use crate::image::{treehash, ChunkEntry, Manifest, DEFAULT_CHUNK_SIZE, MANIFEST_VERSION};
+use crate::image::{treehash, ChunkEntry, Manifest, MANIFEST_VERSION};
 use crate::machine::machine_identity;
 use crate::wire::routes::{call, Call};
 use crate::wire::*;
@@ -145,12 +145,15 @@ async fn send_opened(
     };
     let registered = client.call::<call::Register>(&[job], &reg).await.context("registering with the receiver")?;
     let job_opts = registered.options;
-    let chunk_size = opts.chunk_size.or(job_opts.chunk_size).unwrap_or(DEFAULT_CHUNK_SIZE);
-    treehash::validate_chunk_size(chunk_size).map_err(anyhow::Error::msg)?;
+    // Absent both, each disk's own default (larger chunks for larger disks).
+    let chunk_size = opts.chunk_size.or(job_opts.chunk_size);
+    if let Some(c) = chunk_size {
+        treehash::validate_chunk_size(c).map_err(anyhow::Error::msg)?;
+    }
     let effective = SendOptions {
         compress: Some(opts.compress.unwrap_or(job_opts.compress)),
         bandwidth_limit: opts.bandwidth_limit.or(job_opts.bandwidth_limit),
-        chunk_size: Some(chunk_size),
+        chunk_size,
         bad_sectors: Some(opts.bad_sectors.unwrap_or(job_opts.bad_sectors)),
         used_only: Some(opts.used_only.unwrap_or(job_opts.used_only)),
         ..opts.clone()
@@ -241,8 +244,9 @@ async fn send_disk(
     opts: &SendOptions,
     on_progress: &mut (dyn FnMut(&SendProgress) + Send),
 ) -> Result<DiskSummary> {
-    let chunk_size = opts.chunk_size.unwrap_or(DEFAULT_CHUNK_SIZE);
     let size = reader.size();
+    let chunk_size = opts.chunk_size.unwrap_or_else(|| treehash::default_chunk_size(size));
+    let opts = &SendOptions { chunk_size: Some(chunk_size), ..opts.clone() };
     let path = reader.path().display().to_string();
     reader.set_bad_sectors(opts.bad_sectors.unwrap_or_default());
     let partition_table = partition_table(&reader, opts.bad_sectors)?;
@@ -342,6 +346,21 @@ fn plan_used_blocks(reader: &DiskReader, table: &disk::PartitionTable) -> Result
     Ok(plan.report)
 }
 
+/// The most memory the chunk buffers of one disk's pass may take: large chunks (a large disk's
+/// default) mean fewer buffers and fewer uploads in flight, not more memory.
+const BUFFER_BUDGET: u64 = 512 << 20;
+
+/// How many chunk buffers, and uploads in flight, a pass uses: two per hashing thread, one per
+/// upload, a batch waiting for the receiver's answer; within [`BUFFER_BUDGET`], keeping at
+/// least one buffer per thread and one upload.
+fn buffer_budget(threads: usize, in_flight: usize, chunk_size: u64) -> (usize, usize) {
+    let wanted = threads * 2 + in_flight + BATCH;
+    let affordable = (BUFFER_BUDGET / chunk_size.max(1)) as usize;
+    let buffers = wanted.min(affordable).max(threads + 2);
+    let in_flight = in_flight.min(buffers.saturating_sub(threads + 1)).max(1);
+    (buffers, in_flight)
+}
+
 /// The one pass over the disk: chunks hashed in parallel, asked about in batches, the missing
 /// ones uploaded (a bounded number in flight), a heartbeat every 2 s.
 async fn hash_and_send(
@@ -352,12 +371,11 @@ async fn hash_and_send(
     pass: &mut DiskPass,
     on_progress: &mut (dyn FnMut(&SendProgress) + Send),
 ) -> Result<()> {
-    let chunk_size = opts.chunk_size.unwrap_or(DEFAULT_CHUNK_SIZE);
+    let chunk_size = opts.chunk_size.expect("send_disk sets the disk's chunk size");
     let disk = pass.index.to_string();
-    let in_flight = opts.in_flight.max(1);
     let threads = opts.threads.max(1);
+    let (buffers, in_flight) = buffer_budget(threads, opts.in_flight.max(1), chunk_size);
     let (tx, mut rx) = mpsc::channel::<HashedChunk>(threads);
-    let buffers = threads * 2 + in_flight + BATCH;
     let hashing =
         tokio::task::spawn_blocking(move || hasher::hash_chunks_pooled(reader, chunk_size, threads, buffers, tx));
     let up = Uploader {
@@ -462,4 +480,21 @@ async fn upload(
         .await
         .with_context(|| format!("uploading chunk {index}"))?;
     Ok(len)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn large_chunks_take_fewer_buffers_not_more_memory() {
+        // 4 MiB chunks: everything wanted (2 threads: 4 + 8 uploads + 8 batched).
+        assert_eq!(buffer_budget(2, 8, 4 << 20), (20, 8));
+        // 64 MiB chunks: 8 buffers (512 MiB), uploads cut to what is left after the threads.
+        let (buffers, in_flight) = buffer_budget(2, 8, 64 << 20);
+        assert_eq!((buffers, in_flight), (8, 5));
+        assert!(buffers as u64 * (64 << 20) <= BUFFER_BUDGET);
+        // Many threads: never fewer buffers than they need to make progress.
+        assert_eq!(buffer_budget(16, 8, 64 << 20).0, 18);
+    }
 }

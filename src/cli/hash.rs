@@ -17,7 +17,8 @@ pub fn run(args: HashArgs) -> Result<i32> {
     let disk = Arc::new(DiskReader::open(&args.path, args.sector_size)?);
     let threads = args.threads.unwrap_or_else(hasher::default_threads);
     let mut progress = Progress::new(&args.path.display().to_string(), disk.size());
-    let manifest = image::build_manifest(disk, args.chunk_size, threads, |done| progress.set(done))?;
+    let chunk_size = args.chunk_size.unwrap_or_else(|| image::treehash::default_chunk_size(disk.size()));
+    let manifest = image::build_manifest(disk, chunk_size, threads, |done| progress.set(done))?;
     progress.finish();
     if args.json {
         println!("{}", serde_json::to_string_pretty(&manifest)?);

@@ -53,7 +53,7 @@ pub struct SendArgs {
     /// Upload rate limit in bytes per second (default: the job's setting).
     #[arg(long, value_parser = parse_size)]
     pub bandwidth_limit: Option<u64>,
-    /// Chunk size (default: the job's setting, else 4M).
+    /// Chunk size (default: the job's setting, else 4M, larger for disks past 4 TiB).
     #[arg(long, value_parser = parse_chunk_size)]
     pub chunk_size: Option<u64>,
     /// Sectors that cannot be read: fail, or record them and send zeros (default: the job's).

@@ -391,9 +391,10 @@ pub struct PullArgs {
 pub struct HashArgs {
     /// A disk or image file.
     pub path: PathBuf,
-    /// Chunk size: a power of two from 64K to 64M (suffixes K, M).
-    #[arg(long, default_value = "4M", value_parser = parse_chunk_size)]
-    pub chunk_size: u64,
+    /// Chunk size: a power of two from 64K to 64M (suffixes K, M); default 4M, larger for
+    /// disks past 4 TiB (at most about a million chunks).
+    #[arg(long, value_parser = parse_chunk_size)]
+    pub chunk_size: Option<u64>,
     /// Hashing threads (default: one per core).
     #[arg(long)]
     pub threads: Option<usize>,

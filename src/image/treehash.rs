@@ -17,6 +17,17 @@ pub const MIN_CHUNK_SIZE: u64 = 64 * 1024;
 pub const MAX_CHUNK_SIZE: u64 = 64 * 1024 * 1024;
 pub const DEFAULT_CHUNK_SIZE: u64 = 4 * 1024 * 1024;
 
+/// The most chunks a disk is cut into by default: 4 MiB chunks up to 4 TiB, then larger ones
+/// (16 TiB: 16 MiB, 64 TiB: 64 MiB), so that a manifest stays near 80 MB of JSON and the ids an
+/// agent holds near 40 MB whatever the disk. Past 64 TiB the largest chunk size is kept and the
+/// count grows (a 100 TiB disk: 1.6 million chunks).
+pub const DEFAULT_MAX_CHUNKS: u64 = 1 << 20;
+
+/// The chunk size a disk of `size` bytes is cut into when neither the job nor the agent says.
+pub fn default_chunk_size(size: u64) -> u64 {
+    size.div_ceil(DEFAULT_MAX_CHUNKS).next_power_of_two().clamp(DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE)
+}
+
 /// Checks that `chunk_size` is a power of two within the supported range.
 pub fn validate_chunk_size(chunk_size: u64) -> Result<(), String> {
     if !chunk_size.is_power_of_two() || !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&chunk_size) {
@@ -109,6 +120,21 @@ fn subtree_cv(ids: &[Digest], len: u64, chunk_size: u64) -> Digest {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_default_chunk_size_grows_with_the_disk() {
+        const TIB: u64 = 1 << 40;
+        assert_eq!(default_chunk_size(0), DEFAULT_CHUNK_SIZE);
+        assert_eq!(default_chunk_size(1 << 30), DEFAULT_CHUNK_SIZE);
+        assert_eq!(default_chunk_size(4 * TIB), DEFAULT_CHUNK_SIZE);
+        assert_eq!(default_chunk_size(4 * TIB + 1), 8 << 20);
+        assert_eq!(default_chunk_size(20 * TIB), 32 << 20);
+        assert_eq!(default_chunk_size(64 * TIB), MAX_CHUNK_SIZE);
+        assert_eq!(default_chunk_size(100 * TIB), MAX_CHUNK_SIZE);
+        for size in [TIB, 7 * TIB, 33 * TIB, 64 * TIB] {
+            assert!(chunk_count(size, default_chunk_size(size)) <= DEFAULT_MAX_CHUNKS, "{size}");
+        }
+    }
 
     fn ids_of(data: &[u8], chunk_size: u64) -> Vec<Digest> {
         data.chunks(chunk_size as usize)
