@@ -41,14 +41,15 @@ pub fn write_atomic(dest: &Path, bytes: &[u8]) -> std::io::Result<()> {
 /// Page-aligned buffers for direct writes, a few kept for the next write: a fresh 4 MiB buffer
 /// is 1024 page faults (and as many pages cleared and unmapped again), which cost a receiver
 /// more CPU than the copy itself.
-mod aligned_buffers {
+pub mod aligned_buffers {
     use std::sync::Mutex;
 
     use crate::disk::rescue::AlignedBuf;
 
-    /// At most this many kept (16 MiB at 4 MiB chunks): as many as a receiver writes at once
-    /// on two cores, not as many as its body budget could hold.
-    const KEEP: usize = 4;
+    /// At most this many kept (48 MiB at 4 MiB chunks): a receiver's chunk bodies land in them
+    /// too, as many as a source keeps in flight and a few more; not as many as its body budget
+    /// could hold.
+    const KEEP: usize = 12;
     static FREE: Mutex<Vec<AlignedBuf>> = Mutex::new(Vec::new());
 
     /// A buffer of `len` bytes: a kept one of that size, or a new one.
@@ -65,6 +66,34 @@ mod aligned_buffers {
         let mut free = FREE.lock().unwrap_or_else(|p| p.into_inner());
         if free.len() < KEEP {
             free.push(buf);
+        }
+    }
+
+    /// A kept buffer's first `len` bytes, given back when dropped: a chunk body read into one
+    /// is hashed and written (around the page cache) without another copy.
+    pub struct Filled {
+        buf: Option<AlignedBuf>,
+        len: usize,
+    }
+
+    impl Filled {
+        pub fn new(buf: AlignedBuf, len: usize) -> Self {
+            assert!(len <= buf.len(), "{len} bytes do not fit a buffer of {}", buf.len());
+            Self { buf: Some(buf), len }
+        }
+    }
+
+    impl AsRef<[u8]> for Filled {
+        fn as_ref(&self) -> &[u8] {
+            self.buf.as_ref().map(|b| &b.as_slice()[..self.len]).unwrap_or_default()
+        }
+    }
+
+    impl Drop for Filled {
+        fn drop(&mut self) {
+            if let Some(b) = self.buf.take() {
+                give_back(b);
+            }
         }
     }
 }
@@ -89,10 +118,17 @@ pub fn write_durably(path: &Path, data: &[u8]) -> std::io::Result<()> {
     if !data.is_empty() && data.len() % BLOCK == 0 {
         match open(true) {
             Ok(mut f) => {
-                let mut aligned = aligned_buffers::take(data.len());
-                aligned.as_mut_slice().copy_from_slice(data);
-                let written = f.write_all(aligned.as_mut_slice());
-                aligned_buffers::give_back(aligned);
+                // Bytes already in a page-aligned buffer (a chunk body read into a kept one)
+                // are written as they are; others through a kept buffer.
+                let written = if (data.as_ptr() as usize) % BLOCK == 0 {
+                    f.write_all(data)
+                } else {
+                    let mut aligned = aligned_buffers::take(data.len());
+                    aligned.as_mut_slice().copy_from_slice(data);
+                    let written = f.write_all(aligned.as_mut_slice());
+                    aligned_buffers::give_back(aligned);
+                    written
+                };
                 match written {
                     Ok(()) => return f.sync_data(),
                     Err(e) if unsupported(&e) => {}

@@ -126,6 +126,10 @@ impl AlignedBuf {
         &mut self.buf[self.start..self.start + self.len]
     }
 
+    pub fn as_slice(&self) -> &[u8] {
+        &self.buf[self.start..self.start + self.len]
+    }
+
     pub fn len(&self) -> usize {
         self.len
     }

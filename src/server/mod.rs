@@ -14,6 +14,7 @@ mod admin;
 mod auth;
 pub mod boot;
 mod budget;
+mod chunk_body;
 mod conn;
 mod counters;
 mod dashboard;

@@ -179,7 +179,7 @@ pub async fn put_chunk(
     auth: Authorized,
     Path((job, disk, index)): Path<(String, u32, u64)>,
     headers: HeaderMap,
-    body: Bytes,
+    body: axum::body::Body,
 ) -> ApiResult<StatusCode> {
     let result = put_chunk_checked(&st, &auth, &job, disk, index, &headers, body).await;
     if let Err(e) = &result {
@@ -204,7 +204,7 @@ async fn put_chunk_checked(
     disk: u32,
     index: u64,
     headers: &HeaderMap,
-    body: Bytes,
+    body: axum::body::Body,
 ) -> ApiResult<StatusCode> {
     running(job, auth)?;
     let (size, chunk_size) = geometry(st, job, disk)?;
@@ -214,12 +214,9 @@ async fn put_chunk_checked(
     let id = chunk_header_id(headers)?;
     let expected_len = treehash::chunk_len(size, chunk_size, index) as usize;
     let compressed = headers.get(axum::http::header::CONTENT_ENCODING).is_some_and(|v| v.as_bytes() == b"zstd");
-    if body.len() > expected_len + if compressed { 64 << 10 } else { 0 } {
-        return Err(ApiErr::new(
-            Code::TooLarge,
-            format!("chunk {index} is {expected_len} bytes; the body has {}", body.len()),
-        ));
-    }
+    let limit = expected_len + if compressed { 64 << 10 } else { 0 };
+    let declared = headers.get(axum::http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let body = super::chunk_body::read(body, declared, limit, index).await?;
     let wire_len = body.len() as u64;
     // Decompressing and hashing take milliseconds of CPU: keep them off the async workers.
     let checked = tokio::task::spawn_blocking(move || -> ApiResult<Bytes> {
