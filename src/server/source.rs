@@ -215,8 +215,7 @@ async fn put_chunk_checked(
     let expected_len = treehash::chunk_len(size, chunk_size, index) as usize;
     let compressed = headers.get(axum::http::header::CONTENT_ENCODING).is_some_and(|v| v.as_bytes() == b"zstd");
     let limit = expected_len + if compressed { 64 << 10 } else { 0 };
-    let declared = headers.get(axum::http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    let body = super::chunk_body::read(body, declared, limit, index).await?;
+    let body = super::chunk_body::read(body, limit, index).await?;
     let wire_len = body.len() as u64;
     // Decompressing and hashing take milliseconds of CPU: keep them off the async workers.
     let checked = tokio::task::spawn_blocking(move || -> ApiResult<Bytes> {
