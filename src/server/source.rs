@@ -197,6 +197,34 @@ fn chunk_header_id(headers: &HeaderMap) -> ApiResult<crate::image::Digest> {
         .and_then(|v| hex_digest::parse(v).map_err(|e| ApiErr::new(Code::BadChunkId, e)))
 }
 
+/// What an upload's path and headers say, checked before its body is read.
+struct ChunkUpload {
+    size: u64,
+    chunk_size: u64,
+    id: crate::image::Digest,
+    expected_len: usize,
+    compressed: bool,
+}
+
+fn chunk_upload(
+    st: &Arc<AppState>,
+    auth: &Authorized,
+    job: &str,
+    disk: u32,
+    index: u64,
+    headers: &HeaderMap,
+) -> ApiResult<ChunkUpload> {
+    running(job, auth)?;
+    let (size, chunk_size) = geometry(st, job, disk)?;
+    if index >= treehash::chunk_count(size, chunk_size) {
+        return Err(ApiErr::new(Code::BadIndex, format!("chunk {index} is past the end of disk {disk}")));
+    }
+    let id = chunk_header_id(headers)?;
+    let expected_len = treehash::chunk_len(size, chunk_size, index) as usize;
+    let compressed = headers.get(axum::http::header::CONTENT_ENCODING).is_some_and(|v| v.as_bytes() == b"zstd");
+    Ok(ChunkUpload { size, chunk_size, id, expected_len, compressed })
+}
+
 async fn put_chunk_checked(
     st: &Arc<AppState>,
     auth: &Authorized,
@@ -206,16 +234,19 @@ async fn put_chunk_checked(
     headers: &HeaderMap,
     body: axum::body::Body,
 ) -> ApiResult<StatusCode> {
-    running(job, auth)?;
-    let (size, chunk_size) = geometry(st, job, disk)?;
-    if index >= treehash::chunk_count(size, chunk_size) {
-        return Err(ApiErr::new(Code::BadIndex, format!("chunk {index} is past the end of disk {disk}")));
-    }
-    let id = chunk_header_id(headers)?;
-    let expected_len = treehash::chunk_len(size, chunk_size, index) as usize;
-    let compressed = headers.get(axum::http::header::CONTENT_ENCODING).is_some_and(|v| v.as_bytes() == b"zstd");
+    let declared = headers.get(axum::http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let ChunkUpload { size, chunk_size, id, expected_len, compressed } =
+        match chunk_upload(st, auth, job, disk, index, headers) {
+            Ok(u) => u,
+            Err(e) => {
+                // The token was accepted: the body is read and dropped, so that the connection
+                // stays good for the agent's next request.
+                super::chunk_body::drain(body, declared).await;
+                return Err(e);
+            }
+        };
     let limit = expected_len + if compressed { 64 << 10 } else { 0 };
-    let body = super::chunk_body::read(body, limit, index).await?;
+    let body = super::chunk_body::read(body, declared, limit, index).await?;
     let wire_len = body.len() as u64;
     // Decompressing and hashing take milliseconds of CPU: keep them off the async workers.
     let checked = tokio::task::spawn_blocking(move || -> ApiResult<Bytes> {
