@@ -387,7 +387,11 @@ async fn hash_and_send(
     };
     let started = Instant::now();
     let mut last_beat = Instant::now();
+    let mut first_batch = true;
     while let Some(first) = rx.recv().await {
+        if std::mem::take(&mut first_batch) {
+            log::debug!("disk {disk}: first chunk hashed after {:?}", started.elapsed());
+        }
         let mut batch = vec![first];
         while batch.len() < BATCH {
             match rx.try_recv() {

@@ -36,12 +36,22 @@ impl log::Log for KmsgLogger {
             let mut k = k.lock().unwrap_or_else(|p| p.into_inner());
             let _ = k.write_all(line.as_bytes());
         }
-        if r.level() <= log::Level::Warn || self.level == log::LevelFilter::Debug {
+        if r.level() <= log::Level::Warn {
             crate::init::console::say(&format!("ferry: {}: {msg}\n", r.level().as_str().to_lowercase()));
+        } else if self.level == log::LevelFilter::Debug {
+            // With ferry.debug, seconds since the kernel started, as the kernel's own lines
+            // have: where a boot spends its time is read off the console.
+            let level = r.level().as_str().to_lowercase();
+            crate::init::console::say(&format!("ferry: [{:8.3}] {level}: {msg}\n", uptime()));
         }
     }
 
     fn flush(&self) {}
+}
+
+/// Seconds since the kernel started (`/proc/uptime`), 0 when it cannot be read.
+fn uptime() -> f64 {
+    std::fs::read_to_string("/proc/uptime").ok().and_then(|s| s.split_whitespace().next()?.parse().ok()).unwrap_or(0.0)
 }
 
 /// Installs the logger (once per process).

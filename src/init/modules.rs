@@ -224,9 +224,20 @@ impl Loader {
     }
 }
 
+/// Parameters some modules are loaded with, by module file name (without `.ko`).
+const MODULE_OPTIONS: &[(&str, &std::ffi::CStr)] = &[
+    // usb-storage waits a second by default before it looks for the disk behind a USB stick,
+    // announcing nothing meanwhile: drivers would seem settled with the ferry stick (and any
+    // USB disk) still missing. The SCSI layer's own retries cover a slow stick.
+    ("usb-storage", c"delay_use=0"),
+];
+
 fn finit(path: &Path) -> nix::Result<()> {
     let f = File::open(path).map_err(|e| nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))?;
-    nix::kmod::finit_module(&f, c"", nix::kmod::ModuleInitFlags::empty())
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    let stem = name.split(".ko").next().unwrap_or_default();
+    let options = MODULE_OPTIONS.iter().find(|(m, _)| *m == stem).map(|(_, o)| *o).unwrap_or(c"");
+    nix::kmod::finit_module(&f, options, nix::kmod::ModuleInitFlags::empty())
 }
 
 /// Every `modalias` value under `dir`, not following symlinks (sysfs is full of loops).
@@ -292,6 +303,16 @@ impl UeventListener {
             return Err(std::io::Error::last_os_error());
         }
         Ok(Self { fd })
+    }
+
+    /// Waits at most `timeout` for a uevent to arrive; whether one is queued.
+    pub fn wait(&self, timeout: std::time::Duration) -> bool {
+        use std::os::fd::AsRawFd;
+        let mut pfd = libc::pollfd { fd: self.fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+        // SAFETY: pfd is one valid pollfd for the duration of the call.
+        let n = unsafe { libc::poll(&mut pfd, 1, ms) };
+        n > 0 && pfd.revents & libc::POLLIN != 0
     }
 
     /// MODALIAS values of every uevent queued so far (does not block).

@@ -24,15 +24,48 @@ pub fn load_drivers() -> Loader {
             loader.load(m);
         }
     }
-    // Settle: repeat until no module loads, no disk and no link appears for a while.
-    let deadline = Instant::now() + Duration::from_secs(30);
+    match &uevents {
+        Some(u) => settle_on_events(&mut loader, u),
+        None => settle_by_polling(&mut loader),
+    }
+    loader
+}
+
+/// The longest a machine's drivers may take to settle.
+const SETTLE_AT_MOST: Duration = Duration::from_secs(30);
+/// Settled: no uevent (a module's device, a disk, a link) for this long.
+const QUIET: Duration = Duration::from_millis(500);
+
+/// Settle by the kernel's own announcements: every device a loaded driver finds, every disk and
+/// link, arrives as a uevent, so the wait ends [`QUIET`] after the last one rather than after
+/// rounds of fixed sleeps and walks of /sys (which cost seconds under emulation).
+fn settle_on_events(loader: &mut Loader, uevents: &UeventListener) {
+    let deadline = Instant::now() + SETTLE_AT_MOST;
+    let mut seen = snapshot();
+    let mut loaded = loader.coldplug(Path::new("/sys/devices"));
+    while Instant::now() < deadline {
+        let heard = uevents.wait(QUIET);
+        loaded += loader.load_for_aliases(&uevents.drain_modaliases());
+        let now = snapshot();
+        if !heard && loaded == 0 && now == seen {
+            // Quiet. One last walk for a device announced before anyone listened.
+            if loader.coldplug(Path::new("/sys/devices")) == 0 {
+                return;
+            }
+        }
+        seen = now;
+        loaded = 0;
+    }
+}
+
+/// Settle without a uevent socket: repeat until no module loads, no disk and no link appears
+/// for three rounds.
+fn settle_by_polling(loader: &mut Loader) {
+    let deadline = Instant::now() + SETTLE_AT_MOST;
     let mut quiet_rounds = 0;
     let mut seen = snapshot();
     while Instant::now() < deadline && quiet_rounds < 3 {
-        let mut loaded = loader.coldplug(Path::new("/sys/devices"));
-        if let Some(u) = &uevents {
-            loaded += loader.load_for_aliases(&u.drain_modaliases());
-        }
+        let loaded = loader.coldplug(Path::new("/sys/devices"));
         std::thread::sleep(Duration::from_millis(300));
         let now = snapshot();
         if loaded == 0 && now == seen {
@@ -42,7 +75,6 @@ pub fn load_drivers() -> Loader {
         }
         seen = now;
     }
-    loader
 }
 
 /// Disks and links present now.
