@@ -111,6 +111,9 @@ impl DiskReader {
     /// pass; a second call changes nothing and says so.
     pub fn set_skip(&self, ranges: Vec<Range<u64>>) -> Result<()> {
         debug_assert!(ranges.windows(2).all(|w| w[0].end <= w[1].start));
+        if !ranges.is_empty() {
+            advise_random(&self.file);
+        }
         self.skip
             .set(ranges)
             .map_err(|_| anyhow::anyhow!("{}: the ranges to skip were already set", self.path.display()))
@@ -325,6 +328,18 @@ fn advise_sequential(file: &File) {
     // SAFETY: valid fd; posix_fadvise does not touch memory.
     unsafe {
         libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_SEQUENTIAL);
+    }
+}
+
+/// Read-ahead off: with ranges skipped, the kernel's read-ahead past each used range reads
+/// what was meant to be skipped (measured: 7% more bytes read on a quarter-full ext4 disk).
+/// The hashing pass's reads are whole chunks, large enough without it.
+fn advise_random(file: &File) {
+    use std::os::fd::AsRawFd;
+    // Only a hint: failure changes nothing but speed.
+    // SAFETY: valid fd; posix_fadvise does not touch memory.
+    unsafe {
+        libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_RANDOM);
     }
 }
 
