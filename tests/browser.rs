@@ -60,6 +60,7 @@ fn dashboard_follows_a_real_send_to_finished() {
         "07-enrollment",
         "08-viewer",
         "09-wave",
+        "10-used-blocks",
     ] {
         let p = artifacts.join(format!("{shot}.png"));
         assert!(std::fs::metadata(&p).map(|m| m.len() > 1000).unwrap_or(false), "no screenshot {}", p.display());

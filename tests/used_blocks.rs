@@ -218,6 +218,13 @@ fn every_filesystem_migrates_reading_only_its_used_blocks() {
     let read = used["read_bytes"].as_u64().unwrap();
     assert!(read < 760 * MIB / 2, "read {read} of {}", 760 * MIB);
 
+    // Pre-seeded: a second job of the same disk finds every chunk held and sends none, with
+    // the same whole-disk hash (the plan is the same on an unchanged disk).
+    let (again, again_token) = r.create_job("used-blocks-again");
+    let resent = sent(&r.send(&again, &again_token, &[&disk], &["--used-only", "--chunk-size", "1M"]));
+    assert_eq!(resent["disks"][0]["sent_chunks"], 0, "{resent:#}");
+    assert_eq!(resent["disks"][0]["blake3"], d["blake3"]);
+
     // The job says so too.
     let shown = ferry(&["job", "show", &job, "--store", s(&r.store)]);
     let text = String::from_utf8_lossy(&shown.stdout);

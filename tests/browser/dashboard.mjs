@@ -143,6 +143,31 @@ const before = await samples();
 await page.waitForTimeout(3500);
 assert.ok(await samples() > before, "the wave's throughput plot takes a sample at every refresh");
 await shot(page, "09-wave");
+
+// 6b. A job made with "used blocks only": its row says so, and its page shows what each
+// partition was read as (this image's one partition holds no filesystem: read whole, and why).
+await page.fill("#new-name", "browser-used-blocks");
+await page.check("#new-used-only");
+await page.click("#create-form button");
+await page.locator("#created-id").filter({ hasNotText: id }).waitFor();
+const usedId = (await page.textContent("#created-id")).trim();
+const usedToken = (await page.textContent("#created-token")).trim();
+await page.uncheck("#new-used-only");
+const usedSend = spawnSync(env("FERRY_BIN"), [
+  "send", "--server", url, "--pin", env("FERRY_PIN"), "--job", usedId, "--token", usedToken, "--json", env("FERRY_IMAGE"),
+], { encoding: "utf8" });
+assert.equal(usedSend.status, 0, `ferry send (used blocks only) failed: ${usedSend.stderr}`);
+assert.ok(JSON.parse(usedSend.stdout).disks[0].used_only, "the job's option reached the agent");
+const usedRow = page.locator(`tr[data-job="${usedId}"]`);
+await usedRow.locator(".job-state").filter({ hasText: "Finished" }).waitFor();
+await usedRow.locator(".used-only").filter({ hasText: "used blocks only" }).waitFor();
+await usedRow.locator("a").click();
+const usedSection = page.locator('section.used-only[data-disk="0"]');
+await usedSection.waitFor();
+assert.match(await usedSection.locator("h2").textContent(), /used blocks only, .* read of 128\.0 MiB/);
+assert.match(await usedSection.locator("td").nth(4).textContent(), /no filesystem/);
+await shot(page, "10-used-blocks");
+await page.goto(url + "/#/");
 await erow.locator("button.revoke").click();
 await erow.locator(".enrollment-state").filter({ hasText: "revoked" }).waitFor();
 assert.equal(await erow.locator("button.revoke").count(), 0, "a revoked enrollment has no revoke button");
