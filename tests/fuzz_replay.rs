@@ -19,6 +19,7 @@ const TARGETS: &[(&str, Check)] = &[
     ("live_config", checks::live_config),
     ("chunk_body", checks::chunk_body),
     ("target_plan", checks::target_plan),
+    ("filesystems", checks::filesystems),
 ];
 
 fn inputs(target: &str) -> Vec<PathBuf> {

@@ -169,3 +169,44 @@ pub fn target_plan(data: &[u8]) {
         }
     }
 }
+
+/// A volume of the input's bytes followed by zeros up to its length.
+struct BytesVolume<'a> {
+    data: &'a [u8],
+    len: u64,
+}
+
+impl ferry::disk::used::Volume for BytesVolume<'_> {
+    fn len(&self) -> u64 {
+        self.len
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        let end = offset.checked_add(buf.len() as u64).filter(|&e| e <= self.len);
+        if end.is_none() {
+            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "past the volume's end"));
+        }
+        buf.fill(0);
+        if let Some(have) = self.data.get(offset.min(self.data.len() as u64) as usize..) {
+            let n = have.len().min(buf.len());
+            buf[..n].copy_from_slice(&have[..n]);
+        }
+        Ok(())
+    }
+}
+
+/// Filesystems as used-blocks mode reads them (ext2/3/4, XFS, NTFS, FAT, exFAT, swap, LVM2):
+/// the first byte k makes the volume 2^(k % 16) times the rest's length (a truncated large
+/// filesystem keeps its size; the missing bytes read as zeros). Probing must never panic, and
+/// what it says is used must be sorted, disjoint and within the volume.
+pub fn filesystems(data: &[u8]) {
+    let Some((&k, bytes)) = data.split_first() else { return };
+    let len = (bytes.len() as u64).max(1) << (k % 16);
+    let vol = BytesVolume { data: bytes, len };
+    if let ferry::disk::used::Verdict::Used { ranges, .. } = ferry::disk::used::probe(&vol) {
+        let mut end = 0;
+        for r in &ranges {
+            assert!(r.start >= end && r.start < r.end && r.end <= len, "bad ranges {ranges:?} in {len} bytes");
+            end = r.end;
+        }
+    }
+}
