@@ -328,19 +328,7 @@ mod tests {
         }
     }
 
-    /// A volume in memory, for mutated and truncated images.
-    struct Mem(Vec<u8>);
-    impl Volume for Mem {
-        fn len(&self) -> u64 {
-            self.0.len() as u64
-        }
-        fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-            let end = offset.checked_add(buf.len() as u64).filter(|&e| e <= self.len());
-            let end = end.ok_or_else(|| crate::disk::used::past_end(offset, buf.len(), self.len()))?;
-            buf.copy_from_slice(&self.0[offset as usize..end as usize]);
-            Ok(())
-        }
-    }
+    use crate::disk::used::testing::MemVolume as Mem;
 
     fn probe_file(img: &Path) -> Verdict {
         probe(&FileVolume::open(img).expect("open image")).expect("probe reads")

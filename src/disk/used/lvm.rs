@@ -702,18 +702,7 @@ creation_time = 1796589101	# Sun Dec  6 20:31:41 2026
         Verdict::Used { fs: "testfs".into(), ranges, notes: vec![] }
     }
 
-    struct Mem(Vec<u8>);
-    impl Volume for Mem {
-        fn len(&self) -> u64 {
-            self.0.len() as u64
-        }
-        fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-            let end = offset.checked_add(buf.len() as u64).filter(|&e| e <= self.len());
-            let end = end.ok_or_else(|| super::super::past_end(offset, buf.len(), self.len()))?;
-            buf.copy_from_slice(&self.0[offset as usize..end as usize]);
-            Ok(())
-        }
-    }
+    use crate::disk::used::testing::MemVolume as Mem;
 
     #[test]
     fn maps_synthetic_pv_with_wrapped_metadata() {

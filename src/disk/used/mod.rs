@@ -283,7 +283,22 @@ pub mod testing {
     use std::path::{Path, PathBuf};
     use std::process::Command;
 
-    use super::ByteRange;
+    use super::{ByteRange, Volume};
+
+    /// A volume held in memory: mutated and truncated images without touching the disk.
+    pub struct MemVolume(pub Vec<u8>);
+
+    impl Volume for MemVolume {
+        fn len(&self) -> u64 {
+            self.0.len() as u64
+        }
+        fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+            let end = offset.checked_add(buf.len() as u64).filter(|&e| e <= self.len());
+            let end = end.ok_or_else(|| super::past_end(offset, buf.len(), self.len()))?;
+            buf.copy_from_slice(&self.0[offset as usize..end as usize]);
+            Ok(())
+        }
+    }
 
     /// Runs `cmd args`, panicking with its output when it fails.
     pub fn run(cmd: &str, args: &[&str]) -> String {

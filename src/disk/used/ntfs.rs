@@ -469,20 +469,7 @@ mod tests {
     use std::process::{Child, Command, Stdio};
     use std::time::Duration;
 
-    /// A volume held in memory (fuzzing without touching disk).
-    struct Mem(Vec<u8>);
-
-    impl Volume for Mem {
-        fn len(&self) -> u64 {
-            self.0.len() as u64
-        }
-        fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-            let end = offset.checked_add(buf.len() as u64).filter(|&e| e <= self.len());
-            let end = end.ok_or_else(|| crate::disk::used::past_end(offset, buf.len(), self.len()))?;
-            buf.copy_from_slice(&self.0[offset as usize..end as usize]);
-            Ok(())
-        }
-    }
+    use crate::disk::used::testing::MemVolume as Mem;
 
     /// xorshift64*: deterministic file sizes and contents.
     struct Rng(u64);
