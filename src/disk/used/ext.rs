@@ -133,6 +133,10 @@ impl Super {
             && self.blocks > self.first_data_block
             && self.first_data_block <= 1
             && (32..=1024).contains(&self.desc_size)
+            // 64-bit descriptors are at least 64 bytes (the kernel refuses smaller ones).
+            && (self.incompat & INCOMPAT_64BIT == 0 || self.desc_size >= 64)
+            && self.desc_size.is_power_of_two()
+            && self.desc_size <= self.block_size
             && self.inode_size >= 128;
         (!sane).then(|| "its superblock does not describe a sane filesystem".into())
     }
