@@ -283,7 +283,7 @@ mod tests {
     //! Real volumes made by exfatprogs, written through exfat-fuse on a loop device (this
     //! kernel may lack an exfat driver), checked against partclone.exfat.
     use super::*;
-    use crate::disk::used::{ByteRange, FileVolume};
+    use crate::disk::used::FileVolume;
     use sha2::{Digest, Sha256};
     use std::collections::BTreeMap;
     use std::os::unix::fs::FileExt;
@@ -360,13 +360,10 @@ mod tests {
     }
 
     use crate::disk::used::testing::MemVolume as Mem;
+    use crate::disk::used::testing::{partclone_used, total, zeroed_copy_to};
 
     fn probe_file(img: &Path) -> Verdict {
         probe(&FileVolume::open(img).expect("open image")).expect("probe reads")
-    }
-
-    fn total(r: &[ByteRange]) -> u64 {
-        r.iter().map(|r| r.end - r.start).sum()
     }
 
     fn mkfs(img: &Path, len: u64, extra: &[&str]) {
@@ -416,33 +413,6 @@ mod tests {
         map
     }
 
-    /// partclone's used ranges ("0xPOS 0xSIZE +" lines of its ddrescue domain log).
-    fn partclone(img: &Path, dir: &Path) -> Vec<ByteRange> {
-        let dom = dir.join("domain");
-        ok("partclone.exfat", &["-D", "-s", s(img), "-o", s(&dom), "-L", s(&dir.join("partclone.log"))]);
-        let text = std::fs::read_to_string(dom).unwrap();
-        let hex = |t: &str| u64::from_str_radix(t.trim_start_matches("0x"), 16).unwrap();
-        text.lines()
-            .filter(|l| !l.starts_with('#'))
-            .filter_map(|l| match l.split_whitespace().collect::<Vec<_>>()[..] {
-                [pos, size, "+"] => Some(hex(pos)..hex(pos) + hex(size)),
-                _ => None,
-            })
-            .collect()
-    }
-
-    /// A copy of `img` holding only `ranges`, zeros elsewhere.
-    fn copy_used(img: &Path, ranges: &[ByteRange], to: &Path) {
-        let src = std::fs::File::open(img).unwrap();
-        let dst = std::fs::File::create(to).unwrap();
-        dst.set_len(src.metadata().unwrap().len()).unwrap();
-        for r in ranges {
-            let mut buf = vec![0u8; (r.end - r.start) as usize];
-            src.read_exact_at(&mut buf, r.start).unwrap();
-            dst.write_all_at(&buf, r.start).unwrap();
-        }
-    }
-
     fn patch(img: &Path, at: u64, f: impl FnOnce(&mut u8)) {
         let file = std::fs::OpenOptions::new().read(true).write(true).open(img).unwrap();
         let mut b = [0u8];
@@ -481,7 +451,7 @@ mod tests {
         let len = std::fs::metadata(&img).unwrap().len();
         let expected = boot.heap_at + set * boot.cluster + len - boot.heap_end();
         assert_eq!(total(&ours), expected, "ours against the bitmap's count");
-        let theirs = partclone(&img, dir.path());
+        let theirs = partclone_used("exfat", &img);
         for r in &theirs {
             assert!(ours.iter().any(|o| o.start <= r.start && r.end <= o.end), "partclone's {r:?} is not in ours");
         }
@@ -490,7 +460,7 @@ mod tests {
         assert!(o <= t + 64 * 1024, "ours {o} is too far above partclone's {t}");
 
         let copy = dir.path().join("copy.img");
-        copy_used(&img, &ours, &copy);
+        zeroed_copy_to(&img, &ours, &copy);
         ok("fsck.exfat", &["-n", s(&copy)]);
         let got = {
             let m = Mounted::new(&copy, &dir.path().join("back"), true);
@@ -536,7 +506,7 @@ mod tests {
         assert_eq!((boot.sector, boot.cluster), (4096, 128 << 10));
         assert_eq!(total(&ours), boot.heap_at + set * boot.cluster + (256 << 20) - boot.heap_end());
         let copy = dir.path().join("copy.img");
-        copy_used(&img, &ours, &copy);
+        zeroed_copy_to(&img, &ours, &copy);
         ok("fsck.exfat", &["-n", s(&copy)]);
     }
 

@@ -329,6 +329,7 @@ mod tests {
     }
 
     use crate::disk::used::testing::MemVolume as Mem;
+    use crate::disk::used::testing::{partclone_used, total, zeroed_copy_to};
 
     fn probe_file(img: &Path) -> Verdict {
         probe(&FileVolume::open(img).expect("open image")).expect("probe reads")
@@ -339,10 +340,6 @@ mod tests {
             Verdict::Used { fs, ranges, .. } if fs == FS => ranges.clone(),
             other => panic!("expected used ranges, got {other:?}"),
         }
-    }
-
-    fn total(r: &[ByteRange]) -> u64 {
-        r.iter().map(|r| r.end - r.start).sum()
     }
 
     /// Fills `img`: a few multi-MiB files, many small ones in directories; deletes some, then
@@ -400,33 +397,6 @@ mod tests {
         map
     }
 
-    /// partclone's used ranges ("0xPOS 0xSIZE +" lines of its ddrescue domain log).
-    fn partclone(tool: &str, img: &Path, dir: &Path) -> Vec<ByteRange> {
-        let dom = dir.join("domain");
-        ok(tool, &["-D", "-s", s(img), "-o", s(&dom), "-L", s(&dir.join("partclone.log"))]);
-        let text = std::fs::read_to_string(dom).unwrap();
-        let hex = |t: &str| u64::from_str_radix(t.trim_start_matches("0x"), 16).unwrap();
-        text.lines()
-            .filter(|l| !l.starts_with('#'))
-            .filter_map(|l| match l.split_whitespace().collect::<Vec<_>>()[..] {
-                [pos, size, "+"] => Some(hex(pos)..hex(pos) + hex(size)),
-                _ => None,
-            })
-            .collect()
-    }
-
-    /// A copy of `img` holding only `ranges`, zeros elsewhere.
-    fn copy_used(img: &Path, ranges: &[ByteRange], to: &Path) {
-        let src = std::fs::File::open(img).unwrap();
-        let dst = std::fs::File::create(to).unwrap();
-        dst.set_len(src.metadata().unwrap().len()).unwrap();
-        for r in ranges {
-            let mut buf = vec![0u8; (r.end - r.start) as usize];
-            src.read_exact_at(&mut buf, r.start).unwrap();
-            dst.write_all_at(&buf, r.start).unwrap();
-        }
-    }
-
     fn patch(img: &Path, at: u64, f: impl FnOnce(&mut [u8])) {
         let file = std::fs::OpenOptions::new().read(true).write(true).open(img).unwrap();
         let mut b = [0u8; 8];
@@ -446,8 +416,8 @@ mod tests {
 
     /// Checks ours against partclone's domain log: all of partclone's within ours, ours at most
     /// `slack` more. Returns partclone's total.
-    fn against_partclone(tool: &str, img: &Path, dir: &Path, ours: &[ByteRange], slack: u64) -> u64 {
-        let theirs = partclone(tool, img, dir);
+    fn against_partclone(tool: &str, img: &Path, ours: &[ByteRange], slack: u64) -> u64 {
+        let theirs = partclone_used(tool, img);
         for r in &theirs {
             assert!(ours.iter().any(|o| o.start <= r.start && r.end <= o.end), "partclone's {r:?} is not in ours");
         }
@@ -477,15 +447,15 @@ mod tests {
         if geo.bits == 12 {
             // partclone 0.3.23 reads FAT12 entries as 16 bits shifted by 4: its map is wrong
             // (it misses used clusters), so fsck.vfat's count above is the reference.
-            let t = total(&partclone("partclone.fat", &img, dir.path()));
+            let t = total(&partclone_used("fat", &img));
             eprintln!("{mkfs:?}: partclone (wrong for FAT12) {t} bytes used, ours {o}, fsck-derived {expected}");
         } else {
             // Ours adds only what partclone leaves off at the image's end (a few sectors).
-            let t = against_partclone("partclone.fat", &img, dir.path(), &ours, 64 * 1024);
+            let t = against_partclone("fat", &img, &ours, 64 * 1024);
             eprintln!("{mkfs:?}: partclone {t} bytes used, ours {o} (+{})", o - t);
         }
         let copy = dir.path().join("copy.img");
-        copy_used(&img, &ours, &copy);
+        zeroed_copy_to(&img, &ours, &copy);
         ok("fsck.vfat", &["-n", s(&copy)]);
         let want = hashes(&img, &dir.path().join("orig"));
         assert!(want.len() > small / 2, "only {} files came back", want.len());

@@ -314,8 +314,12 @@ pub mod testing {
 
     /// The ranges `partclone.<fs> -D` (Debian's partclone, the reference) says are used.
     pub fn partclone_used(fs: &str, image: &Path) -> Vec<ByteRange> {
-        let domain = image.with_extension("domain");
-        run(&format!("partclone.{fs}"), &["-q", "-D", "-s", &image.to_string_lossy(), "-o", &domain.to_string_lossy()]);
+        let (domain, log) = (image.with_extension("domain"), image.with_extension("partclone-log"));
+        // partclone will not overwrite a domain log; its own log goes beside the image, not to
+        // /var/log.
+        let _ = std::fs::remove_file(&domain);
+        let (i, d, l) = (image.to_string_lossy(), domain.to_string_lossy(), log.to_string_lossy());
+        run(&format!("partclone.{fs}"), &["-q", "-D", "-s", &i, "-o", &d, "-L", &l]);
         let text = std::fs::read_to_string(&domain).expect("partclone wrote its domain log");
         let hex = |s: &str| u64::from_str_radix(s.trim_start_matches("0x"), 16).expect("hex in the domain log");
         let mut used = vec![];
@@ -348,20 +352,26 @@ pub mod testing {
 
     /// A copy of `image` with every byte outside `used` zeroed: what used-blocks mode delivers.
     pub fn zeroed_copy(image: &Path, used: &[ByteRange]) -> PathBuf {
-        use std::os::unix::fs::FileExt;
         let copy = image.with_extension("zeroed");
-        std::fs::copy(image, &copy).expect("copying the image");
-        let f = std::fs::OpenOptions::new().write(true).open(&copy).expect("opening the copy");
-        let len = f.metadata().unwrap().len();
-        for gap in super::plan::gaps(used, len, 4096) {
-            let zeros = vec![0u8; 1 << 20];
-            let mut at = gap.start;
-            while at < gap.end {
-                let n = (gap.end - at).min(zeros.len() as u64) as usize;
-                f.write_all_at(&zeros[..n], at).expect("zeroing");
+        zeroed_copy_to(image, used, &copy);
+        copy
+    }
+
+    /// [`zeroed_copy`] to `to`: exactly the bytes of `used` copied, zeros elsewhere.
+    pub fn zeroed_copy_to(image: &Path, used: &[ByteRange], to: &Path) {
+        use std::os::unix::fs::FileExt;
+        let src = std::fs::File::open(image).expect("opening the image");
+        let dst = std::fs::File::create(to).expect("creating the copy");
+        dst.set_len(src.metadata().unwrap().len()).unwrap();
+        let mut buf = vec![0u8; 1 << 20];
+        for r in used {
+            let mut at = r.start;
+            while at < r.end {
+                let n = (r.end - at).min(buf.len() as u64) as usize;
+                src.read_exact_at(&mut buf[..n], at).expect("reading the image");
+                dst.write_all_at(&buf[..n], at).expect("writing the copy");
                 at += n as u64;
             }
         }
-        copy
     }
 }

@@ -464,12 +464,12 @@ mod tests {
     use sha2::{Digest, Sha256};
     use std::collections::BTreeMap;
     use std::fs;
-    use std::os::unix::fs::FileExt;
     use std::path::{Path, PathBuf};
     use std::process::{Child, Command, Stdio};
     use std::time::Duration;
 
     use crate::disk::used::testing::MemVolume as Mem;
+    use crate::disk::used::testing::{partclone_used, total, zeroed_copy_to};
 
     /// xorshift64*: deterministic file sizes and contents.
     struct Rng(u64);
@@ -619,49 +619,10 @@ mod tests {
         }
     }
 
-    /// The used ranges partclone's domain log lists ("0xPOS 0xSIZE +").
-    fn partclone_used(img: &Path, tmp: &Path) -> Vec<ByteRange> {
-        let dom = tmp.join("domain");
-        sh(Command::new("partclone.ntfs")
-            .args(["-D", "-s"])
-            .arg(img)
-            .arg("-o")
-            .arg(&dom)
-            .arg("-L")
-            .arg(tmp.join("partclone.log")));
-        let hex = |s: &str| u64::from_str_radix(s.trim_start_matches("0x"), 16).unwrap();
-        let text = fs::read_to_string(dom).unwrap();
-        let lines = text.lines().filter(|l| !l.starts_with('#'));
-        let fields = lines.map(|l| l.split_whitespace().collect::<Vec<_>>());
-        fields.filter(|f| f.len() == 3 && f[2] == "+").map(|f| hex(f[0])..hex(f[0]) + hex(f[1])).collect()
-    }
-
     fn used(img: &Path) -> Vec<ByteRange> {
         match probe(&FileVolume::open(img).unwrap()).unwrap() {
             Verdict::Used { fs, ranges, .. } if fs == "ntfs" => ranges,
             v => panic!("{img:?}: {v:?}"),
-        }
-    }
-
-    fn total(r: &[ByteRange]) -> u64 {
-        r.iter().map(|r| r.end - r.start).sum()
-    }
-
-    /// A copy of `img` with every byte outside `keep` zeroed.
-    fn zeroed_copy(img: &Path, copy: &Path, keep: &[ByteRange]) {
-        fs::copy(img, copy).unwrap();
-        let f = fs::OpenOptions::new().write(true).open(copy).unwrap();
-        let len = f.metadata().unwrap().len();
-        let zeros = vec![0u8; 1 << 20];
-        let mut at = 0;
-        let gaps = keep.iter().map(|r| r.start).chain([len]);
-        for (start, next) in [0].into_iter().chain(keep.iter().map(|r| r.end)).zip(gaps) {
-            at = at.max(start);
-            while at < next {
-                let n = (next - at).min(zeros.len() as u64) as usize;
-                f.write_all_at(&zeros[..n], at).unwrap();
-                at += n as u64;
-            }
         }
     }
 
@@ -676,7 +637,7 @@ mod tests {
             populate(&m.dir, seed, (mib << 20) / 2)
         };
         let ours = used(&img);
-        let theirs = partclone_used(&img, tmp.path());
+        let theirs = partclone_used("ntfs", &img);
         for r in &theirs {
             let i = ours.partition_point(|o| o.end <= r.start);
             assert!(ours.get(i).is_some_and(|o| o.start <= r.start && r.end <= o.end), "{r:x?}");
@@ -687,7 +648,7 @@ mod tests {
         assert!(o <= t + 2 * c + (64 << 10), "ours {o} vs partclone {t}");
 
         let copy = tmp.path().join("copy");
-        zeroed_copy(&img, &copy, &ours);
+        zeroed_copy_to(&img, &ours, &copy);
         sh(Command::new("ntfsfix").arg("-n").arg(&copy));
         let m = Mount::new(&copy, &tmp.path().join("copy-mnt"), true);
         let mut seen = BTreeMap::new();

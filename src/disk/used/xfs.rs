@@ -474,7 +474,6 @@ mod tests {
     use sha2::{Digest, Sha256};
     use std::collections::BTreeMap;
     use std::fs;
-    use std::os::unix::fs::FileExt;
     use std::path::{Path, PathBuf};
     use std::process::Command;
 
@@ -629,24 +628,6 @@ mod tests {
         out
     }
 
-    /// The ranges partclone reads: the "+" lines of its ddrescue domain log.
-    fn partclone_used(img: &Path, tmp: &Path) -> Vec<ByteRange> {
-        let (dom, log) = (tmp.join("domain"), tmp.join("partclone.log"));
-        let _ = fs::remove_file(&dom); // partclone will not overwrite it
-        let args = ["-D", "-s", img.to_str().unwrap(), "-o", dom.to_str().unwrap()];
-        run("partclone.xfs", &[&args[..], &["-L", log.to_str().unwrap()]].concat());
-        let hex = |s: &str| u64::from_str_radix(s.trim_start_matches("0x"), 16).unwrap();
-        let text = fs::read_to_string(dom).unwrap();
-        let lines = text.lines().filter(|l| !l.starts_with('#'));
-        let fields = lines.map(|l| l.split_whitespace().collect::<Vec<_>>());
-        let used = fields.filter(|f| f.len() == 3 && f[2] == "+");
-        used.map(|f| hex(f[0])..hex(f[0]) + hex(f[1])).collect()
-    }
-
-    fn total(ranges: &[ByteRange]) -> u64 {
-        ranges.iter().map(|r| r.end - r.start).sum()
-    }
-
     /// Whether each of `inner` lies within one of `outer` (sorted and merged).
     fn covered(outer: &[ByteRange], inner: &[ByteRange]) -> Result<(), ByteRange> {
         for r in inner.iter().filter(|r| !r.is_empty()) {
@@ -656,23 +637,6 @@ mod tests {
             }
         }
         Ok(())
-    }
-
-    /// A copy of `img` holding only `ranges`, zeros elsewhere.
-    fn zeroed_copy(img: &Path, ranges: &[ByteRange], dst: &Path) {
-        let src = fs::File::open(img).unwrap();
-        let out = fs::File::create(dst).unwrap();
-        out.set_len(src.metadata().unwrap().len()).unwrap();
-        let mut buf = vec![0u8; 1 << 20];
-        for r in ranges {
-            let mut at = r.start;
-            while at < r.end {
-                let n = (r.end - at).min(buf.len() as u64) as usize;
-                src.read_exact_at(&mut buf[..n], at).unwrap();
-                out.write_all_at(&buf[..n], at).unwrap();
-                at += n as u64;
-            }
-        }
     }
 
     fn probe_file(img: &Path) -> Verdict {
@@ -687,8 +651,8 @@ mod tests {
     }
 
     /// Our ranges hold everything partclone reads and little more; returns (ours, theirs).
-    fn compare_with_partclone(img: &Path, tmp: &Path, ours: &[ByteRange]) -> (u64, u64) {
-        let theirs = partclone_used(img, tmp);
+    fn compare_with_partclone(img: &Path, ours: &[ByteRange]) -> (u64, u64) {
+        let theirs = partclone_used("xfs", img);
         if let Err(r) = covered(ours, &theirs) {
             panic!("partclone reads {r:?}, which we would skip");
         }
@@ -719,12 +683,12 @@ mod tests {
         let agf_levels = |ag: u64| be32(&read_vec(&vol, ag * sb.agblocks * sb.bs + sb.sect, 64).unwrap(), 28);
         assert!((0..4).any(|ag| agf_levels(ag) >= 2), "no multi-level free-space btree");
         let ranges = used_ranges(probe_file(&img));
-        let (ours, _) = compare_with_partclone(&img, tmp.path(), &ranges);
+        let (ours, _) = compare_with_partclone(&img, &ranges);
         eprintln!("file data kept {kept}, df used {df_used}");
         assert!(ours >= kept && ours >= df_used);
 
         let copy = tmp.path().join("copy.img");
-        zeroed_copy(&img, &ranges, &copy);
+        zeroed_copy_to(&img, &ranges, &copy);
         run("xfs_repair", &["-n", "-f", copy.to_str().unwrap()]);
         let m = Mount::new(&copy, &tmp.path().join("copy"), "ro,nouuid");
         assert_eq!(hashes(&m.0), before);
@@ -827,9 +791,9 @@ mod tests {
             return;
         }
         let ranges = used_ranges(probe_file(&img));
-        compare_with_partclone(&img, tmp.path(), &ranges);
+        compare_with_partclone(&img, &ranges);
         let copy = tmp.path().join("copy.img");
-        zeroed_copy(&img, &ranges, &copy);
+        zeroed_copy_to(&img, &ranges, &copy);
         run("xfs_repair", &["-n", "-f", copy.to_str().unwrap()]);
     }
 
@@ -849,14 +813,15 @@ mod tests {
                 continue; // e.g. v4 no longer made
             }
             let ranges = used_ranges(probe_file(&img));
-            compare_with_partclone(&img, tmp.path(), &ranges);
+            compare_with_partclone(&img, &ranges);
             let copy = tmp.path().join("copy.img");
-            zeroed_copy(&img, &ranges, &copy);
+            zeroed_copy_to(&img, &ranges, &copy);
             run("xfs_repair", &["-n", "-f", copy.to_str().unwrap()]);
         }
     }
 
     use crate::disk::used::testing::MemVolume as Mem;
+    use crate::disk::used::testing::{partclone_used, total, zeroed_copy_to};
 
     /// Another volume with some bytes replaced.
     struct Patched<'a> {
