@@ -146,10 +146,13 @@ await shot(page, "09-wave");
 
 // 6b. A job made with "used blocks only": its row says so, and its page shows what each
 // partition was read as (this image's one partition holds no filesystem: read whole, and why).
+// (Wait for the new job's id, not for any id other than the first job's: another step may have
+// created a job through the form since.)
+const lastCreated = (await page.textContent("#created-id")).trim();
 await page.fill("#new-name", "browser-used-blocks");
 await page.check("#new-used-only");
 await page.click("#create-form button");
-await page.locator("#created-id").filter({ hasNotText: id }).waitFor();
+await page.locator("#created-id").filter({ hasNotText: lastCreated }).waitFor();
 const usedId = (await page.textContent("#created-id")).trim();
 const usedToken = (await page.textContent("#created-token")).trim();
 await page.uncheck("#new-used-only");
