@@ -502,3 +502,25 @@ fn a_body_that_goes_silent_is_ended_and_its_share_given_back() {
         assert!(n == 0 || buf.starts_with(b"HTTP/1.1 4"), "{:?}", String::from_utf8_lossy(&buf[..n]));
     }
 }
+
+#[test]
+fn a_request_head_over_64_kib_is_refused_and_the_receiver_stays_up() {
+    let t = tempfile::tempdir().unwrap();
+    let r = plain_receiver_with(t.path(), &[]);
+    let ask = |header_bytes: usize| -> String {
+        let mut c = TcpStream::connect(("127.0.0.1", r.port)).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let head = format!(
+            "GET /api/v1/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Pad: {}\r\n\r\n",
+            "a".repeat(header_bytes)
+        );
+        // The receiver may answer and close before the whole head is written.
+        let _ = c.write_all(head.as_bytes());
+        let mut answer = String::new();
+        let _ = std::io::Read::read_to_string(&mut c, &mut answer);
+        answer.lines().next().unwrap_or_default().to_string()
+    };
+    assert!(ask(32 * 1024).starts_with("HTTP/1.1 200"), "a 32 KiB head is within bounds");
+    assert!(ask(100 * 1024).starts_with("HTTP/1.1 431"), "a 100 KiB head is refused");
+    assert_eq!(http_code(&format!("{}/api/v1/health", r.url)), "200");
+}

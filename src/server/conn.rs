@@ -196,6 +196,14 @@ async fn serve_one(
     }
 }
 
+/// The most an HTTP/1.1 connection buffers of what it read (hyper's default is ~400 KiB). Small
+/// enough that each buffer comes from the heap under the 128 KiB mmap threshold
+/// (`util::return_large_buffers_to_the_system`) instead of a fresh mmap every few TLS records:
+/// measured with scripts/bench-send, 115,000 page faults per 2 GiB received at the default and
+/// 13,000 at 64 KiB, and less CPU per GiB; a chunk body still arrives in TLS-record-sized frames.
+/// It also bounds a request head: one over 64 KiB is refused (431).
+const HTTP1_READ_BUFFER: usize = 64 * 1024;
+
 async fn http<IO>(io: IO, app: Router, limits: &Limits, conn: &Arc<Conn>, epoch: Instant) -> String
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -203,7 +211,11 @@ where
     let svc = Counted { inner: app, conn: conn.clone(), epoch };
     let svc = hyper_util::service::TowerToHyperService::new(svc);
     let mut builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
-    builder.http1().timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(limits.header_read);
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.header_read)
+        .max_buf_size(HTTP1_READ_BUFFER);
     builder
         .http2()
         .timer(hyper_util::rt::TokioTimer::new())
