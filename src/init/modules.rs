@@ -5,6 +5,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
+use std::sync::{Condvar, Mutex};
 
 /// A module's name as the kernel knows it: file stem, `-` as `_`.
 pub fn module_name(path_or_name: &str) -> String {
@@ -177,23 +178,32 @@ impl Loader {
 
     /// Loads `name` with its dependencies. Returns how many modules were newly loaded.
     pub fn load(&mut self, name: &str) -> usize {
+        self.load_all(&[name.to_string()])
+    }
+
+    /// Loads `names` with their dependencies, up to [`PARALLEL_LOADS`] at once: a module starts
+    /// when every dependency it has in this batch is done. A driver's probe runs in the thread
+    /// that loads it, so one slow probe (a RAID controller's, ata_piix's port scan) no longer
+    /// holds back every driver after it, as udev loads modules too. Among modules ready at the
+    /// same time the one asked first starts first. Returns how many were newly loaded.
+    pub fn load_all(&mut self, names: &[String]) -> usize {
+        let batch = self.batch(names);
+        if batch.is_empty() {
+            return 0;
+        }
+        // Logged as each one loads, so that ferry.debug's timestamps say when.
+        let results = load_batch(&batch, |path| {
+            let result = finit(path);
+            if result.is_ok() {
+                log::info!("loaded module {}", module_name(&path.to_string_lossy()));
+            }
+            result
+        });
         let mut n = 0;
-        for m in self.index.load_order(name) {
-            if self.loaded.contains(&m) || self.failed.contains(&m) {
-                continue;
-            }
-            if Path::new("/sys/module").join(&m).exists() {
-                self.loaded.insert(m);
-                continue;
-            }
-            let Some(path) = self.index.path_of(&m) else {
-                // Built into the kernel, or not shipped: nothing to load.
-                self.failed.insert(m);
-                continue;
-            };
-            match finit(&path) {
+        for (i, result) in results {
+            let m = batch[i].name.clone();
+            match result {
                 Ok(()) => {
-                    log::info!("loaded module {m}");
                     self.loaded.insert(m);
                     n += 1;
                 }
@@ -210,6 +220,40 @@ impl Loader {
         n
     }
 
+    /// The modules of `names` (with dependencies, dependencies first) still to load, each with
+    /// the ones it waits for; notes the ones already there or not shipped.
+    fn batch(&mut self, names: &[String]) -> Vec<Pending> {
+        let mut order: Vec<String> = vec![];
+        for name in names {
+            for m in self.index.load_order(name) {
+                if !order.contains(&m) && !self.loaded.contains(&m) && !self.failed.contains(&m) {
+                    order.push(m);
+                }
+            }
+        }
+        let mut batch = vec![];
+        for m in &order {
+            if Path::new("/sys/module").join(m).exists() {
+                self.loaded.insert(m.clone());
+                continue;
+            }
+            let Some(path) = self.index.path_of(m) else {
+                // Built into the kernel, or not shipped: nothing to load.
+                self.failed.insert(m.clone());
+                continue;
+            };
+            let deps = self.index.deps.get(m).map(|(_, d)| d.clone()).unwrap_or_default();
+            let after = deps.into_iter().filter(|d| order.contains(d) && d != m).collect();
+            batch.push(Pending { name: m.clone(), path, after });
+        }
+        // Those already there or missing are not waited for.
+        let names: BTreeSet<String> = batch.iter().map(|p| p.name.clone()).collect();
+        for p in &mut batch {
+            p.after.retain(|d| names.contains(d));
+        }
+        batch
+    }
+
     /// Loads every module whose alias matches a modalias under `/sys/devices`; returns how many
     /// were newly loaded.
     pub fn coldplug(&mut self, sys_devices: &Path) -> usize {
@@ -219,8 +263,82 @@ impl Loader {
     }
 
     pub fn load_for_aliases(&mut self, aliases: &BTreeSet<String>) -> usize {
-        let wanted: BTreeSet<String> = aliases.iter().flat_map(|a| self.index.matching(a)).collect();
-        wanted.iter().map(|m| self.load(m)).sum()
+        let wanted: Vec<String> = self.for_aliases(aliases).into_iter().collect();
+        self.load_all(&wanted)
+    }
+
+    /// The modules whose alias matches one of `aliases`.
+    pub fn for_aliases(&self, aliases: &BTreeSet<String>) -> BTreeSet<String> {
+        aliases.iter().flat_map(|a| self.index.matching(a)).collect()
+    }
+}
+
+/// Most modules loaded at once.
+const PARALLEL_LOADS: usize = 4;
+
+/// A module to load and the modules of its batch it waits for.
+struct Pending {
+    name: String,
+    path: PathBuf,
+    after: Vec<String>,
+}
+
+/// Which modules of a batch are waiting, done, or loading.
+struct BatchState {
+    waiting: Vec<usize>,
+    done: BTreeSet<String>,
+    loading: usize,
+    results: Vec<(usize, nix::Result<()>)>,
+}
+
+/// Loads `batch` with `load` on up to [`PARALLEL_LOADS`] threads; each module's result, in the
+/// order they finished.
+fn load_batch(batch: &[Pending], load: impl Fn(&Path) -> nix::Result<()> + Sync) -> Vec<(usize, nix::Result<()>)> {
+    let state = Mutex::new(BatchState {
+        waiting: (0..batch.len()).collect(),
+        done: BTreeSet::new(),
+        loading: 0,
+        results: vec![],
+    });
+    let changed = Condvar::new();
+    std::thread::scope(|scope| {
+        for _ in 0..PARALLEL_LOADS.min(batch.len()) {
+            scope.spawn(|| {
+                while let Some(i) = next_ready(batch, &state, &changed) {
+                    let result = load(&batch[i].path);
+                    let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
+                    st.loading -= 1;
+                    st.done.insert(batch[i].name.clone());
+                    st.results.push((i, result));
+                    changed.notify_all();
+                }
+            });
+        }
+    });
+    let st = state.into_inner().unwrap_or_else(|p| p.into_inner());
+    if !st.waiting.is_empty() {
+        // modules.dep has no cycles (depmod refuses them); never wait forever on one anyway.
+        let left: Vec<&str> = st.waiting.iter().map(|&i| batch[i].name.as_str()).collect();
+        log::warn!("modules left unloaded (their dependencies never finished): {}", left.join(" "));
+    }
+    st.results
+}
+
+/// The next module whose dependencies are all done, marked as loading; `None` when none is
+/// left, or none can ever be ready.
+fn next_ready(batch: &[Pending], state: &Mutex<BatchState>, changed: &Condvar) -> Option<usize> {
+    let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
+    loop {
+        let ready = st.waiting.iter().position(|&i| batch[i].after.iter().all(|d| st.done.contains(d)));
+        if let Some(pos) = ready {
+            st.loading += 1;
+            return Some(st.waiting.remove(pos));
+        }
+        if st.waiting.is_empty() || st.loading == 0 {
+            changed.notify_all();
+            return None;
+        }
+        st = changed.wait(st).unwrap_or_else(|p| p.into_inner());
     }
 }
 
@@ -392,6 +510,45 @@ alias pci:v00008086d000010D3sv*sd*bc*sc*i* e1000e
         assert_eq!(idx.load_order("mpt3sas"), ["scsi_transport_sas", "raid_class", "mpt3sas"]);
         assert_eq!(idx.load_order("nls_iso8859-1"), ["nls_iso8859_1"]);
         assert_eq!(idx.load_order("unknown"), ["unknown"]);
+    }
+
+    #[test]
+    fn a_batch_loads_in_parallel_but_never_before_a_dependency_is_done() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        // a <- b <- c (a chain), and d, e, f with no dependencies.
+        let deps: &[(&str, &[&str])] =
+            &[("a", &[]), ("b", &["a"]), ("c", &["a", "b"]), ("d", &[]), ("e", &[]), ("f", &[])];
+        let batch: Vec<Pending> = deps
+            .iter()
+            .map(|(n, d)| Pending {
+                name: n.to_string(),
+                path: PathBuf::from(n),
+                after: d.iter().map(|s| s.to_string()).collect(),
+            })
+            .collect();
+        let log = Mutex::new(vec![]);
+        let (now, most) = (AtomicUsize::new(0), AtomicUsize::new(0));
+        let results = load_batch(&batch, |path| {
+            let name = path.to_string_lossy().into_owned();
+            log.lock().unwrap().push(format!("start {name}"));
+            most.fetch_max(now.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
+            std::thread::sleep(std::time::Duration::from_millis(30));
+            now.fetch_sub(1, Ordering::SeqCst);
+            log.lock().unwrap().push(format!("end {name}"));
+            if name == "e" {
+                Err(nix::errno::Errno::ENODEV)
+            } else {
+                Ok(())
+            }
+        });
+        assert_eq!(results.len(), 6);
+        assert!(results.iter().any(|(i, r)| batch[*i].name == "e" && *r == Err(nix::errno::Errno::ENODEV)));
+        let log = log.into_inner().unwrap();
+        let at = |what: &str| log.iter().position(|l| l == what).unwrap();
+        assert!(at("end a") < at("start b"), "{log:?}");
+        assert!(at("end b") < at("start c"), "{log:?}");
+        let most = most.load(Ordering::SeqCst);
+        assert!((2..=PARALLEL_LOADS).contains(&most), "{most} loads at once: {log:?}");
     }
 
     #[test]
