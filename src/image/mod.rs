@@ -4,6 +4,7 @@ pub mod hasher;
 pub mod manifest;
 pub mod pool;
 pub mod treehash;
+pub mod zero_ids;
 
 use std::sync::Arc;
 

@@ -6,7 +6,7 @@
 use super::error::ApiResult;
 use super::AppState;
 use crate::image::treehash::chunk_id;
-use crate::image::{hasher, Manifest};
+use crate::image::{hasher, zero_ids, Manifest};
 use crate::store::Place;
 use crate::wire::Code;
 
@@ -35,15 +35,27 @@ pub async fn verify_manifest(st: &AppState, m: &Manifest) -> Result<(), (Code, S
     Ok(())
 }
 
-/// The first chunk marked zero whose id is not that of zeros at its offset.
+/// The first chunk marked zero whose id is not that of zeros at its offset. Whole chunks are
+/// checked against the ids of zeros this receiver remembers (hashed once per place, shared by
+/// every disk of a wave: `image::zero_ids`); a short last chunk, a disk of one chunk, or a disk
+/// past what is remembered is hashed here.
 fn first_bad_zero(m: &Manifest) -> Option<usize> {
     use rayon::prelude::*;
+    let whole = |i: u64| m.size > m.chunk_size && m.chunk_range(i).1 == m.chunk_size;
+    let last_whole_zero = (0..m.chunks.len()).rev().find(|&i| m.chunks[i].zero && whole(i as u64));
+    let remembered = last_whole_zero.and_then(|i| zero_ids::shared().first(m.chunk_size, i + 1));
     let zeros = vec![0u8; m.chunk_size.min(m.size) as usize];
     let bad = m.chunks.par_iter().enumerate().filter(|(_, c)| c.zero).find_first(|(i, c)| {
-        let (offset, len) = m.chunk_range(*i as u64);
-        let data = &zeros[..len as usize];
-        debug_assert!(hasher::is_zero(data));
-        chunk_id(data, offset, m.size, m.chunk_size) != c.id
+        let expected = match &remembered {
+            Some(ids) if whole(*i as u64) => ids[*i],
+            _ => {
+                let (offset, len) = m.chunk_range(*i as u64);
+                let data = &zeros[..len as usize];
+                debug_assert!(hasher::is_zero(data));
+                chunk_id(data, offset, m.size, m.chunk_size)
+            }
+        };
+        expected != c.id
     });
     bad.map(|(i, _)| i)
 }
@@ -56,4 +68,54 @@ pub async fn keep_manifest(st: &AppState, job: &str, disk: u32, m: &Manifest) ->
         anyhow::anyhow!("keeping the manifest of job {job} disk {disk} in {}: {e}", st.store.describe())
     })?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::disk::DiskReader;
+
+    const CHUNK: u64 = 64 * 1024;
+
+    /// The manifest of a disk of `chunks` (true: data, false: zeros), the last one `last_len`
+    /// bytes long.
+    fn manifest_of(chunks: &[bool], last_len: u64) -> Manifest {
+        let mut bytes = vec![];
+        for (i, &data) in chunks.iter().enumerate() {
+            let len = if i + 1 == chunks.len() { last_len } else { CHUNK };
+            bytes.extend((0..len).map(|b| if data { (b % 251) as u8 + 1 } else { 0 }));
+        }
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), &bytes).unwrap();
+        let disk = Arc::new(DiskReader::open(file.path(), None).unwrap());
+        crate::image::build_manifest(disk, CHUNK, 2, |_| {}).unwrap()
+    }
+
+    #[test]
+    fn a_chunk_marked_zero_must_have_the_id_of_zeros_at_its_place() {
+        let m = manifest_of(&[true, false, false, true, false], 1000);
+        let zeros: Vec<bool> = m.chunks.iter().map(|c| c.zero).collect();
+        assert_eq!(zeros, [false, true, true, false, true]);
+        assert_eq!(first_bad_zero(&m), None, "the source's own manifest");
+        // Data marked zero (an export would write zeros there): found, remembered ids or not.
+        let mut lying = m.clone();
+        lying.chunks[3].zero = true;
+        assert_eq!(first_bad_zero(&lying), Some(3));
+        // The id of zeros from another place: the ids of zeros differ by offset.
+        let mut moved = m.clone();
+        moved.chunks[2].id = m.chunks[1].id;
+        assert_eq!(first_bad_zero(&moved), Some(2));
+        // The short last chunk is hashed, not looked up.
+        let mut short = m.clone();
+        short.chunks[4].id = m.chunks[1].id;
+        assert_eq!(first_bad_zero(&short), Some(4));
+        // A disk of one zero chunk: its id is the whole-disk hash.
+        let one = manifest_of(&[false], 4096);
+        assert_eq!(first_bad_zero(&one), None);
+        let mut one_wrong = one.clone();
+        one_wrong.chunks[0].id = m.chunks[1].id;
+        assert_eq!(first_bad_zero(&one_wrong), Some(0));
+    }
 }
