@@ -124,6 +124,12 @@ impl DiskReader {
     pub fn read_chunk_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
         let skip = self.skip.get().map(Vec::as_slice).unwrap_or_default();
         let end = offset + buf.len() as u64;
+        if !self.is_block_device && no_data_in(&self.file, offset, end) {
+            // A hole of a sparse image file reads as zeros; reading it costs the kernel a
+            // zeroed page per 4 KiB all the same (measured: 43 s of system time for 32 GiB).
+            buf.fill(0);
+            return Ok(());
+        }
         // The first range that ends after `offset`: the only ones that can meet this chunk.
         let first = skip.partition_point(|r| r.end <= offset);
         let mut at = offset;
@@ -331,6 +337,21 @@ fn advise_sequential(file: &File) {
     }
 }
 
+/// Whether `offset..end` of a regular file is all hole: the file system says no data starts
+/// there (SEEK_DATA, as cp and tar ask). Any doubt (a file system that does not say) is "data".
+fn no_data_in(file: &File, offset: u64, end: u64) -> bool {
+    use std::os::fd::AsRawFd;
+    let Ok(at) = libc::off_t::try_from(offset) else { return false };
+    // SAFETY: valid fd; lseek only moves the file offset, which ferry never uses (every read
+    // is a pread at its own offset).
+    let data = unsafe { libc::lseek(file.as_raw_fd(), at, libc::SEEK_DATA) };
+    if data < 0 {
+        // ENXIO: no data at or after `offset`, up to the end of the file.
+        return io::Error::last_os_error().raw_os_error() == Some(libc::ENXIO);
+    }
+    data as u64 >= end
+}
+
 /// Read-ahead off: with ranges skipped, the kernel's read-ahead past each used range reads
 /// what was meant to be skipped (measured: 7% more bytes read on a quarter-full ext4 disk).
 /// The hashing pass's reads are whole chunks, large enough without it.
@@ -405,5 +426,47 @@ impl io::Write for ReadCursor<'_> {
     }
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Bytes this thread has read through read(2)/pread(2) so far.
+    fn rchar() -> u64 {
+        let io = std::fs::read_to_string("/proc/thread-self/io").unwrap();
+        io.lines().find_map(|l| l.strip_prefix("rchar: ")).unwrap().trim().parse().unwrap()
+    }
+
+    #[test]
+    fn holes_of_a_sparse_image_are_zeros_without_being_read() {
+        const CHUNK: usize = 1 << 20;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sparse.img");
+        let f = File::create(&path).unwrap();
+        f.set_len(64 * CHUNK as u64).unwrap();
+        // Data in chunk 3 only (and across the start of chunk 10 and the end of chunk 9).
+        f.write_all_at(&[7u8; 4096], 3 * CHUNK as u64 + 8192).unwrap();
+        f.write_all_at(&[9u8; 8192], 10 * CHUNK as u64 - 4096).unwrap();
+        f.sync_all().unwrap();
+        let disk = DiskReader::open(&path, None).unwrap();
+        let mut buf = vec![1u8; CHUNK];
+
+        let before = rchar();
+        for i in (20..64).map(|i| i as u64 * CHUNK as u64) {
+            disk.read_chunk_at(&mut buf, i).unwrap();
+            assert!(buf.iter().all(|&b| b == 0), "chunk at {i}");
+        }
+        assert!(rchar() - before < CHUNK as u64, "44 MiB of holes were read: {} bytes", rchar() - before);
+
+        disk.read_chunk_at(&mut buf, 3 * CHUNK as u64).unwrap();
+        assert_eq!(&buf[8192..8192 + 4096], &[7u8; 4096][..]);
+        assert!(buf[..8192].iter().chain(&buf[8192 + 4096..]).all(|&b| b == 0));
+        disk.read_chunk_at(&mut buf, 9 * CHUNK as u64).unwrap();
+        assert_eq!(&buf[CHUNK - 4096..], &[9u8; 4096][..]);
+        disk.read_chunk_at(&mut buf, 10 * CHUNK as u64).unwrap();
+        assert_eq!(&buf[..4096], &[9u8; 4096][..]);
+        assert!(buf[4096..].iter().all(|&b| b == 0));
     }
 }

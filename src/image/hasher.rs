@@ -104,7 +104,12 @@ pub fn hash_chunks_pooled<S: ChunkSink>(
                         break;
                     }
                     let zero = is_zero(&buf);
-                    let id = chunk_id(&buf, offset, size, chunk_size);
+                    let id = if zero && len as u64 == chunk_size && size > chunk_size {
+                        // Zeros at this place may have been hashed for another disk already.
+                        super::zero_ids::shared().one(chunk_size, index, &buf)
+                    } else {
+                        chunk_id(&buf, offset, size, chunk_size)
+                    };
                     if !sink.accept(HashedChunk { index, offset, id, zero, data: buf }) {
                         stop.store(true, Ordering::Relaxed);
                         break;

@@ -18,12 +18,17 @@ use super::treehash::{id_at, Digest};
 /// disk in 4 MiB chunks and of a 64 TiB disk in 64 MiB chunks, twice over; past it ids are
 /// hashed and not kept.
 const MOST_REMEMBERED: usize = 2 << 20;
+/// The most ids remembered one at a time (about 64 MiB with the map's own room): all the zero
+/// chunks of a 4 TiB disk in 4 MiB chunks.
+const MOST_ONE_BY_ONE: usize = 1 << 20;
 
 /// Remembered ids, per chunk size: index `i` holds the id of a whole chunk of zeros at
 /// `i * chunk_size`, on a disk larger than one chunk.
 #[derive(Default)]
 pub struct ZeroIds {
     by_chunk_size: Mutex<HashMap<u64, Arc<Vec<Digest>>>>,
+    /// Ids asked for one at a time (a sender's zero chunks), by chunk size and index.
+    one_by_one: Mutex<HashMap<(u64, u64), Digest>>,
 }
 
 /// The process's remembered ids.
@@ -57,6 +62,26 @@ impl ZeroIds {
             *kept = all.clone();
         }
         Some(all)
+    }
+
+    /// The id of a whole chunk of zeros at `index` of `chunk_size`, on a disk larger than one
+    /// chunk: remembered, or hashed and remembered while there is room. A source with several
+    /// disks (a storage server's dozen empty drives) hashes the zeros at each place once.
+    pub fn one(&self, chunk_size: u64, index: u64, zeros: &[u8]) -> Digest {
+        debug_assert_eq!(zeros.len() as u64, chunk_size);
+        if let Some(id) = self.known(chunk_size).get(index as usize) {
+            return *id;
+        }
+        let key = (chunk_size, index);
+        if let Some(id) = self.one_by_one.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+            return *id;
+        }
+        let id = id_at(zeros, index * chunk_size, false);
+        let mut map = self.one_by_one.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() < MOST_ONE_BY_ONE {
+            map.insert(key, id);
+        }
+        id
     }
 
     fn known(&self, chunk_size: u64) -> Arc<Vec<Digest>> {
@@ -98,6 +123,18 @@ mod tests {
         let other = ids.first(2 * chunk, 1).unwrap();
         assert_eq!(other[0], chunk_id(&vec![0u8; 2 * chunk as usize], 0, disk, 2 * chunk));
         assert_eq!(ids.remembered(), 9);
+    }
+
+    #[test]
+    fn one_at_a_time_gives_the_same_ids() {
+        let ids = ZeroIds::default();
+        let chunk = 64 * 1024u64;
+        let zeros = vec![0u8; chunk as usize];
+        let all = ZeroIds::default().first(chunk, 6).unwrap();
+        assert_eq!(ids.one(chunk, 5, &zeros), all[5]);
+        assert_eq!(ids.one(chunk, 5, &zeros), all[5], "remembered");
+        ids.first(chunk, 3).unwrap();
+        assert_eq!(ids.one(chunk, 2, &zeros), all[2], "from the table");
     }
 
     #[test]
