@@ -105,12 +105,27 @@ impl Client {
     /// The call `C` on the route's path filled with `args`, with `body` as JSON (none for a
     /// call whose body is `()`); decodes its answer.
     pub async fn call<C: Call>(&self, args: &[&str], body: &C::Body) -> Result<C::Answer> {
+        self.call_waiting::<C>(args, body, None).await
+    }
+
+    /// [`Client::call`], waiting up to `wait` for each answer instead of the client's usual
+    /// two minutes (a receiver verifying a large disk takes longer).
+    pub async fn call_waiting<C: Call>(
+        &self,
+        args: &[&str],
+        body: &C::Body,
+        wait: Option<Duration>,
+    ) -> Result<C::Answer> {
         let path = C::ROUTE.fill(args);
         // Serialized once: a retry sends the same bytes (a manifest can be megabytes).
         let json = bytes::Bytes::from(serde_json::to_vec(body)?);
         let has_body = &json[..] != b"null";
         let (_, answer) = self
             .request(&C::ROUTE, &path, |r| {
+                let r = match wait {
+                    Some(wait) => r.timeout(wait),
+                    None => r,
+                };
                 if has_body {
                     r.header(reqwest::header::CONTENT_TYPE, "application/json").body(json.clone())
                 } else {

@@ -29,6 +29,9 @@ pub struct ZeroIds {
     by_chunk_size: Mutex<HashMap<u64, Arc<Vec<Digest>>>>,
     /// Ids asked for one at a time (a sender's zero chunks), by chunk size and index.
     one_by_one: Mutex<HashMap<(u64, u64), Digest>>,
+    /// Held while a list is extended: a second verification of the same disk (an agent that
+    /// asked again) waits for the first one's ids rather than hashing them alongside.
+    extending: Mutex<()>,
 }
 
 /// The process's remembered ids.
@@ -41,6 +44,11 @@ impl ZeroIds {
     /// The ids of whole zero chunks at indices `0..count` of `chunk_size`, hashing (on every
     /// core) only those not yet known. `None` when that many would pass [`MOST_REMEMBERED`].
     pub fn first(&self, chunk_size: u64, count: usize) -> Option<Arc<Vec<Digest>>> {
+        let known = self.known(chunk_size);
+        if known.len() >= count {
+            return Some(known);
+        }
+        let _one_at_a_time = self.extending.lock().unwrap_or_else(|p| p.into_inner());
         let known = self.known(chunk_size);
         if known.len() >= count {
             return Some(known);
