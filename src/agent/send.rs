@@ -144,6 +144,7 @@ async fn send_opened(
         inventory: opts.inventory.clone(),
     };
     let registered = client.call::<call::Register>(&[job], &reg).await.context("registering with the receiver")?;
+    crate::image::zero_ids::shared().remember_for_later_disks(readers.len() > 1);
     let job_opts = registered.options;
     // Absent both, each disk's own default (larger chunks for larger disks).
     let chunk_size = opts.chunk_size.or(job_opts.chunk_size);

@@ -8,6 +8,7 @@
 //! hashed once per process and looked up afterwards.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use rayon::prelude::*;
@@ -27,8 +28,10 @@ const MOST_ONE_BY_ONE: usize = 1 << 20;
 #[derive(Default)]
 pub struct ZeroIds {
     by_chunk_size: Mutex<HashMap<u64, Arc<Vec<Digest>>>>,
-    /// Ids asked for one at a time (a sender's zero chunks), by chunk size and index.
+    /// Ids asked for one at a time (a sender's zero chunks), by chunk size and index; kept only
+    /// while [`ZeroIds::remember_for_later_disks`] says another disk follows.
     one_by_one: Mutex<HashMap<(u64, u64), Digest>>,
+    keep_one_by_one: AtomicBool,
     /// Held while a list is extended: a second verification of the same disk (an agent that
     /// asked again) waits for the first one's ids rather than hashing them alongside.
     extending: Mutex<()>,
@@ -72,9 +75,18 @@ impl ZeroIds {
         Some(all)
     }
 
+    /// Whether ids asked for one at a time are kept: a source with several disks (a storage
+    /// server's dozen empty drives) then hashes the zeros at each place once. A source with one
+    /// disk would only grow with its empty space (tens of MiB for a large disk) for nothing.
+    pub fn remember_for_later_disks(&self, keep: bool) {
+        self.keep_one_by_one.store(keep, Ordering::Relaxed);
+        if !keep {
+            self.one_by_one.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        }
+    }
+
     /// The id of a whole chunk of zeros at `index` of `chunk_size`, on a disk larger than one
-    /// chunk: remembered, or hashed and remembered while there is room. A source with several
-    /// disks (a storage server's dozen empty drives) hashes the zeros at each place once.
+    /// chunk: remembered, or hashed (and remembered, when asked to and while there is room).
     pub fn one(&self, chunk_size: u64, index: u64, zeros: &[u8]) -> Digest {
         debug_assert_eq!(zeros.len() as u64, chunk_size);
         if let Some(id) = self.known(chunk_size).get(index as usize) {
@@ -85,9 +97,11 @@ impl ZeroIds {
             return *id;
         }
         let id = id_at(zeros, index * chunk_size, false);
-        let mut map = self.one_by_one.lock().unwrap_or_else(|p| p.into_inner());
-        if map.len() < MOST_ONE_BY_ONE {
-            map.insert(key, id);
+        if self.keep_one_by_one.load(Ordering::Relaxed) {
+            let mut map = self.one_by_one.lock().unwrap_or_else(|p| p.into_inner());
+            if map.len() < MOST_ONE_BY_ONE {
+                map.insert(key, id);
+            }
         }
         id
     }
@@ -140,6 +154,10 @@ mod tests {
         let zeros = vec![0u8; chunk as usize];
         let all = ZeroIds::default().first(chunk, 6).unwrap();
         assert_eq!(ids.one(chunk, 5, &zeros), all[5]);
+        assert!(ids.one_by_one.lock().unwrap().is_empty(), "kept only when another disk follows");
+        ids.remember_for_later_disks(true);
+        assert_eq!(ids.one(chunk, 5, &zeros), all[5]);
+        assert_eq!(ids.one_by_one.lock().unwrap().len(), 1);
         assert_eq!(ids.one(chunk, 5, &zeros), all[5], "remembered");
         ids.first(chunk, 3).unwrap();
         assert_eq!(ids.one(chunk, 2, &zeros), all[2], "from the table");
