@@ -104,9 +104,9 @@ pub fn hash_chunks_pooled<S: ChunkSink>(
                         break;
                     }
                     let zero = is_zero(&buf);
-                    let id = if zero && len as u64 == chunk_size && size > chunk_size {
+                    let id = if zero {
                         // Zeros at this place may have been hashed for another disk already.
-                        super::zero_ids::shared().one(chunk_size, index, &buf)
+                        super::zero_ids::shared().one(&buf, index, size, chunk_size)
                     } else {
                         chunk_id(&buf, offset, size, chunk_size)
                     };

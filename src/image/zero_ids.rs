@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use rayon::prelude::*;
 
-use super::treehash::{id_at, Digest};
+use super::treehash::{chunk_id, id_at, Digest};
 
 /// The most ids remembered, over every chunk size: 64 MiB. Enough for every chunk of a 4 TiB
 /// disk in 4 MiB chunks and of a 64 TiB disk in 64 MiB chunks, twice over; past it ids are
@@ -85,10 +85,13 @@ impl ZeroIds {
         }
     }
 
-    /// The id of a whole chunk of zeros at `index` of `chunk_size`, on a disk larger than one
-    /// chunk: remembered, or hashed (and remembered, when asked to and while there is room).
-    pub fn one(&self, chunk_size: u64, index: u64, zeros: &[u8]) -> Digest {
-        debug_assert_eq!(zeros.len() as u64, chunk_size);
+    /// The id of chunk `index` of a disk of `disk_size`, `zeros` being its bytes (all zero). A
+    /// whole chunk of a disk larger than one chunk is remembered, or hashed (and remembered, when
+    /// asked to and while there is room); a short last chunk or a disk of one chunk is hashed.
+    pub fn one(&self, zeros: &[u8], index: u64, disk_size: u64, chunk_size: u64) -> Digest {
+        if zeros.len() as u64 != chunk_size || disk_size <= chunk_size {
+            return chunk_id(zeros, index * chunk_size, disk_size, chunk_size);
+        }
         if let Some(id) = self.known(chunk_size).get(index as usize) {
             return *id;
         }
@@ -121,7 +124,6 @@ impl ZeroIds {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::image::treehash::chunk_id;
 
     #[test]
     fn remembered_ids_are_the_ids_of_zeros_at_each_place() {
@@ -152,15 +154,16 @@ mod tests {
         let ids = ZeroIds::default();
         let chunk = 64 * 1024u64;
         let zeros = vec![0u8; chunk as usize];
+        let disk = 10 * chunk;
         let all = ZeroIds::default().first(chunk, 6).unwrap();
-        assert_eq!(ids.one(chunk, 5, &zeros), all[5]);
+        assert_eq!(ids.one(&zeros, 5, disk, chunk), all[5]);
         assert!(ids.one_by_one.lock().unwrap().is_empty(), "kept only when another disk follows");
         ids.remember_for_later_disks(true);
-        assert_eq!(ids.one(chunk, 5, &zeros), all[5]);
+        assert_eq!(ids.one(&zeros, 5, disk, chunk), all[5]);
         assert_eq!(ids.one_by_one.lock().unwrap().len(), 1);
-        assert_eq!(ids.one(chunk, 5, &zeros), all[5], "remembered");
+        assert_eq!(ids.one(&zeros, 5, disk, chunk), all[5], "remembered");
         ids.first(chunk, 3).unwrap();
-        assert_eq!(ids.one(chunk, 2, &zeros), all[2], "from the table");
+        assert_eq!(ids.one(&zeros, 2, disk, chunk), all[2], "from the table");
     }
 
     #[test]

@@ -242,11 +242,10 @@ impl Loader {
                 self.failed.insert(m.clone());
                 continue;
             };
-            let deps = self.index.deps.get(m).map(|(_, d)| d.clone()).unwrap_or_default();
-            let after = deps.into_iter().filter(|d| order.contains(d) && d != m).collect();
+            let after = self.index.deps.get(m).map(|(_, d)| d.clone()).unwrap_or_default();
             batch.push(Pending { name: m.clone(), path, after });
         }
-        // Those already there or missing are not waited for.
+        // Only modules of this batch are waited for: not those already there or missing.
         let names: BTreeSet<String> = batch.iter().map(|p| p.name.clone()).collect();
         for p in &mut batch {
             p.after.retain(|d| names.contains(d));
