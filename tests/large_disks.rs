@@ -61,6 +61,7 @@ fn a_million_chunk_manifest_is_judged_in_bounded_memory() {
         chunks: ids.into_iter().map(|id| ChunkEntry { id, zero: false }).collect(),
         bad_ranges: vec![],
         used_only: None,
+        pages: None,
     };
     let body = serde_json::to_vec(&manifest).unwrap();
     eprintln!("manifest of {count} chunks: {} MiB of JSON", body.len() >> 20);

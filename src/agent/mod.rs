@@ -3,6 +3,8 @@
 pub mod client;
 pub mod enroll;
 pub mod send;
+mod spool;
+mod throttle;
 
 pub use client::{Client, Endpoint, Refused};
 pub mod target;

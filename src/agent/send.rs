@@ -13,14 +13,16 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use serde::Serialize;
-use tokio::sync::{mpsc, Mutex, Semaphore};
+use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 
 use super::client::{refused_with, Client, Refused};
+use super::spool::IdSpool;
+use super::throttle::Throttle;
 use crate::disk::used::UsedOnly;
 use crate::disk::{self, BadRange, BadSectors, DiskReader};
 use crate::image::hasher::{self, HashedChunk};
-use crate::image::{treehash, ChunkEntry, Manifest, MANIFEST_VERSION};
+use crate::image::{pages, treehash, ChunkEntry, Manifest, MANIFEST_VERSION, PAGED_MANIFEST_VERSION};
 use crate::machine::machine_identity;
 use crate::wire::routes::{call, Call};
 use crate::wire::*;
@@ -40,6 +42,8 @@ pub struct SendOptions {
     pub used_only: Option<bool>,
     /// Hardware inventory to register with (the live image's driver coverage).
     pub inventory: Option<serde_json::Value>,
+    /// Chunk ids per page of a large disk's manifest (tests make it small).
+    pub chunks_per_page: u64,
 }
 
 impl Default for SendOptions {
@@ -53,6 +57,7 @@ impl Default for SendOptions {
             bad_sectors: None,
             used_only: None,
             inventory: None,
+            chunks_per_page: pages::DEFAULT_CHUNKS_PER_PAGE,
         }
     }
 }
@@ -170,27 +175,6 @@ async fn send_opened(
     Ok(summaries)
 }
 
-/// A simple shared rate limiter: uploads wait until the average rate is under the limit.
-struct Throttle {
-    limit: Option<u64>,
-    state: Mutex<(Instant, u64)>,
-}
-
-impl Throttle {
-    async fn take(&self, bytes: u64) {
-        let Some(limit) = self.limit.filter(|l| *l > 0) else { return };
-        let wait = {
-            let mut s = self.state.lock().await;
-            s.1 += bytes;
-            let due = Duration::from_secs_f64(s.1 as f64 / limit as f64);
-            due.saturating_sub(s.0.elapsed())
-        };
-        if !wait.is_zero() {
-            tokio::time::sleep(wait).await;
-        }
-    }
-}
-
 /// The most chunks asked about in one `missing` query.
 const BATCH: usize = 8;
 
@@ -199,7 +183,7 @@ struct DiskPass {
     index: u32,
     path: String,
     size: u64,
-    ids: Vec<Option<ChunkEntry>>,
+    ids: IdSpool,
     bytes_done: u64,
     sent_bytes: u64,
     sent_chunks: u64,
@@ -257,12 +241,13 @@ async fn send_disk(
     let begin = BeginDisk { identity: identity.clone(), partition_table: partition_table.clone(), size, chunk_size };
     client.call::<call::BeginDisk>(&[job, &disk], &begin).await?;
 
-    let count = treehash::chunk_count(size, chunk_size) as usize;
+    pages::validate_chunks_per_page(opts.chunks_per_page).map_err(anyhow::Error::msg)?;
+    let count = treehash::chunk_count(size, chunk_size);
     let mut pass = DiskPass {
         index,
         path,
         size,
-        ids: vec![None; count],
+        ids: IdSpool::new(size, chunk_size, opts.chunks_per_page),
         bytes_done: 0,
         sent_bytes: 0,
         sent_chunks: 0,
@@ -271,25 +256,23 @@ async fn send_disk(
     };
     hash_and_send(client, job, reader.clone(), opts, &mut pass, on_progress).await?;
     let bad_ranges = disk::rescue::in_partitions(reader.bad_ranges(), &partition_table);
-    let chunks: Vec<ChunkEntry> = std::mem::take(&mut pass.ids)
-        .into_iter()
-        .enumerate()
-        .map(|(i, e)| e.with_context(|| format!("chunk {i} of {} was never hashed", pass.path)))
-        .collect::<Result<_>>()?;
-    let root = treehash::root_from_ids(&chunks.iter().map(|c| c.id).collect::<Vec<_>>(), size, chunk_size)?;
+    let ids = std::mem::replace(&mut pass.ids, IdSpool::new(0, chunk_size, opts.chunks_per_page)).finish(&pass.path)?;
+    let root = ids.root;
     let manifest = Manifest {
-        version: MANIFEST_VERSION,
+        version: if ids.pages.is_some() { PAGED_MANIFEST_VERSION } else { MANIFEST_VERSION },
         identity,
         partition_table,
         size,
         chunk_size,
         blake3: root,
-        chunks,
+        chunks: ids.chunks,
         bad_ranges: bad_ranges.clone(),
         used_only: used_only.clone(),
+        pages: ids.pages,
     };
+    let wait = verification_wait(pass.zero_chunks, chunk_size);
     let verdict = client
-        .call_waiting::<call::CompleteDisk>(&[job, &disk], &manifest, Some(verification_wait(&manifest)))
+        .call_waiting::<call::CompleteDisk>(&[job, &disk], &manifest, Some(wait))
         .await
         .context("asking the receiver to verify the disk")?;
     let local = hex::encode(root);
@@ -302,7 +285,7 @@ async fn send_disk(
         size,
         sector_size: reader.logical_sector_size(),
         blake3: local,
-        chunks: count as u64,
+        chunks: count,
         zero_chunks: pass.zero_chunks,
         bad_ranges,
         used_only,
@@ -326,13 +309,12 @@ fn partition_table(reader: &DiskReader, bad_sectors: Option<BadSectors>) -> Resu
     }
 }
 
-/// How long the receiver may take to verify `m`: the usual two minutes, and a second more per
-/// 2 GiB of zero chunks, whose ids it checks by hashing zeros at their places when it does not
-/// remember them (measured: about 7 GiB per CPU-second). Under the client's usual limit an
+/// How long the receiver may take to verify a disk: the usual two minutes, and a second more
+/// per 2 GiB of zero chunks, whose ids it checks by hashing zeros at their places when it does
+/// not remember them (measured: about 7 GiB per CPU-second). Under the client's usual limit an
 /// empty 2 TiB disk was asked again and again, each time starting over.
-fn verification_wait(m: &Manifest) -> Duration {
-    let zero_chunks = m.chunks.iter().filter(|c| c.zero).count() as u64;
-    Duration::from_secs(120 + zero_chunks.saturating_mul(m.chunk_size) / (2 << 30))
+fn verification_wait(zero_chunks: u64, chunk_size: u64) -> Duration {
+    Duration::from_secs(120 + zero_chunks.saturating_mul(chunk_size) / (2 << 30))
 }
 
 /// Used-blocks mode: reads each partition's allocation, tells the reader what to skip, and
@@ -392,7 +374,7 @@ async fn hash_and_send(
         client: client.clone(),
         job: job.to_string(),
         semaphore: Arc::new(Semaphore::new(in_flight)),
-        throttle: Arc::new(Throttle { limit: opts.bandwidth_limit, state: Mutex::new((Instant::now(), 0)) }),
+        throttle: Arc::new(Throttle::new(opts.bandwidth_limit)),
         compress: opts.compress.unwrap_or(false),
     };
     let started = Instant::now();
@@ -429,9 +411,14 @@ async fn hash_and_send(
 /// starts their uploads.
 async fn send_batch(up: &Uploader, pass: &mut DiskPass, batch: Vec<HashedChunk>) -> Result<()> {
     let mut data_chunks = vec![];
+    let disk = pass.index.to_string();
     for c in batch {
         pass.bytes_done += c.data.len() as u64;
-        pass.ids[c.index as usize] = Some(ChunkEntry { id: c.id, zero: c.zero });
+        if let Some(page) = pass.ids.record(c.index, ChunkEntry { id: c.id, zero: c.zero })? {
+            // Sent now and forgotten: the receiver keeps it until the manifest names its hash.
+            let n = page.page.to_string();
+            up.client.call::<call::PutPage>(&[&up.job, &disk, &n], &page).await.context("sending a page of ids")?;
+        }
         if c.zero {
             pass.zero_chunks += 1;
         } else {
@@ -441,7 +428,6 @@ async fn send_batch(up: &Uploader, pass: &mut DiskPass, batch: Vec<HashedChunk>)
     if data_chunks.is_empty() {
         return Ok(());
     }
-    let disk = pass.index.to_string();
     let q = MissingQuery { chunks: data_chunks.iter().map(|c| ChunkRef { index: c.index, id: c.id }).collect() };
     let answer = up.client.call::<call::Missing>(&[&up.job, &disk], &q).await?;
     let missing: HashSet<u64> = answer.missing.into_iter().collect();

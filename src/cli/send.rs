@@ -46,6 +46,7 @@ pub fn run(a: SendArgs) -> Result<i32> {
         bad_sectors: a.bad_sectors,
         used_only: a.used_only.then_some(true),
         inventory: None,
+        chunks_per_page: a.chunks_per_page,
     };
     let mut bars: HashMap<u32, Progress> = HashMap::new();
     let mut on_progress = |p: &crate::agent::send::SendProgress| {

@@ -63,6 +63,10 @@ pub struct SendArgs {
     /// copy (default: the job's setting).
     #[arg(long)]
     pub used_only: bool,
+    /// Chunk ids per page of a large disk's manifest (a power of two, 16 to 65536); tests use
+    /// small pages to send paged manifests of small disks.
+    #[arg(long, default_value_t = crate::image::pages::DEFAULT_CHUNKS_PER_PAGE, hide = true)]
+    pub chunks_per_page: u64,
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,

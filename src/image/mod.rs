@@ -2,6 +2,7 @@
 
 pub mod hasher;
 pub mod manifest;
+pub mod pages;
 pub mod pool;
 pub mod treehash;
 pub mod zero_ids;
@@ -10,7 +11,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 
-pub use manifest::{ChunkEntry, Manifest, MANIFEST_VERSION};
+pub use manifest::{ChunkEntry, Manifest, MANIFEST_VERSION, PAGED_MANIFEST_VERSION};
 pub use treehash::{Digest, DEFAULT_CHUNK_SIZE};
 
 use crate::disk::{self, DiskReader};
@@ -69,5 +70,6 @@ pub fn build_manifest(
         chunks,
         bad_ranges,
         used_only: None,
+        pages: None,
     })
 }

@@ -107,7 +107,8 @@ fn split(ids: &[Digest], len: u64, chunk_size: u64) -> (Span<'_>, Span<'_>) {
     ((l, left_len), (r, len - left_len))
 }
 
-fn subtree_cv(ids: &[Digest], len: u64, chunk_size: u64) -> Digest {
+/// The chaining value of the subtree made of `ids`, covering `len` bytes (never the root).
+pub fn subtree_cv(ids: &[Digest], len: u64, chunk_size: u64) -> Digest {
     if len <= chunk_size {
         return ids[0];
     }

@@ -18,6 +18,8 @@ use crate::wire::API_PREFIX;
 const CHUNK_BODY_LIMIT: usize = MAX_CHUNK_SIZE as usize + (1 << 20);
 /// Manifests carry one id per chunk: 256 MiB holds a 12 TiB disk in 4 MiB chunks.
 const MANIFEST_BODY_LIMIT: usize = 256 << 20;
+/// A page of at most 65,536 ids is about 6 MB of JSON.
+const PAGE_BODY_LIMIT: usize = 16 << 20;
 /// A live image's console transcript.
 const LOG_BODY_LIMIT: usize = 256 << 10;
 /// Every other body.
@@ -62,6 +64,7 @@ where
     let limit = match C::ROUTE {
         r if r == call::PutChunk::ROUTE => CHUNK_BODY_LIMIT,
         r if r == call::CompleteDisk::ROUTE => MANIFEST_BODY_LIMIT,
+        r if r == call::PutPage::ROUTE => PAGE_BODY_LIMIT,
         r if r == call::PostLog::ROUTE => LOG_BODY_LIMIT,
         _ => CONTROL_BODY_LIMIT,
     };
@@ -94,6 +97,7 @@ pub fn router(st: Arc<AppState>) -> Router {
     let r = api::<Missing, _, _>(r, &st, source::missing);
     let r = api::<PutChunk, _, _>(r, &st, source::put_chunk);
     let r = api::<Progress, _, _>(r, &st, source::progress);
+    let r = api::<PutPage, _, _>(r, &st, source::put_page);
     let r = api::<CompleteDisk, _, _>(r, &st, source::complete_disk);
     let r = api::<Finish, _, _>(r, &st, source::finish);
     let r = api::<Fail, _, _>(r, &st, source::fail);

@@ -174,6 +174,41 @@ pub async fn progress(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Keeps one page of a large disk's chunk ids until the paged manifest that names its hash
+/// arrives. Nothing in it is trusted before then; it only has to be a page of this disk.
+pub async fn put_page(
+    State(st): State<Arc<AppState>>,
+    auth: Authorized,
+    Path((job, disk, page)): Path<(String, u32, u64)>,
+    Body(p): Body<call::PutPage>,
+) -> ApiResult<StatusCode> {
+    use crate::image::pages;
+    running(&job, &auth)?;
+    let (size, chunk_size) = geometry(&st, &job, disk)?;
+    let count = treehash::chunk_count(size, chunk_size);
+    pages::validate_chunks_per_page(p.chunks_per_page).map_err(|e| ApiErr::new(Code::BadPage, e))?;
+    let range = pages::page_chunks(count, p.chunks_per_page, page);
+    if p.page != page || !pages::is_paged(count, p.chunks_per_page) || range.is_empty() {
+        let pages = pages::page_count(count, p.chunks_per_page);
+        let why = format!("disk {disk} has {count} chunks: {pages} pages of {}, no page {page}", p.chunks_per_page);
+        return Err(ApiErr::new(Code::BadPage, why));
+    }
+    if p.chunks.len() as u64 != range.end - range.start {
+        let why = format!("page {page} holds chunks {range:?}, but {} were sent", p.chunks.len());
+        return Err(ApiErr::new(Code::BadPage, why));
+    }
+    // The pages of a verified disk are its manifest: they change only after it begins again.
+    if st.job(&job)?.disks.iter().any(|d| d.index == disk && d.verified) {
+        return Err(ApiErr::new(Code::BadPage, format!("disk {disk} is verified; begin it again to send its pages")));
+    }
+    let body = serde_json::to_vec(&p).map_err(anyhow::Error::from)?;
+    st.store
+        .put_manifest_page(&job, disk, page, body)
+        .await
+        .map_err(|e| anyhow::anyhow!("keeping page {page} of job {job} disk {disk} in {}: {e}", st.store.describe()))?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 pub async fn put_chunk(
     State(st): State<Arc<AppState>>,
     auth: Authorized,
@@ -322,7 +357,7 @@ pub async fn complete_disk(
             ),
         ));
     }
-    let verdict = super::verify::verify_manifest(&st, &manifest).await.map(|()| manifest);
+    let verdict = super::verify::verify_manifest(&st, &job, disk, &manifest).await.map(|()| manifest);
     match verdict {
         Ok(manifest) => {
             super::verify::keep_manifest(&st, &job, disk, &manifest).await?;

@@ -6,27 +6,59 @@
 use super::error::ApiResult;
 use super::AppState;
 use crate::image::treehash::chunk_id;
-use crate::image::{hasher, zero_ids, Manifest};
+use crate::image::{hasher, zero_ids, ChunkEntry, Manifest};
 use crate::store::Place;
 use crate::wire::Code;
 
-pub async fn verify_manifest(st: &AppState, m: &Manifest) -> Result<(), (Code, String)> {
+/// Checks `m` for disk `disk` of `job`: an inline manifest as it came, a paged one a page at a
+/// time as the agent kept its pages here, so that a disk's ids are never all in memory.
+pub async fn verify_manifest(st: &AppState, job: &str, disk: u32, m: &Manifest) -> Result<(), (Code, String)> {
     st.store.sync().await.map_err(|e| (Code::StoreError, format!("making the store durable: {e}")))?;
     m.validate().map_err(|e| (Code::ManifestInvalid, format!("disk manifest rejected: {e}")))?;
+    if m.pages.is_none() {
+        return verify_chunks(st, m, 0, &m.chunks).await;
+    }
+    let per_page = m.pages.as_ref().map_or(0, |p| p.chunks_per_page);
+    let page = |page: u64| async move {
+        crate::store::load_page(st.store.as_ref(), job, disk, m, page)
+            .await
+            .map_err(|e| (Code::ManifestInvalid, format!("disk manifest rejected: {e:#}")))
+    };
+    // First the manifest is whole (every page there, each merging to its hash), then its chunks
+    // are: a page is read twice, a few MB per 256 GiB of disk, and never all pages at once.
+    for p in 0..m.page_count() {
+        page(p).await?;
+    }
+    for p in 0..m.page_count() {
+        verify_chunks(st, m, p * per_page, &page(p).await?).await?;
+    }
+    Ok(())
+}
+
+/// Checks chunks `first..` of `m`: every data chunk is in the store at its place, and every
+/// chunk marked zero has the id of zeros there.
+async fn verify_chunks(st: &AppState, m: &Manifest, first: u64, chunks: &[ChunkEntry]) -> Result<(), (Code, String)> {
     // A stored id counts only at the index it was verified for: ids of this disk's chunks
     // listed in another order still merge to a root, but are not this disk.
-    let data: Vec<usize> = (0..m.chunks.len()).filter(|&i| !m.chunks[i].zero).collect();
-    let asked: Vec<_> = data.iter().map(|&i| (m.chunks[i].id, Place::of(m.size, m.chunk_size, i as u64))).collect();
+    let data: Vec<usize> = (0..chunks.len()).filter(|&i| !chunks[i].zero).collect();
+    let place = |i: usize| Place::of(m.size, m.chunk_size, first + i as u64);
+    let asked: Vec<_> = data.iter().map(|&i| (chunks[i].id, place(i))).collect();
     let absent = st.store.missing(&asked).await.map_err(|e| (Code::StoreError, format!("reading the store: {e}")))?;
-    if let Some(&first) = absent.first() {
-        let i = data[first];
+    if let Some(&at) = absent.first() {
+        let i = data[at];
         return Err((
             Code::ChunkMissing,
-            format!("chunk {i} (id {}) was never received for this place on the disk", hex::encode(m.chunks[i].id)),
+            format!(
+                "chunk {} (id {}) was never received for this place on the disk",
+                first + i as u64,
+                hex::encode(chunks[i].id)
+            ),
         ));
     }
-    let m2 = m.clone();
-    let bad_zero = tokio::task::spawn_blocking(move || first_bad_zero(&m2))
+    let (size, chunk_size) = (m.size, m.chunk_size);
+    let zeros: Vec<bool> = chunks.iter().map(|c| c.zero).collect();
+    let ids: Vec<_> = chunks.iter().map(|c| c.id).collect();
+    let bad_zero = tokio::task::spawn_blocking(move || first_bad_zero(size, chunk_size, first, &ids, &zeros))
         .await
         .map_err(|e| (Code::StoreError, format!("checking zero chunks: {e}")))?;
     if let Some(i) = bad_zero {
@@ -35,29 +67,31 @@ pub async fn verify_manifest(st: &AppState, m: &Manifest) -> Result<(), (Code, S
     Ok(())
 }
 
-/// The first chunk marked zero whose id is not that of zeros at its offset. Whole chunks are
-/// checked against the ids of zeros this receiver remembers (hashed once per place, shared by
-/// every disk of a wave: `image::zero_ids`); a short last chunk, a disk of one chunk, or a disk
-/// past what is remembered is hashed here.
-fn first_bad_zero(m: &Manifest) -> Option<usize> {
+/// The first chunk marked zero among chunks `first..` of a disk of `size` bytes whose id is not
+/// that of zeros at its offset. Whole chunks are checked against the ids of zeros this receiver
+/// remembers (hashed once per place, shared by every disk of a wave: `image::zero_ids`); a
+/// short last chunk, a disk of one chunk, or a chunk past what is remembered is hashed here.
+fn first_bad_zero(size: u64, chunk_size: u64, first: u64, ids: &[[u8; 32]], zero: &[bool]) -> Option<u64> {
     use rayon::prelude::*;
-    let whole = |i: u64| m.size > m.chunk_size && m.chunk_range(i).1 == m.chunk_size;
-    let last_whole_zero = (0..m.chunks.len()).rev().find(|&i| m.chunks[i].zero && whole(i as u64));
-    let remembered = last_whole_zero.and_then(|i| zero_ids::shared().first(m.chunk_size, i + 1));
-    let zeros = vec![0u8; m.chunk_size.min(m.size) as usize];
-    let bad = m.chunks.par_iter().enumerate().filter(|(_, c)| c.zero).find_first(|(i, c)| {
+    let len = |i: u64| crate::image::treehash::chunk_len(size, chunk_size, i);
+    let whole = |i: u64| size > chunk_size && len(i) == chunk_size;
+    let last_whole_zero =
+        (0..ids.len() as u64).rev().map(|i| first + i).find(|&i| zero[(i - first) as usize] && whole(i));
+    let remembered = last_whole_zero.and_then(|i| zero_ids::shared().first(chunk_size, i as usize + 1));
+    let zeros = vec![0u8; chunk_size.min(size) as usize];
+    let bad = (0..ids.len()).into_par_iter().filter(|&i| zero[i]).find_first(|&i| {
+        let at = first + i as u64;
         let expected = match &remembered {
-            Some(ids) if whole(*i as u64) => ids[*i],
+            Some(remembered) if whole(at) => remembered[at as usize],
             _ => {
-                let (offset, len) = m.chunk_range(*i as u64);
-                let data = &zeros[..len as usize];
+                let data = &zeros[..len(at) as usize];
                 debug_assert!(hasher::is_zero(data));
-                chunk_id(data, offset, m.size, m.chunk_size)
+                chunk_id(data, at * chunk_size, size, chunk_size)
             }
         };
-        expected != c.id
+        expected != ids[i]
     });
-    bad.map(|(i, _)| i)
+    bad.map(|i| first + i as u64)
 }
 
 /// Keeps the verified manifest in the store, durably, where every receiver and `ferry export`
@@ -91,6 +125,12 @@ mod tests {
         std::fs::write(file.path(), &bytes).unwrap();
         let disk = Arc::new(DiskReader::open(file.path(), None).unwrap());
         crate::image::build_manifest(disk, CHUNK, 2, |_| {}).unwrap()
+    }
+
+    fn first_bad_zero(m: &Manifest) -> Option<usize> {
+        let ids: Vec<_> = m.chunks.iter().map(|c| c.id).collect();
+        let zeros: Vec<bool> = m.chunks.iter().map(|c| c.zero).collect();
+        super::first_bad_zero(m.size, m.chunk_size, 0, &ids, &zeros).map(|i| i as usize)
     }
 
     #[test]

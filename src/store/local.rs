@@ -123,6 +123,11 @@ pub(super) fn manifest_path(dir: &Path, job: &str, disk: u32) -> PathBuf {
     dir.join("manifests").join(super::manifest_name(job, disk))
 }
 
+/// `DIR/manifests/JOB/N.pages/P.json`: where the store in `dir` keeps a page of a manifest.
+pub(super) fn manifest_page_path(dir: &Path, job: &str, disk: u32, page: u64) -> PathBuf {
+    dir.join("manifests").join(super::manifest_page_name(job, disk, page))
+}
+
 /// `CHUNKS/ab/abcdef…`: where a store from before places kept the chunk.
 pub(super) fn unplaced_path(chunks: &Path, id: &Digest) -> PathBuf {
     let hex = hex::encode(id);
@@ -176,6 +181,20 @@ impl ChunkStore for LocalStore {
 
     async fn get_manifest(&self, job: &str, disk: u32) -> io::Result<Vec<u8>> {
         let path = self.dir.manifest_path(job, disk);
+        self.run(move |_| fs::read(path)).await
+    }
+
+    async fn put_manifest_page(&self, job: &str, disk: u32, page: u64, body: Vec<u8>) -> io::Result<()> {
+        let path = manifest_page_path(&self.dir.root, job, disk, page);
+        self.run(move |_| {
+            fs::create_dir_all(path.parent().expect("page paths have a parent"))?;
+            crate::fsx::write_atomic(&path, &body)
+        })
+        .await
+    }
+
+    async fn get_manifest_page(&self, job: &str, disk: u32, page: u64) -> io::Result<Vec<u8>> {
+        let path = manifest_page_path(&self.dir.root, job, disk, page);
         self.run(move |_| fs::read(path)).await
     }
 

@@ -66,6 +66,13 @@ pub fn manifest_name(job: &str, disk: u32) -> String {
     format!("{job}/{disk}.json")
 }
 
+/// `JOB/N.pages/P.json`: the name of page `page` of a paged manifest under `manifests/`, beside
+/// its head. A page is kept when uploaded; it counts once a verified head names its hash.
+pub fn manifest_page_name(job: &str, disk: u32, page: u64) -> String {
+    debug_assert!(crate::wire::valid_job_id(job));
+    format!("{job}/{disk}.pages/{page}.json")
+}
+
 /// A place to keep chunks and the manifests of verified disks: a local directory (the default)
 /// or an S3 bucket shared by several receivers. Async, because a bucket is a network away: a
 /// receiver asks about many chunks at once rather than one round trip after another.
@@ -96,6 +103,10 @@ pub trait ChunkStore: Send + Sync + 'static {
     async fn put_manifest(&self, job: &str, disk: u32, body: Vec<u8>) -> io::Result<()>;
     /// The manifest kept for disk `disk` of `job` (NotFound when there is none).
     async fn get_manifest(&self, job: &str, disk: u32) -> io::Result<Vec<u8>>;
+    /// Keeps page `page` of the paged manifest of disk `disk` of `job`, durably.
+    async fn put_manifest_page(&self, job: &str, disk: u32, page: u64, body: Vec<u8>) -> io::Result<()>;
+    /// Page `page` of that manifest (NotFound when it was never kept).
+    async fn get_manifest_page(&self, job: &str, disk: u32, page: u64) -> io::Result<Vec<u8>>;
     /// Where the store is, in words, for messages.
     fn describe(&self) -> String;
     /// What kind of store it is (`local` or `s3`), for metrics.
@@ -106,8 +117,28 @@ pub trait ChunkStore: Send + Sync + 'static {
 /// 100 GiB disk take over a minute one after another (3 ms each), a couple of seconds 64 at once.
 pub const MISSING_CONCURRENCY: usize = 64;
 
-/// The verified manifest of disk `disk` of `job`, as a receiver kept it in `store`.
+/// The verified manifest of disk `disk` of `job`, as a receiver kept it in `store`, with every
+/// chunk id: a paged one's pages are read and checked against its head. Holds every id, so it
+/// is for the readers that want them all at once; [`load_manifest_head`] and [`load_page`] read
+/// a paged manifest a page at a time.
 pub async fn load_manifest(store: &dyn ChunkStore, job: &str, disk: u32) -> anyhow::Result<crate::image::Manifest> {
+    let mut m = load_manifest_head(store, job, disk).await?;
+    let mut chunks = Vec::with_capacity(if m.pages.is_some() { m.chunk_count() as usize } else { 0 });
+    for page in 0..m.page_count() {
+        chunks.extend(load_page(store, job, disk, &m, page).await?);
+    }
+    if m.pages.is_some() {
+        m.chunks = chunks;
+    }
+    Ok(m)
+}
+
+/// The verified manifest of disk `disk` of `job` as kept: a paged one without its chunk ids.
+pub async fn load_manifest_head(
+    store: &dyn ChunkStore,
+    job: &str,
+    disk: u32,
+) -> anyhow::Result<crate::image::Manifest> {
     use anyhow::Context;
     if !crate::wire::valid_job_id(job) {
         anyhow::bail!("{job:?} is not a job id");
@@ -120,4 +151,18 @@ pub async fn load_manifest(store: &dyn ChunkStore, job: &str, disk: u32) -> anyh
         serde_json::from_slice(&text).with_context(|| format!("parsing the {}", where_()))?;
     m.validate().with_context(|| format!("checking the {}", where_()))?;
     Ok(m)
+}
+
+/// The chunks of page `page` of the paged manifest `m` (its head), checked against it.
+pub async fn load_page(
+    store: &dyn ChunkStore,
+    job: &str,
+    disk: u32,
+    m: &crate::image::Manifest,
+    page: u64,
+) -> anyhow::Result<Vec<crate::image::ChunkEntry>> {
+    use anyhow::Context;
+    let where_ = || format!("page {page} of manifest {job}/{disk} in {}", store.describe());
+    let body = store.get_manifest_page(job, disk, page).await.with_context(|| format!("reading the {}", where_()))?;
+    crate::image::manifest::check_page(m, page, &body).map_err(anyhow::Error::msg).with_context(where_)
 }

@@ -83,7 +83,25 @@ pub fn check_against_jobs(
 
 /// The manifest kept in the store directory `dir`, if it can be read.
 pub fn kept_in_dir(dir: &Path, job: &str, disk: u32) -> Option<Manifest> {
-    fs::read(super::local::manifest_path(dir, job, disk)).ok().and_then(|t| serde_json::from_slice(&t).ok())
+    read_kept(&super::local::manifest_path(dir, job, disk)).ok()
+}
+
+/// The manifest kept at `path` in a local store, with every chunk id: a paged one's pages are
+/// read from `N.pages/` beside it and checked against its head.
+pub fn read_kept(path: &Path) -> Result<Manifest> {
+    let mut m: Manifest = serde_json::from_slice(&fs::read(path)?)?;
+    if m.pages.is_some() {
+        m.validate()?;
+        let dir = path.with_extension("pages");
+        let mut chunks = Vec::with_capacity(m.chunk_count() as usize);
+        for page in 0..m.page_count() {
+            let body = fs::read(dir.join(format!("{page}.json")))
+                .with_context(|| format!("reading page {page} of the manifest"))?;
+            chunks.extend(crate::image::manifest::check_page(&m, page, &body).map_err(anyhow::Error::msg)?);
+        }
+        m.chunks = chunks;
+    }
+    Ok(m)
 }
 
 /// Checks the store in `dir`: every chunk file and every manifest, or with `job` only that
@@ -190,7 +208,7 @@ pub(super) fn bytes_problem(name: &str, id: &Digest, offset: u64, whole_disk: bo
 
 /// Checks one manifest against the store; the chunk files it names go into `named`.
 fn check_manifest(dir: &Path, name: &str, path: &Path, named: &mut HashSet<PathBuf>, report: &mut Report) {
-    let m: Manifest = match fs::read(path).map_err(anyhow::Error::from).and_then(|t| Ok(serde_json::from_slice(&t)?)) {
+    let m: Manifest = match read_kept(path) {
         Ok(m) => m,
         Err(e) => return report.problems.push(format!("manifest {name}: cannot be read: {e:#}")),
     };

@@ -12,6 +12,16 @@ use super::verify::{bytes_problem, manifest_is_sound, ChunkFile, Report};
 use super::{ChunkStore, Place, S3Store};
 use crate::image::Manifest;
 
+/// The manifest kept for `job`/`disk` in the bucket, with every chunk id (a paged one's pages
+/// read and checked against its head).
+async fn read_manifest(s3: &S3Store, job: &str, disk: u32) -> Result<Manifest> {
+    let m: Manifest = serde_json::from_slice(&s3.get_manifest(job, disk).await?)?;
+    if m.pages.is_none() {
+        return Ok(m);
+    }
+    super::load_manifest(s3, job, disk).await
+}
+
 /// How many chunk objects are read and hashed at once.
 const READ_CONCURRENCY: usize = 8;
 
@@ -89,12 +99,7 @@ async fn check_manifest(
     named: &mut HashSet<String>,
     report: &mut Report,
 ) {
-    let m: Manifest = match s3
-        .get_manifest(job, disk)
-        .await
-        .map_err(anyhow::Error::from)
-        .and_then(|t| Ok(serde_json::from_slice(&t)?))
-    {
+    let m: Manifest = match read_manifest(s3, job, disk).await {
         Ok(m) => m,
         Err(e) => return report.problems.push(format!("manifest {name}: cannot be read: {e:#}")),
     };

@@ -127,6 +127,8 @@ codes! {
     BadDisk = "bad_disk", http(400), TellOperator;
     DiskNotBegun = "disk_not_begun", http(409), BootAgain;
     BadIndex = "bad_index", http(400), TellOperator;
+    /// A page of chunk ids that is not a page of this disk.
+    BadPage = "bad_page", http(400), TellOperator;
     NoChunkId = "no_chunk_id", http(400), TellOperator;
     BadChunkId = "bad_chunk_id", http(400), TellOperator;
     TooLarge = "too_large", http(413), TellOperator;

@@ -10,7 +10,11 @@
 //!    receiver answers which it lacks, and the agent `PUT`s only those to
 //!    `/jobs/{job}/disks/{n}/chunks/{index}` with header [`CHUNK_ID_HEADER`].
 //! 4. `POST /jobs/{job}/disks/{n}/complete` with the full [`Manifest`]; the receiver checks the
-//!    ids merge to the whole-disk hash and that it holds every chunk.
+//!    ids merge to the whole-disk hash and that it holds every chunk. A disk of more chunks than
+//!    a page holds (65,536 by default) sends its ids first, a page at a time as they are hashed,
+//!    to `PUT /jobs/{job}/disks/{n}/pages/{p}` ([`ManifestPage`]), and then a paged manifest
+//!    (version 2) carrying each page's hash instead of the ids; the receiver checks it a page
+//!    at a time.
 //! 5. `POST /jobs/{job}/finish`: the job becomes Finished only when every disk is verified.
 //!
 //! A source that has an enrollment token instead of a job first calls `POST /enroll` with its
@@ -36,8 +40,9 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::disk::{BadRange, BadSectors, DiskIdentity, Partition, PartitionTable, TableKind};
 use crate::image::manifest::hex_digest;
+pub use crate::image::manifest::ManifestPage;
 use crate::image::Digest;
-pub use crate::image::{ChunkEntry, Manifest, MANIFEST_VERSION};
+pub use crate::image::{ChunkEntry, Manifest, MANIFEST_VERSION, PAGED_MANIFEST_VERSION};
 pub use code::{Advice, Code};
 pub use target::*;
 pub use wave::{receipt, summarize, valid_wave, Receipt, ReceiptDisk, WaveJob, WaveSummary};

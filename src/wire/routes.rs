@@ -146,6 +146,8 @@ pub mod call {
         /// A chunk's bytes (raw, or zstd with `Content-Encoding: zstd`), its id in a header.
         PutChunk: Put "/jobs/{job}/disks/{disk}/chunks/{index}" [Agent] Raw => ();
         Progress: Post "/jobs/{job}/disks/{disk}/progress" [Agent] wire::ProgressReport => ();
+        /// One page of a large disk's chunk ids, before its paged manifest.
+        PutPage: Put "/jobs/{job}/disks/{disk}/pages/{page}" [Agent] wire::ManifestPage => ();
         CompleteDisk: Post "/jobs/{job}/disks/{disk}/complete" [Agent] wire::Manifest => wire::DiskVerdict;
         Finish: Post "/jobs/{job}/finish" [Agent] () => Job;
         Fail: Post "/jobs/{job}/fail" [Agent] wire::Failure => ();
