@@ -3,7 +3,6 @@
 pub mod client;
 pub mod enroll;
 pub mod send;
-mod spool;
 mod throttle;
 
 pub use client::{Client, Endpoint, Refused};

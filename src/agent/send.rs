@@ -17,11 +17,11 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 
 use super::client::{refused_with, Client, Refused};
-use super::spool::IdSpool;
 use super::throttle::Throttle;
 use crate::disk::used::UsedOnly;
 use crate::disk::{self, BadRange, BadSectors, DiskReader};
 use crate::image::hasher::{self, HashedChunk};
+use crate::image::spool::IdSpool;
 use crate::image::{pages, treehash, ChunkEntry, Manifest, MANIFEST_VERSION, PAGED_MANIFEST_VERSION};
 use crate::machine::machine_identity;
 use crate::wire::routes::{call, Call};

@@ -4,6 +4,7 @@ pub mod hasher;
 pub mod manifest;
 pub mod pages;
 pub mod pool;
+pub mod spool;
 pub mod treehash;
 pub mod zero_ids;
 

@@ -12,7 +12,8 @@ use rayon::prelude::*;
 
 use super::{ChunkStore, Place, StoreConfig};
 use crate::disk::DiskReader;
-use crate::image::{self, hasher, treehash, Manifest};
+use crate::image::spool::IdSpool;
+use crate::image::{hasher, pages, treehash, ChunkEntry, Manifest};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
@@ -36,11 +37,12 @@ pub fn export(cfg: &StoreConfig, job: &str, disk: u32, to: &Path, format: Format
     // through this runtime's handle.
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let store = super::open_for_reading(cfg)?;
-    let manifest = rt.block_on(super::load_manifest(store.as_ref(), job, disk))?;
+    // A paged manifest's head: its pages are read one at a time as they are written out.
+    let manifest = rt.block_on(super::load_manifest_head(store.as_ref(), job, disk))?;
     if to.is_dir() {
         bail!("{} is a directory; give a file name", to.display());
     }
-    let source = Source { store: store.as_ref(), rt: rt.handle() };
+    let source = Source { store: store.as_ref(), rt: rt.handle(), job, disk };
     let partial = sibling(to, ".partial");
     let result = match format {
         Format::Raw => write_raw(&source, &manifest, &partial),
@@ -68,10 +70,25 @@ pub fn export(cfg: &StoreConfig, job: &str, disk: u32, to: &Path, format: Format
     })
 }
 
-/// The store an export reads, and the runtime its reads run on.
+/// The store an export reads, the runtime its reads run on, and the disk it exports.
 struct Source<'a> {
     store: &'a dyn ChunkStore,
     rt: &'a tokio::runtime::Handle,
+    job: &'a str,
+    disk: u32,
+}
+
+impl Source<'_> {
+    /// Calls `each` with the manifest's chunks and the index of the first: an inline manifest's
+    /// at once, a paged one's a page at a time, each read from the store and checked.
+    fn each_page(&self, m: &Manifest, mut each: impl FnMut(u64, &[ChunkEntry]) -> Result<()>) -> Result<()> {
+        let Some(pages) = &m.pages else { return each(0, &m.chunks) };
+        for page in 0..m.page_count() {
+            let chunks = self.rt.block_on(super::load_page(self.store, self.job, self.disk, m, page))?;
+            each(page * pages.chunks_per_page, &chunks)?;
+        }
+        Ok(())
+    }
 }
 
 fn sibling(p: &Path, suffix: &str) -> PathBuf {
@@ -91,13 +108,21 @@ fn write_raw(source: &Source, m: &Manifest, path: &Path) -> Result<()> {
         .open(path)
         .with_context(|| format!("creating {}", path.display()))?;
     f.set_len(m.size).with_context(|| format!("sizing {}", path.display()))?;
-    (0..m.chunks.len()).into_par_iter().try_for_each(|i| -> Result<()> {
-        let c = &m.chunks[i];
+    source.each_page(m, |first, chunks| write_chunks(source, m, first, chunks, &f, path))?;
+    f.sync_all()?;
+    drop(f);
+    verify_file(path, m)
+}
+
+/// Writes the data chunks among chunks `first..` of `m` into `f`.
+fn write_chunks(source: &Source, m: &Manifest, first: u64, chunks: &[ChunkEntry], f: &File, path: &Path) -> Result<()> {
+    (0..chunks.len()).into_par_iter().try_for_each(|at| -> Result<()> {
+        let (i, c) = (first + at as u64, &chunks[at]);
         if c.zero {
             return Ok(());
         }
-        let (offset, len) = m.chunk_range(i as u64);
-        let data = match source.rt.block_on(source.store.get(&c.id, Place::of(m.size, m.chunk_size, i as u64))) {
+        let (offset, len) = m.chunk_range(i);
+        let data = match source.rt.block_on(source.store.get(&c.id, Place::of(m.size, m.chunk_size, i))) {
             Ok(data) => data,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 bail!("chunk {i} ({}) is not in the store at byte {offset}: it was removed", hex::encode(c.id))
@@ -110,27 +135,37 @@ fn write_raw(source: &Source, m: &Manifest, path: &Path) -> Result<()> {
             bail!("chunk {i} in the store is damaged: its bytes no longer match its id {}", hex::encode(c.id));
         }
         f.write_all_at(&data, offset).with_context(|| format!("writing {} at byte {offset}", path.display()))
-    })?;
-    f.sync_all()?;
-    drop(f);
-    verify_file(path, m)
+    })
 }
 
-/// Hashes `path` in one pass and compares it with the manifest's whole-disk BLAKE3.
+/// Hashes `path` in one pass and compares it with the manifest's whole-disk BLAKE3. The ids
+/// are kept a page at a time for a paged manifest, so this too holds no more for a larger disk.
 pub fn verify_file(path: &Path, m: &Manifest) -> Result<()> {
     let reader = Arc::new(DiskReader::open(path, None)?);
     if reader.size() != m.size {
         bail!("{} is {} bytes, the disk was {}", path.display(), reader.size(), m.size);
     }
-    let chunks = image::hash_all_chunks(reader, m.chunk_size, hasher::default_threads(), |_| {})?;
-    let ids: Vec<_> = chunks.iter().map(|c| c.id).collect();
-    let root = treehash::root_from_ids(&ids, m.size, m.chunk_size)?;
-    if root != m.blake3 {
-        let first = chunks.iter().zip(&m.chunks).position(|(a, b)| a.id != b.id).unwrap_or(0);
+    let chunk_size = m.chunk_size;
+    let mut spool = IdSpool::new(m.size, chunk_size, m.pages.as_ref().map_or(u64::MAX, |p| p.chunks_per_page));
+    let (tx, rx) = std::sync::mpsc::sync_channel(hasher::default_threads());
+    let hashing = std::thread::spawn(move || hasher::hash_chunks(reader, chunk_size, hasher::default_threads(), tx));
+    for c in rx {
+        spool.record(c.index, ChunkEntry { id: c.id, zero: c.zero })?;
+    }
+    hashing.join().map_err(|_| anyhow::anyhow!("a hashing thread panicked"))??;
+    let ids = spool.finish(&path.display().to_string())?;
+    if ids.root != m.blake3 {
+        let first = match (&ids.pages, &m.pages) {
+            (Some(got), Some(want)) => {
+                let page = got.cvs.iter().zip(&want.cvs).position(|(a, b)| a != b).unwrap_or(0) as u64;
+                format!("chunks {:?}", pages::page_chunks(m.chunk_count(), want.chunks_per_page, page))
+            }
+            _ => format!("chunk {}", ids.chunks.iter().zip(&m.chunks).position(|(a, b)| a.id != b.id).unwrap_or(0)),
+        };
         bail!(
-            "{} hashes to {}, not the disk's {} (first difference in chunk {first})",
+            "{} hashes to {}, not the disk's {} (first difference in {first})",
             path.display(),
-            hex::encode(root),
+            hex::encode(ids.root),
             hex::encode(m.blake3)
         );
     }

@@ -1,7 +1,8 @@
-//! The chunk ids of the disk being sent, held only until they can go. A disk of one page keeps
-//! them all (its manifest carries them inline, as every receiver reads). A larger disk keeps a
-//! page only until its last id is known, then hands it over to be uploaded and keeps just the
-//! page's hash: what the agent holds no longer grows with the disk.
+//! The chunk ids of a disk as a hashing pass finds them, held only until they can go. A disk of
+//! one page keeps them all (its manifest carries them inline, as every receiver reads). A larger
+//! disk keeps a page only until its last id is known, then hands it over (the agent uploads it)
+//! and keeps just the page's hash: what the agent, or an export checking its file, holds no
+//! longer grows with the disk.
 
 use std::collections::BTreeMap;
 
