@@ -38,6 +38,11 @@ struct Instance {
 
 /// A receiver with a Finished `instance` job holding `sources`, sent from machine SRC-1.
 fn finished_job(dir: &Path, sources: &[&Path], spec: &[&str]) -> Instance {
+    finished_job_sent_with(dir, sources, spec, &[])
+}
+
+/// [`finished_job`], sent with `send_args` added to `ferry send`.
+fn finished_job_sent_with(dir: &Path, sources: &[&Path], spec: &[&str], send_args: &[&str]) -> Instance {
     let r = Receiver::start(&dir.join("store"), false);
     let store = r.store.to_str().unwrap().to_string();
     let mut args = vec!["job", "create", "--store", &store, "--name", "db01", "--target", "instance", "--json"];
@@ -51,6 +56,7 @@ fn finished_job(dir: &Path, sources: &[&Path], spec: &[&str]) -> Instance {
     let mut cmd = Command::new(FERRY);
     cmd.args(r.send_args(&id, &token))
         .arg("--json")
+        .args(send_args)
         .args(sources)
         .env("FERRY_SYS_ROOT", machine(dir, "SRC-1", None, PRODUCT));
     sent(&cmd.output().unwrap());
@@ -197,6 +203,27 @@ fn pull_writes_reads_back_and_grows_the_gpt_like_sgdisk() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("forbidden"), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn a_disk_sent_in_pages_is_pulled_a_page_at_a_time_and_read_back_whole() {
+    let t = tempfile::tempdir().unwrap();
+    // 16 MiB in 64 KiB chunks, 16 ids a page: 16 pages, the GPT's backup header in the last.
+    let src = t.path().join("src.img");
+    gpt_source(&src, 16 * MIB, 5);
+    let paging = ["--chunk-size", "65536", "--chunks-per-page", "16"];
+    let job = finished_job_sent_with(t.path(), &[&src], &["--target-machine", "TGT-1", "--allow-wipe"], &paging);
+    let head: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(job.r.store.join("manifests").join(&job.id).join("0.json")).unwrap())
+            .unwrap();
+    assert_eq!(head["pages"]["cvs"].as_array().unwrap().len(), 16, "the disk went in pages");
+    let target = t.path().join("target.img");
+    used_disk(&target, 16 * MIB);
+    let out = pulled(&job.pull(&machine(t.path(), "TGT-1", None, PRODUCT), &[&target], &[]));
+    assert_eq!(out["disks"][0]["blake3"].as_str().unwrap(), b3sum(&src));
+    assert!(files_equal(&target, &src), "the target differs from the source");
+    assert_eq!(job.delivery()["state"], "Finished", "{}", job.delivery());
+    assert!(sgdisk(&target, &["-v"]).contains("No problems found"));
 }
 
 #[test]

@@ -154,8 +154,13 @@ pub struct ManifestPage {
 /// page, of the manifest's page size, with the right number of chunks, and merge to the CV the
 /// manifest states for it.
 pub fn check_page(m: &Manifest, page: u64, body: &[u8]) -> Result<Vec<ChunkEntry>, String> {
-    let paged = m.pages.as_ref().ok_or("the manifest is not paged")?;
     let p: ManifestPage = serde_json::from_slice(body).map_err(|e| format!("page {page} cannot be read: {e}"))?;
+    check_page_entries(m, page, p)
+}
+
+/// [`check_page`] for a page already parsed (a target gets it from the receiver).
+pub fn check_page_entries(m: &Manifest, page: u64, p: ManifestPage) -> Result<Vec<ChunkEntry>, String> {
+    let paged = m.pages.as_ref().ok_or("the manifest is not paged")?;
     let range = pages::page_chunks(m.chunk_count(), paged.chunks_per_page, page);
     if p.page != page || p.chunks_per_page != paged.chunks_per_page || p.chunks.len() as u64 != range.end - range.start
     {

@@ -107,6 +107,7 @@ pub fn router(st: Arc<AppState>) -> Router {
     let r = api::<TargetFinish, _, _>(r, &st, target::finish);
     let r = api::<TargetFail, _, _>(r, &st, target::fail);
     let r = api::<call::Manifest, _, _>(r, &st, target::manifest);
+    let r = api::<GetPage, _, _>(r, &st, target::page);
     let r = api::<ChunkData, _, _>(r, &st, target::chunk);
     let outside = Router::new();
     let outside = mount(outside, &st, routes::DASHBOARD, CONTROL_BODY_LIMIT, dashboard::page);

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::error::{ApiErr, ApiResult};
 use super::{db, metrics};
-use crate::image::Manifest;
+use crate::image::{ChunkEntry, Digest, Manifest};
 use crate::store::{ChunkStore, StoreConfig};
 use crate::wire::{Code, Job};
 
@@ -46,8 +46,12 @@ pub struct AppState {
     pub boot_dir: Option<PathBuf>,
     /// The enrollment token network boots get when they name no job or enrollment.
     pub boot_enroll: Option<String>,
-    /// Verified manifests targets are reading, by (job, disk): parsed and checked once.
+    /// Verified manifests targets are reading, by (job, disk): parsed and checked once (a paged
+    /// manifest's head only).
     manifests: Mutex<HashMap<(String, u32), Arc<Manifest>>>,
+    /// Pages of paged manifests targets are reading, by (job, disk, page), with the whole-disk
+    /// hash of the manifest they belong to: the few most recently used.
+    pages: Mutex<HashMap<(String, u32, u64), CachedPage>>,
     pub metrics: metrics::Metrics,
     /// Received counters waiting for their batch to be written.
     pub received: super::counters::Received,
@@ -75,6 +79,40 @@ impl AppState {
     /// A disk verified again: the cached manifest is no longer its.
     pub fn forget_manifest(&self, job: &str, disk: u32) {
         self.manifests().remove(&(job.to_string(), disk));
+        self.pages().retain(|(j, d, _), _| (j.as_str(), *d) != (job, disk));
+    }
+
+    fn pages(&self) -> std::sync::MutexGuard<'_, HashMap<(String, u32, u64), CachedPage>> {
+        self.pages.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Page `page` of the paged manifest of `job`/`disk` whose whole-disk hash is `blake3`, if
+    /// it is cached.
+    pub fn cached_page(&self, job: &str, disk: u32, page: u64, blake3: &Digest) -> Option<Arc<Vec<ChunkEntry>>> {
+        let mut pages = self.pages();
+        let p = pages.get_mut(&(job.to_string(), disk, page)).filter(|p| p.blake3 == *blake3)?;
+        p.used = std::time::Instant::now();
+        Some(p.chunks.clone())
+    }
+
+    /// Keeps a page read for a target, forgetting the least recently used beyond [`CACHED_PAGES`].
+    pub fn cache_page(
+        &self,
+        job: &str,
+        disk: u32,
+        page: u64,
+        blake3: Digest,
+        chunks: Vec<ChunkEntry>,
+    ) -> Arc<Vec<ChunkEntry>> {
+        let chunks = Arc::new(chunks);
+        let mut pages = self.pages();
+        while pages.len() >= CACHED_PAGES {
+            let Some(oldest) = pages.iter().min_by_key(|(_, p)| p.used).map(|(k, _)| k.clone()) else { break };
+            pages.remove(&oldest);
+        }
+        let used = std::time::Instant::now();
+        pages.insert((job.to_string(), disk, page), CachedPage { blake3, chunks: chunks.clone(), used });
+        chunks
     }
 
     /// The job `id`, or the `no_such_job` answer.
@@ -91,7 +129,19 @@ impl AppState {
     /// A job restarted: none of its manifests stay.
     pub fn forget_manifests(&self, job: &str) {
         self.manifests().retain(|(j, _), _| j != job);
+        self.pages().retain(|(j, _, _), _| j != job);
     }
+}
+
+/// How many pages of paged manifests a receiver keeps for targets (each up to about 2 MiB): a
+/// target reads its chunks in order, a few at a time, so it needs one page, two at a boundary.
+const CACHED_PAGES: usize = 16;
+
+/// A page of a paged manifest as cached for targets.
+struct CachedPage {
+    blake3: Digest,
+    chunks: Arc<Vec<ChunkEntry>>,
+    used: std::time::Instant,
 }
 
 /// Writes a file only its owner can read (tokens, keys), atomically.
@@ -169,6 +219,7 @@ pub async fn open_state(dir: &Path, s3_config: Option<&Path>, db_url: Option<&st
         boot_dir: None,
         boot_enroll: None,
         manifests: Default::default(),
+        pages: Default::default(),
         metrics: Default::default(),
         received: Default::default(),
         budget: super::budget::BodyBudget::from_env(),

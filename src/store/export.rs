@@ -12,8 +12,7 @@ use rayon::prelude::*;
 
 use super::{ChunkStore, Place, StoreConfig};
 use crate::disk::DiskReader;
-use crate::image::spool::IdSpool;
-use crate::image::{hasher, pages, treehash, ChunkEntry, Manifest};
+use crate::image::{self, hasher, pages, treehash, ChunkEntry, Manifest};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
@@ -145,15 +144,8 @@ pub fn verify_file(path: &Path, m: &Manifest) -> Result<()> {
     if reader.size() != m.size {
         bail!("{} is {} bytes, the disk was {}", path.display(), reader.size(), m.size);
     }
-    let chunk_size = m.chunk_size;
-    let mut spool = IdSpool::new(m.size, chunk_size, m.pages.as_ref().map_or(u64::MAX, |p| p.chunks_per_page));
-    let (tx, rx) = std::sync::mpsc::sync_channel(hasher::default_threads());
-    let hashing = std::thread::spawn(move || hasher::hash_chunks(reader, chunk_size, hasher::default_threads(), tx));
-    for c in rx {
-        spool.record(c.index, ChunkEntry { id: c.id, zero: c.zero })?;
-    }
-    hashing.join().map_err(|_| anyhow::anyhow!("a hashing thread panicked"))??;
-    let ids = spool.finish(&path.display().to_string())?;
+    let per_page = m.pages.as_ref().map_or(u64::MAX, |p| p.chunks_per_page);
+    let ids = image::hash_ids(reader, m.chunk_size, hasher::default_threads(), per_page, &Default::default(), |_| {})?;
     if ids.root != m.blake3 {
         let first = match (&ids.pages, &m.pages) {
             (Some(got), Some(want)) => {

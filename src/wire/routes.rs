@@ -157,6 +157,8 @@ pub mod call {
         TargetFinish: Post "/jobs/{job}/target/finish" [Target] wire::TargetDone => Job;
         TargetFail: Post "/jobs/{job}/target/fail" [Target] wire::Failure => ();
         Manifest: Get "/jobs/{job}/disks/{disk}/manifest" [Target, Admin] () => wire::Manifest;
+        /// A page of a verified paged manifest's chunk ids.
+        GetPage: Get "/jobs/{job}/disks/{disk}/pages/{page}" [Target, Admin] () => wire::ManifestPage;
         /// A stored chunk's bytes, its id in a header.
         ChunkData: Get "/jobs/{job}/disks/{disk}/chunks/{index}/data" [Target, Admin] () => Raw;
     }

@@ -13,7 +13,7 @@ use super::{failure, readback, PullEvent, PullOptions};
 use crate::agent::client::Client;
 use crate::disk::writer::DiskWriter;
 use crate::disk::TableKind;
-use crate::image::Manifest;
+use crate::image::{ChunkEntry, Manifest};
 use crate::wire::routes::call;
 use crate::wire::*;
 
@@ -68,7 +68,7 @@ pub(super) async fn write_body(
     let w = writer.clone();
     tokio::task::spawn_blocking(move || w.clear_tables()).await?.with_context(|| format!("clearing {path}"))?;
 
-    let count = m.chunks.len() as u64;
+    let count = m.chunk_count();
     let written = Arc::new(AtomicU64::new(0));
     let (head_len, tail_at) = held_ranges(m.size, sector);
     let held = Arc::new(Mutex::new(Held { head: vec![], tail: None }));
@@ -77,6 +77,8 @@ pub(super) async fn write_body(
         job: job.into(),
         disk: n,
         m: m.clone(),
+        page: Arc::new(vec![]),
+        first: 0,
         writer: writer.clone(),
         held: held.clone(),
         head_len,
@@ -86,19 +88,7 @@ pub(super) async fn write_body(
         highest_kept: Arc::new(AtomicU64::new(0)),
         reused: Arc::new(AtomicU64::new(0)),
     };
-    let mut last_report = Instant::now();
-    let mut writes =
-        stream::iter((0..count).map(|i| ctx.clone().fetch_and_write(i))).buffer_unordered(opts.in_flight.max(1));
-    while let Some(res) = writes.next().await {
-        let len = res?;
-        let total = written.fetch_add(len, Ordering::Relaxed) + len;
-        on(PullEvent::Writing { index: n, path: path.clone(), done: total, total: m.size });
-        if last_report.elapsed() > Duration::from_secs(2) {
-            last_report = Instant::now();
-            report_progress(client, job, n, total).await;
-        }
-    }
-    drop(writes);
+    write_chunks(client, job, &ctx, &written, &path, opts, on).await?;
     let w = writer.clone();
     tokio::task::spawn_blocking(move || w.sync_and_drop_cache())
         .await?
@@ -123,6 +113,50 @@ pub(super) async fn write_body(
         written: total,
         reused,
     })
+}
+
+/// Writes every chunk of `ctx`'s disk, a page of ids at a time (a paged manifest's ids come
+/// from the receiver page by page: this agent never holds all of them).
+async fn write_chunks(
+    client: &Client,
+    job: &str,
+    ctx: &ChunkCtx,
+    written: &AtomicU64,
+    path: &str,
+    opts: &PullOptions,
+    on: &mut (dyn FnMut(PullEvent) + Send),
+) -> Result<()> {
+    let (m, n) = (&ctx.m, ctx.disk);
+    let mut last_report = Instant::now();
+    let pages = m.pages.as_ref().map_or(1, |_| m.page_count());
+    for p in 0..pages {
+        let (first, page) = page_of(client, job, m, n, p).await?;
+        let ctx = ChunkCtx { first, page: Arc::new(page), ..ctx.clone() };
+        let indexes = first..(first + ctx.page.len() as u64);
+        let mut writes =
+            stream::iter(indexes.map(|i| ctx.clone().fetch_and_write(i))).buffer_unordered(opts.in_flight.max(1));
+        while let Some(res) = writes.next().await {
+            let len = res?;
+            let total = written.fetch_add(len, Ordering::Relaxed) + len;
+            on(PullEvent::Writing { index: n, path: path.to_string(), done: total, total: m.size });
+            if last_report.elapsed() > Duration::from_secs(2) {
+                last_report = Instant::now();
+                report_progress(client, job, n, total).await;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Page `p` of disk `n`'s manifest and the index of its first chunk: an inline manifest's
+/// chunks are its one page; a paged manifest's pages come from the receiver, each checked
+/// against the page hash the manifest holds.
+async fn page_of(client: &Client, job: &str, m: &Manifest, n: u32, p: u64) -> Result<(u64, Vec<ChunkEntry>)> {
+    let Some(pages) = &m.pages else { return Ok((0, m.chunks.clone())) };
+    let page = client.call::<call::GetPage>(&[job, &n.to_string(), &p.to_string()], &()).await?;
+    let chunks = crate::image::manifest::check_page_entries(m, p, page)
+        .map_err(|e| failure(Code::ManifestMismatch, format!("disk {n}: {e}")))?;
+    Ok((p * pages.chunks_per_page, chunks))
 }
 
 async fn report_progress(client: &Client, job: &str, index: u32, bytes: u64) {

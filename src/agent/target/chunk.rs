@@ -11,7 +11,7 @@ use super::failure;
 use crate::agent::client::Client;
 use crate::disk::writer::DiskWriter;
 use crate::image::treehash::chunk_id;
-use crate::image::Manifest;
+use crate::image::{ChunkEntry, Manifest};
 use crate::wire::routes::{call, Call};
 use crate::wire::Code;
 
@@ -22,6 +22,10 @@ pub(super) struct ChunkCtx {
     pub job: String,
     pub disk: u32,
     pub m: Arc<Manifest>,
+    /// The chunks being written, from index `first`: every chunk of an inline manifest, one
+    /// page of a paged one.
+    pub page: Arc<Vec<ChunkEntry>>,
+    pub first: u64,
     pub writer: Arc<DiskWriter>,
     pub held: Arc<Mutex<Held>>,
     /// Bytes `[0, head_len)` and `[tail_at, size)` are held back from the body.
@@ -40,7 +44,7 @@ impl ChunkCtx {
     /// ranges, which it keeps. Returns its length.
     pub async fn fetch_and_write(self, i: u64) -> Result<u64> {
         let (offset, len) = self.m.chunk_range(i);
-        let entry = &self.m.chunks[i as usize];
+        let entry = self.entry(i).clone();
         // The disk may hold the chunk already (an interrupted attempt): its bytes, when they
         // hash to the chunk's id, are the source's, and need neither the network nor a write.
         // Not zero chunks: a disk may read zeros where nothing was ever written (a new or
@@ -77,10 +81,7 @@ impl ChunkCtx {
         tokio::task::spawn_blocking(move || -> Result<u64> {
             let m = &ctx.m;
             // (Bytes kept from the disk were checked as they were read.)
-            if !keep
-                && (data.len() as u64 != len
-                    || chunk_id(&data, offset, m.size, m.chunk_size) != m.chunks[i as usize].id)
-            {
+            if !keep && (data.len() as u64 != len || chunk_id(&data, offset, m.size, m.chunk_size) != ctx.entry(i).id) {
                 return Err(failure(
                     Code::ChunkCorrupt,
                     format!("chunk {i} of disk {} arrived with other bytes than its id says", ctx.disk),
@@ -113,6 +114,11 @@ impl ChunkCtx {
 const RESUME_LOOKAHEAD: u64 = 64;
 
 impl ChunkCtx {
+    /// Chunk `i`'s entry (it must be in the page being written).
+    fn entry(&self, i: u64) -> &ChunkEntry {
+        &self.page[(i - self.first) as usize]
+    }
+
     /// Chunk `i` as the disk holds it, if those bytes are the source's (their id matches). A
     /// sector that cannot be read is simply written again (a drive remaps it on write); the
     /// read-back afterwards checks everything.
@@ -123,7 +129,7 @@ impl ChunkCtx {
             let mut buf = vec![0u8; len as usize];
             ctx.writer.read_at(&mut buf, offset)?;
             let m = &ctx.m;
-            Ok((chunk_id(&buf, offset, m.size, m.chunk_size) == m.chunks[i as usize].id).then_some(buf))
+            Ok((chunk_id(&buf, offset, m.size, m.chunk_size) == ctx.entry(i).id).then_some(buf))
         })
         .await;
         match found {

@@ -269,7 +269,7 @@ async fn cached_manifest(st: &AppState, job: &str, disk: u32, blake3: &str) -> A
     if let Some(m) = st.cached_manifest(job, disk).filter(|m| hex::encode(m.blake3) == blake3) {
         return Ok(m);
     }
-    let m = crate::store::load_manifest(st.store.as_ref(), job, disk)
+    let m = crate::store::load_manifest_head(st.store.as_ref(), job, disk)
         .await
         .map_err(|e| ApiErr::new(Code::NoManifest, format!("{e:#}")))?;
     if hex::encode(m.blake3) != blake3 {
@@ -287,6 +287,52 @@ fn verified_disk(j: &Job, job: &str, disk: u32) -> ApiResult<String> {
         Some(b) => Ok(b),
         None => Err(ApiErr::new(Code::BadDisk, format!("job {job} has no verified disk {disk}"))),
     }
+}
+
+/// The entry of chunk `index` of the verified manifest `m`: from the manifest itself, or from
+/// the page holding it (read, checked against the manifest, and kept for the chunks after it).
+async fn chunk_entry(st: &AppState, job: &str, disk: u32, m: &Manifest, index: u64) -> ApiResult<ChunkEntry> {
+    let past = || {
+        let last = m.chunk_count().saturating_sub(1);
+        ApiErr::new(Code::BadIndex, format!("chunk {index} is past the last chunk ({last})"))
+    };
+    let Some(pages) = &m.pages else { return m.chunks.get(index as usize).cloned().ok_or_else(past) };
+    if index >= m.chunk_count() {
+        return Err(past());
+    }
+    let page = index / pages.chunks_per_page;
+    let chunks = page_of(st, job, disk, m, page).await?;
+    Ok(chunks[(index - page * pages.chunks_per_page) as usize].clone())
+}
+
+/// Page `page` of the verified paged manifest `m`, from the cache or the store.
+async fn page_of(st: &AppState, job: &str, disk: u32, m: &Manifest, page: u64) -> ApiResult<Arc<Vec<ChunkEntry>>> {
+    if let Some(chunks) = st.cached_page(job, disk, page, &m.blake3) {
+        return Ok(chunks);
+    }
+    let chunks = crate::store::load_page(st.store.as_ref(), job, disk, m, page)
+        .await
+        .map_err(|e| ApiErr::new(Code::NoManifest, format!("{e:#}")))?;
+    Ok(st.cache_page(job, disk, page, m.blake3, chunks))
+}
+
+/// `GET /jobs/{job}/disks/{disk}/pages/{page}` (target or admin): a page of a verified paged
+/// manifest.
+pub async fn page(
+    State(st): State<Arc<AppState>>,
+    auth: Authorized,
+    Path((job, disk, page)): Path<(String, u32, u64)>,
+) -> ApiResult<Json<ManifestPage>> {
+    let blake3 = verified_disk(&reading_target(&st, &auth, &job)?, &job, disk)?;
+    let m = cached_manifest(&st, &job, disk, &blake3).await?;
+    let Some(pages) = &m.pages else {
+        return Err(ApiErr::new(Code::BadPage, format!("disk {disk}'s manifest is not paged: it holds its ids")));
+    };
+    if page >= m.page_count() {
+        return Err(ApiErr::new(Code::BadPage, format!("disk {disk} has {} pages, no page {page}", m.page_count())));
+    }
+    let chunks = (*page_of(&st, &job, disk, &m, page).await?).clone();
+    Ok(Json(ManifestPage { page, chunks_per_page: pages.chunks_per_page, chunks }))
 }
 
 /// `GET /jobs/{job}/disks/{disk}/manifest` (target or admin).
@@ -309,12 +355,7 @@ pub async fn chunk(
 ) -> ApiResult<([(&'static str, String); 1], Vec<u8>)> {
     let blake3 = verified_disk(&reading_target(&st, &auth, &job)?, &job, disk)?;
     let m = cached_manifest(&st, &job, disk, &blake3).await?;
-    let entry = m.chunks.get(index as usize).ok_or_else(|| {
-        ApiErr::new(
-            Code::BadIndex,
-            format!("chunk {index} is past the last chunk ({})", m.chunks.len().saturating_sub(1)),
-        )
-    })?;
+    let entry = chunk_entry(&st, &job, disk, &m, index).await?;
     if entry.zero {
         return Err(ApiErr::new(Code::ZeroChunk, format!("chunk {index} is all zeros")));
     }
