@@ -170,12 +170,20 @@ fn a_target_pulls_from_the_scaled_receivers() {
     let t = tempfile::tempdir().unwrap();
     let w = Wave::start(t.path());
     let src = t.path().join("src.img");
-    std::fs::write(&src, pseudo_random(6 * MIB, 77)).unwrap();
+    // 20 chunks of 1 MiB in pages of 16: the manifest goes in two pages, kept in the bucket.
+    std::fs::write(&src, pseudo_random(20 * MIB, 77)).unwrap();
     let (id, token, target_token) = w.a.create_instance_job("db01", &["--target-machine", "TGT-1", "--allow-wipe"]);
-    let mut send = w.sender(&id, &token, &src, &[]);
+    let mut send = w.sender(&id, &token, &src, &["--chunks-per-page", "16"]);
     assert!(send.wait().unwrap().success());
+    assert_eq!(w.export_b3sum(&id, t.path()), b3sum(&src), "the export, its pages read from the bucket");
+    let a = w.a.store.to_str().unwrap();
+    let verify =
+        ferry(&["store", "verify", "--store", a, "--s3-config", w.s3.to_str().unwrap(), "--job", &id, "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&verify.stdout).unwrap();
+    assert_eq!(verify.status.code(), Some(0), "{report:#}");
+    assert_eq!(report["chunks_checked"], 20, "{report:#}");
     let target = t.path().join("target.img");
-    std::fs::File::create(&target).unwrap().set_len(8 * MIB as u64).unwrap();
+    std::fs::File::create(&target).unwrap().set_len(24 * MIB as u64).unwrap();
     let sys = machine(t.path(), "TGT-1", None, Some("Test Machine"));
     let out = Command::new(FERRY)
         .args(["pull", "--server", &w.proxy.url(), "--pin", &w.a.pin().unwrap(), "--job", &id])
@@ -186,8 +194,8 @@ fn a_target_pulls_from_the_scaled_receivers() {
         .unwrap();
     assert!(out.status.success(), "pull: {}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(w.state(&id), "Finished");
-    // The first 6 MiB of the target are the source's bytes.
-    let written = read_at(&target, 0, 6 * MIB);
+    // The first 20 MiB of the target are the source's bytes.
+    let written = read_at(&target, 0, 20 * MIB);
     assert!(written == std::fs::read(&src).unwrap(), "the target does not hold the source's bytes");
     // The receipt, from the other receiver: the target's read-back hash is the source's, and
     // its check command gives that hash from the target disk with b3sum.
