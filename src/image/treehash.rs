@@ -18,9 +18,10 @@ pub const MAX_CHUNK_SIZE: u64 = 64 * 1024 * 1024;
 pub const DEFAULT_CHUNK_SIZE: u64 = 4 * 1024 * 1024;
 
 /// The most chunks a disk is cut into by default: 4 MiB chunks up to 4 TiB, then larger ones
-/// (16 TiB: 16 MiB, 64 TiB: 64 MiB), so that a manifest stays near 80 MB of JSON and the ids an
-/// agent holds near 40 MB whatever the disk. Past 64 TiB the largest chunk size is kept and the
-/// count grows (a 100 TiB disk: 1.6 million chunks).
+/// (16 TiB: 16 MiB, 64 TiB: 64 MiB), so that a large disk does not become millions of files in
+/// the store and millions of requests. Memory does not depend on it: a disk of more than one
+/// page of ids has a paged manifest (`image::pages`). Past 64 TiB the largest chunk size is kept
+/// and the count grows (a 100 TiB disk: 1.6 million chunks, 25 pages).
 pub const DEFAULT_MAX_CHUNKS: u64 = 1 << 20;
 
 /// The chunk size a disk of `size` bytes is cut into when neither the job nor the agent says.

@@ -16,7 +16,9 @@ use crate::wire::API_PREFIX;
 
 /// Room for the largest chunk plus headers of a compressed frame.
 const CHUNK_BODY_LIMIT: usize = MAX_CHUNK_SIZE as usize + (1 << 20);
-/// Manifests carry one id per chunk: 256 MiB holds a 12 TiB disk in 4 MiB chunks.
+/// An inline manifest carries one id per chunk. This build's agents send at most a page of ids
+/// inline (65,536: about 6 MB) and page the rest; 256 MiB takes what older agents send, up to a
+/// 12 TiB disk in 4 MiB chunks.
 const MANIFEST_BODY_LIMIT: usize = 256 << 20;
 /// A page of at most 65,536 ids is about 6 MB of JSON.
 const PAGE_BODY_LIMIT: usize = 16 << 20;
