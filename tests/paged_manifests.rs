@@ -151,6 +151,18 @@ fn zero_disk(size: u64) -> (Vec<ManifestPage>, Manifest) {
     (pages, manifest)
 }
 
+/// `pages` with their hashes, and the manifest's, made to agree again after a change.
+fn rehash(pages: &[ManifestPage], mut m: Manifest) -> Manifest {
+    let cvs: Vec<Digest> = pages
+        .iter()
+        .map(|p| pages::page_cv(&p.chunks.iter().map(|c| c.id).collect::<Vec<_>>(), p.page * 16, m.size, CHUNK))
+        .collect();
+    m.blake3 = pages::root_from_page_cvs(&cvs, m.size, CHUNK, 16).unwrap();
+    m.pages = Some(Pages { chunks_per_page: 16, cvs });
+    m.validate().unwrap();
+    m
+}
+
 fn code(answer: &(u16, Value)) -> (u16, Option<&str>) {
     (answer.0, answer.1["code"].as_str())
 }
@@ -207,8 +219,91 @@ fn pages_that_are_not_the_disks_and_incomplete_manifests_are_refused() {
     assert_eq!(code(&answer), (422, Some("manifest_invalid")), "{}", answer.1);
     assert!(answer.1["message"].as_str().unwrap().contains("page 3"), "{}", answer.1);
     assert_ne!(r.job(&job_of(&c))["disks"][0]["verified"], true);
+
+    // Whole pages that merge to their hashes, but a data chunk of page 1 was never uploaded,
+    // or a chunk of page 2 is marked zero with the id zeros have elsewhere: each is named.
+    let mut never_sent = good.clone();
+    never_sent[1].chunks[0] = ChunkEntry { id: [7; 32], zero: false };
+    let mut moved_zero = good.clone();
+    moved_zero[2].chunks[1].id = good[2].chunks[0].id;
+    for (name, pages, want, chunk) in [
+        ("data-missing", never_sent, "chunk_missing", "chunk 16 "),
+        ("zero-moved", moved_zero, "zero_mismatch", "chunk 33 "),
+    ] {
+        let m = rehash(&pages, manifest.clone());
+        let d = Agent::new(&r, name, size);
+        for p in &pages {
+            assert_eq!(d.page(p).0, 204);
+        }
+        let answer = d.call("POST", "/disks/0/complete", &m);
+        assert_eq!(code(&answer), (422, Some(want)), "{}", answer.1);
+        assert!(answer.1["message"].as_str().unwrap().contains(chunk), "{}", answer.1);
+    }
 }
 
 fn job_of(a: &Agent) -> String {
     a.base.rsplit('/').next().unwrap().to_string()
+}
+
+#[test]
+fn a_paged_send_carries_on_across_a_receiver_restart_and_resumes_after_the_sender_is_killed() {
+    use std::process::{Command, Stdio};
+    use std::time::Duration;
+    let t = tempfile::tempdir().unwrap();
+    const MIB: usize = 1 << 20;
+    // 64 chunks of 1 MiB in pages of 16, sent at 8 MiB/s.
+    let img = t.path().join("src.img");
+    random_image(&img, 64 * MIB, 21);
+    let store = t.path().join("store");
+    let mut r = Receiver::start(&store, false);
+    let (id, token) = r.create_job("paged-restart");
+    let slow = ["--chunk-size", "1M", "--chunks-per-page", "16", "--bandwidth-limit", "8M"];
+    let sender = Command::new(FERRY)
+        .args(r.send_args(&id, &token))
+        .args(slow)
+        .args(["--retry-for", "120", "--json"])
+        .arg(&img)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let page_files = |job: &str| {
+        std::fs::read_dir(store.join("manifests").join(job).join("0.pages")).map(|d| d.count()).unwrap_or(0)
+    };
+    let under_way = || page_files(&id) >= 1 && r.stored_chunks() >= 8;
+    assert!(wait_until(Duration::from_secs(60), under_way), "no page was ever kept");
+    let port = r.port;
+    r.kill();
+    drop(r);
+    std::thread::sleep(Duration::from_secs(1));
+    let r = Receiver::start_on(&store, false, port);
+    // The same sender goes on: its uploads and pages are asked again until the receiver answers.
+    let out = sent(&sender.wait_with_output().unwrap());
+    assert_eq!(out["disks"][0]["blake3"].as_str().unwrap(), b3sum(&img));
+    assert_eq!(page_files(&id), 4);
+    assert_eq!(export_b3sum(&r, &id, 0, t.path()), b3sum(&img));
+
+    // A sender killed part-way: the next one sends only what is missing, and every page again.
+    let img2 = t.path().join("src2.img");
+    random_image(&img2, 64 * MIB, 22);
+    let (id2, token2) = r.create_job("paged-resume");
+    let base = r.stored_chunks();
+    let mut killed = Command::new(FERRY)
+        .args(r.send_args(&id2, &token2))
+        .args(slow)
+        .arg(&img2)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let under_way = || page_files(&id2) >= 1 && r.stored_chunks() >= base + 8;
+    assert!(wait_until(Duration::from_secs(60), under_way), "no page was ever kept");
+    killed.kill().unwrap();
+    killed.wait().unwrap();
+    let held = r.stored_chunks() - base;
+    assert!((8..64).contains(&held), "{held} chunks held");
+    let out = sent(&r.send(&id2, &token2, &[&img2], &["--chunk-size", "1M", "--chunks-per-page", "16"]));
+    assert_eq!(out["disks"][0]["sent_chunks"], (64 - held) as u64, "chunks already held were sent again");
+    assert_eq!(r.job(&id2)["state"], "Finished");
+    assert_eq!(export_b3sum(&r, &id2, 0, t.path()), b3sum(&img2));
 }
