@@ -26,8 +26,9 @@
 //!    checks the wipe permission and that this is the machine the job names, and answers with
 //!    the source disks ([`TargetPlan`]). The agent checks its disks (count, sizes, sector sizes,
 //!    not the source) and reports a refusal to `/target/fail`, or the mapping to `/target/begin`.
-//! 2. Per disk: `GET /jobs/{job}/disks/{n}/manifest`, then `GET …/chunks/{index}` for every
-//!    chunk that is not zero; the agent checks each chunk's id before writing it.
+//! 2. Per disk: `GET /jobs/{job}/disks/{n}/manifest` (of a paged manifest, then each page in
+//!    turn from `GET …/pages/{p}`, checked against its hash), then `GET …/chunks/{index}` for
+//!    every chunk that is not zero; the agent checks each chunk's id before writing it.
 //! 3. `POST /jobs/{job}/target/finish` with what it read back; the receiver compares it with
 //!    the source's whole-disk hashes.
 
