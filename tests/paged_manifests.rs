@@ -45,7 +45,9 @@ fn a_disk_of_many_pages_is_sent_in_pages_and_exported_whole() {
     assert_eq!(head["chunks"].as_array().unwrap().len(), 0, "the head holds no ids");
     assert_eq!(head["pages"]["chunks_per_page"], 16);
     assert_eq!(head["pages"]["cvs"].as_array().unwrap().len(), 5);
-    let last: Value = serde_json::from_slice(&std::fs::read(kept.join("0.pages/4.json")).unwrap()).unwrap();
+    // Each page is kept under its number and its hash, as the head lists it.
+    let page_file = |n: usize| kept.join(format!("0.pages/{n}.{}.json", head["pages"]["cvs"][n].as_str().unwrap()));
+    let last: Value = serde_json::from_slice(&std::fs::read(page_file(4)).unwrap()).unwrap();
     assert_eq!(last["chunks"].as_array().unwrap().len(), 7);
     let inline: Value = serde_json::from_slice(&std::fs::read(kept.join("1.json")).unwrap()).unwrap();
     assert_eq!((inline["version"].clone(), inline["chunks"].as_array().unwrap().len()), (Value::from(1), 10));
@@ -60,7 +62,7 @@ fn a_disk_of_many_pages_is_sent_in_pages_and_exported_whole() {
     assert_eq!(report["manifests_checked"].as_array().unwrap().len(), 2);
 
     // A page changed on disk: a data chunk marked zero (an export would write zeros there).
-    let page2 = kept.join("0.pages/2.json");
+    let page2 = page_file(2);
     let mut p: Value = serde_json::from_slice(&std::fs::read(&page2).unwrap()).unwrap();
     p["chunks"][1]["id"] = p["chunks"][0]["id"].clone();
     std::fs::write(&page2, serde_json::to_vec(&p).unwrap()).unwrap();
@@ -189,6 +191,9 @@ fn pages_that_are_not_the_disks_and_incomplete_manifests_are_refused() {
     assert_eq!(code(&a.page(&whole)), (400, Some("bad_page")));
     let misnamed = a.call("PUT", "/disks/0/pages/2", &good[1]);
     assert_eq!(code(&misnamed), (400, Some("bad_page")));
+    // A page number whose first chunk index overflows a u64.
+    let far = ManifestPage { page: 1 << 60, ..good[0].clone() };
+    assert_eq!(code(&a.page(&far)), (400, Some("bad_page")));
 
     for p in &good {
         assert_eq!(a.page(p).0, 204);
@@ -239,6 +244,17 @@ fn pages_that_are_not_the_disks_and_incomplete_manifests_are_refused() {
         assert_eq!(code(&answer), (422, Some(want)), "{}", answer.1);
         assert!(answer.1["message"].as_str().unwrap().contains(chunk), "{}", answer.1);
     }
+
+    // A paged manifest with its ids inline as well: it would be kept and served whole.
+    let e = Agent::new(&r, "paged-and-inline", size);
+    for p in &good {
+        assert_eq!(e.page(p).0, 204);
+    }
+    let both = Manifest { chunks: good.iter().flat_map(|p| p.chunks.clone()).collect(), ..manifest.clone() };
+    both.validate().expect("the ids agree with the page hashes");
+    let answer = e.call("POST", "/disks/0/complete", &both);
+    assert_eq!(code(&answer), (422, Some("manifest_invalid")), "{}", answer.1);
+    assert!(answer.1["message"].as_str().unwrap().contains("not inline"), "{}", answer.1);
 }
 
 fn job_of(a: &Agent) -> String {

@@ -55,8 +55,9 @@ pub fn page_count(chunks: u64, chunks_per_page: u64) -> u64 {
 
 /// The chunk indices page `page` holds.
 pub fn page_chunks(chunks: u64, chunks_per_page: u64, page: u64) -> Range<u64> {
-    let start = page * chunks_per_page;
-    start.min(chunks)..(start + chunks_per_page).min(chunks)
+    // Saturating: a page number from a URL may be anything.
+    let start = page.saturating_mul(chunks_per_page);
+    start.min(chunks)..start.saturating_add(chunks_per_page).min(chunks)
 }
 
 /// The CV of the page whose first chunk is `first`, from its ids.

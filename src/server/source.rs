@@ -201,9 +201,11 @@ pub async fn put_page(
     if st.job(&job)?.disks.iter().any(|d| d.index == disk && d.verified) {
         return Err(ApiErr::new(Code::BadPage, format!("disk {disk} is verified; begin it again to send its pages")));
     }
+    let ids: Vec<_> = p.chunks.iter().map(|c| c.id).collect();
+    let cv = pages::page_cv(&ids, range.start, size, chunk_size);
     let body = serde_json::to_vec(&p).map_err(anyhow::Error::from)?;
     st.store
-        .put_manifest_page(&job, disk, page, body)
+        .put_manifest_page(&job, disk, page, &cv, body)
         .await
         .map_err(|e| anyhow::anyhow!("keeping page {page} of job {job} disk {disk} in {}: {e}", st.store.describe()))?;
     Ok(StatusCode::NO_CONTENT)

@@ -133,9 +133,11 @@ impl AppState {
     }
 }
 
-/// How many pages of paged manifests a receiver keeps for targets (each up to about 2 MiB): a
-/// target reads its chunks in order, a few at a time, so it needs one page, two at a boundary.
-const CACHED_PAGES: usize = 16;
+/// How many pages of paged manifests a receiver keeps for targets (each up to about 2 MiB, so
+/// at most 70 MB): a target reads its chunks in order, a few at a time, so it needs one page,
+/// two at a boundary; 32 serve 16 targets pulling paged disks at once without reading a page
+/// again per chunk.
+const CACHED_PAGES: usize = 32;
 
 /// A page of a paged manifest as cached for targets.
 struct CachedPage {

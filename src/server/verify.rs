@@ -18,6 +18,10 @@ pub async fn verify_manifest(st: &AppState, job: &str, disk: u32, m: &Manifest) 
     if m.pages.is_none() {
         return verify_chunks(st, m, 0, &m.chunks).await;
     }
+    if !m.chunks.is_empty() {
+        // Kept and served as it came: ids inline would undo what paging is for.
+        return Err((Code::ManifestInvalid, "a paged manifest carries its ids in its pages, not inline".into()));
+    }
     let per_page = m.pages.as_ref().map_or(0, |p| p.chunks_per_page);
     let page = |page: u64| async move {
         crate::store::load_page(st.store.as_ref(), job, disk, m, page)

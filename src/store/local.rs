@@ -123,9 +123,9 @@ pub(super) fn manifest_path(dir: &Path, job: &str, disk: u32) -> PathBuf {
     dir.join("manifests").join(super::manifest_name(job, disk))
 }
 
-/// `DIR/manifests/JOB/N.pages/P.json`: where the store in `dir` keeps a page of a manifest.
-pub(super) fn manifest_page_path(dir: &Path, job: &str, disk: u32, page: u64) -> PathBuf {
-    dir.join("manifests").join(super::manifest_page_name(job, disk, page))
+/// `DIR/manifests/JOB/N.pages/P.CV.json`: where the store in `dir` keeps a page of a manifest.
+pub(super) fn manifest_page_path(dir: &Path, job: &str, disk: u32, page: u64, cv: &Digest) -> PathBuf {
+    dir.join("manifests").join(super::manifest_page_name(job, disk, page, cv))
 }
 
 /// `CHUNKS/ab/abcdef…`: where a store from before places kept the chunk.
@@ -184,8 +184,8 @@ impl ChunkStore for LocalStore {
         self.run(move |_| fs::read(path)).await
     }
 
-    async fn put_manifest_page(&self, job: &str, disk: u32, page: u64, body: Vec<u8>) -> io::Result<()> {
-        let path = manifest_page_path(&self.dir.root, job, disk, page);
+    async fn put_manifest_page(&self, job: &str, disk: u32, page: u64, cv: &Digest, body: Vec<u8>) -> io::Result<()> {
+        let path = manifest_page_path(&self.dir.root, job, disk, page, cv);
         self.run(move |_| {
             fs::create_dir_all(path.parent().expect("page paths have a parent"))?;
             crate::fsx::write_atomic(&path, &body)
@@ -193,8 +193,8 @@ impl ChunkStore for LocalStore {
         .await
     }
 
-    async fn get_manifest_page(&self, job: &str, disk: u32, page: u64) -> io::Result<Vec<u8>> {
-        let path = manifest_page_path(&self.dir.root, job, disk, page);
+    async fn get_manifest_page(&self, job: &str, disk: u32, page: u64, cv: &Digest) -> io::Result<Vec<u8>> {
+        let path = manifest_page_path(&self.dir.root, job, disk, page, cv);
         self.run(move |_| fs::read(path)).await
     }
 

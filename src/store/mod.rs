@@ -66,11 +66,14 @@ pub fn manifest_name(job: &str, disk: u32) -> String {
     format!("{job}/{disk}.json")
 }
 
-/// `JOB/N.pages/P.json`: the name of page `page` of a paged manifest under `manifests/`, beside
-/// its head. A page is kept when uploaded; it counts once a verified head names its hash.
-pub fn manifest_page_name(job: &str, disk: u32, page: u64) -> String {
+/// `JOB/N.pages/P.CV.json`: the name of page `page` of a paged manifest under `manifests/`,
+/// beside its head, `CV` being the page's hash. A page is kept when uploaded and counts once a
+/// verified head names its hash. Named by its hash, a page sent again for another attempt
+/// (another chunk size, changed data) never replaces the page a verified head names: that head
+/// stays readable until a new one replaces it, here and on every receiver sharing the bucket.
+pub fn manifest_page_name(job: &str, disk: u32, page: u64, cv: &Digest) -> String {
     debug_assert!(crate::wire::valid_job_id(job));
-    format!("{job}/{disk}.pages/{page}.json")
+    format!("{job}/{disk}.pages/{page}.{}.json", hex::encode(cv))
 }
 
 /// A place to keep chunks and the manifests of verified disks: a local directory (the default)
@@ -103,10 +106,11 @@ pub trait ChunkStore: Send + Sync + 'static {
     async fn put_manifest(&self, job: &str, disk: u32, body: Vec<u8>) -> io::Result<()>;
     /// The manifest kept for disk `disk` of `job` (NotFound when there is none).
     async fn get_manifest(&self, job: &str, disk: u32) -> io::Result<Vec<u8>>;
-    /// Keeps page `page` of the paged manifest of disk `disk` of `job`, durably.
-    async fn put_manifest_page(&self, job: &str, disk: u32, page: u64, body: Vec<u8>) -> io::Result<()>;
-    /// Page `page` of that manifest (NotFound when it was never kept).
-    async fn get_manifest_page(&self, job: &str, disk: u32, page: u64) -> io::Result<Vec<u8>>;
+    /// Keeps page `page`, whose hash is `cv`, of the paged manifest of disk `disk` of `job`,
+    /// durably.
+    async fn put_manifest_page(&self, job: &str, disk: u32, page: u64, cv: &Digest, body: Vec<u8>) -> io::Result<()>;
+    /// That page (NotFound when it was never kept).
+    async fn get_manifest_page(&self, job: &str, disk: u32, page: u64, cv: &Digest) -> io::Result<Vec<u8>>;
     /// Where the store is, in words, for messages.
     fn describe(&self) -> String;
     /// What kind of store it is (`local` or `s3`), for metrics.
@@ -163,6 +167,8 @@ pub async fn load_page(
 ) -> anyhow::Result<Vec<crate::image::ChunkEntry>> {
     use anyhow::Context;
     let where_ = || format!("page {page} of manifest {job}/{disk} in {}", store.describe());
-    let body = store.get_manifest_page(job, disk, page).await.with_context(|| format!("reading the {}", where_()))?;
+    let cv = m.pages.as_ref().and_then(|p| p.cvs.get(page as usize)).with_context(|| format!("no {}", where_()))?;
+    let body =
+        store.get_manifest_page(job, disk, page, cv).await.with_context(|| format!("reading the {}", where_()))?;
     crate::image::manifest::check_page(m, page, &body).map_err(anyhow::Error::msg).with_context(where_)
 }

@@ -250,14 +250,14 @@ impl ChunkStore for S3Store {
         Ok(r.bytes().await.map_err(io_error)?.to_vec())
     }
 
-    async fn put_manifest_page(&self, job: &str, disk: u32, page: u64, body: Vec<u8>) -> io::Result<()> {
-        let key = self.key(&format!("manifests/{}", super::manifest_page_name(job, disk, page)));
+    async fn put_manifest_page(&self, job: &str, disk: u32, page: u64, cv: &Digest, body: Vec<u8>) -> io::Result<()> {
+        let key = self.key(&format!("manifests/{}", super::manifest_page_name(job, disk, page, cv)));
         self.s3.put(&key, PutPayload::from(body)).await.map_err(io_error)?;
         Ok(())
     }
 
-    async fn get_manifest_page(&self, job: &str, disk: u32, page: u64) -> io::Result<Vec<u8>> {
-        let key = self.key(&format!("manifests/{}", super::manifest_page_name(job, disk, page)));
+    async fn get_manifest_page(&self, job: &str, disk: u32, page: u64, cv: &Digest) -> io::Result<Vec<u8>> {
+        let key = self.key(&format!("manifests/{}", super::manifest_page_name(job, disk, page, cv)));
         let r = self.s3.get(&key).await.map_err(io_error)?;
         Ok(r.bytes().await.map_err(io_error)?.to_vec())
     }

@@ -93,9 +93,10 @@ pub fn read_kept(path: &Path) -> Result<Manifest> {
     if m.pages.is_some() {
         m.validate()?;
         let dir = path.with_extension("pages");
+        let cvs = m.pages.as_ref().map(|p| p.cvs.clone()).unwrap_or_default();
         let mut chunks = Vec::with_capacity(m.chunk_count() as usize);
-        for page in 0..m.page_count() {
-            let body = fs::read(dir.join(format!("{page}.json")))
+        for (page, cv) in (0..m.page_count()).zip(&cvs) {
+            let body = fs::read(dir.join(format!("{page}.{}.json", hex::encode(cv))))
                 .with_context(|| format!("reading page {page} of the manifest"))?;
             chunks.extend(crate::image::manifest::check_page(&m, page, &body).map_err(anyhow::Error::msg)?);
         }
