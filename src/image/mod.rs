@@ -17,34 +17,6 @@ pub use treehash::{Digest, DEFAULT_CHUNK_SIZE};
 
 use crate::disk::{self, DiskReader};
 
-/// Ids of every chunk of `disk` in order, from one parallel hashing pass. `progress` is called
-/// with the bytes hashed so far after each chunk.
-pub fn hash_all_chunks(
-    disk: Arc<DiskReader>,
-    chunk_size: u64,
-    threads: usize,
-    mut progress: impl FnMut(u64),
-) -> Result<Vec<ChunkEntry>> {
-    treehash::validate_chunk_size(chunk_size).map_err(anyhow::Error::msg)?;
-    let count = treehash::chunk_count(disk.size(), chunk_size) as usize;
-    let mut entries: Vec<Option<ChunkEntry>> = vec![None; count];
-    let (tx, rx) = std::sync::mpsc::sync_channel(threads.max(1));
-    let worker_disk = disk.clone();
-    let worker = std::thread::spawn(move || hasher::hash_chunks(worker_disk, chunk_size, threads, tx));
-    let mut done = 0u64;
-    for chunk in rx {
-        done += chunk.data.len() as u64;
-        entries[chunk.index as usize] = Some(ChunkEntry { id: chunk.id, zero: chunk.zero });
-        progress(done);
-    }
-    worker.join().map_err(|_| anyhow::anyhow!("a hashing thread panicked"))??;
-    entries
-        .into_iter()
-        .enumerate()
-        .map(|(i, e)| e.with_context(|| format!("chunk {i} of {} was never hashed", disk.path().display())))
-        .collect()
-}
-
 /// The ids of `disk` from one parallel hashing pass, kept as a manifest with `per_page` ids per
 /// page keeps them (every id for a disk of one page, else only the page hashes), with the ids
 /// in `overrides` standing for what the pass reads at those indexes. `progress` is called with
@@ -85,9 +57,9 @@ pub fn build_manifest(
         disk::read_partition_table(&disk).with_context(|| format!("reading the partition table of {path}"))?;
     let identity = disk::identify(&disk);
     let size = disk.size();
-    let chunks = hash_all_chunks(disk.clone(), chunk_size, threads, progress)?;
-    let ids: Vec<Digest> = chunks.iter().map(|c| c.id).collect();
-    let blake3 = treehash::root_from_ids(&ids, size, chunk_size)?;
+    // Every id inline: this is the manifest `ferry hash` prints.
+    let ids = hash_ids(disk.clone(), chunk_size, threads, u64::MAX, &Default::default(), progress)?;
+    let (chunks, blake3) = (ids.chunks, ids.root);
     let bad_ranges = disk::rescue::in_partitions(disk.bad_ranges(), &partition_table);
     Ok(Manifest {
         version: MANIFEST_VERSION,
